@@ -1,0 +1,77 @@
+"""``mergeplug.apply`` / ``mergeplug.remove``: dispatch to the model family that handles an object."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from .config import MergeConfig
+from .patches import find_family
+from .patches.base import PatchRecord, find_record, restore
+
+__all__ = ["apply", "remove", "settings"]
+
+T = TypeVar("T")
+
+
+def apply(
+    obj: T,
+    *,
+    k: int | None = 1,
+    r: int | list[int] | None = None,
+    ratio: float | None = None,
+    threshold: float | None = None,
+    causal: bool = False,
+    proportional_attention: bool = True,
+) -> T:
+    """Inject local token merging into ``obj`` and return the same object.
+
+    Args:
+        obj: a ``ChronosPipeline`` (Chronos-T5), ``ChronosBoltPipeline``, their inner model, or a Hugging Face
+            T5 model (see ``mergeplug.patches.families()``).
+        k: merge only with tokens at most ``k`` positions away (``None``: global ToMe); >= 1.
+        r: tokens merged per layer (int, or one int per layer); or give ``ratio``, the fraction of current
+            tokens merged per layer in [0, 1). Requests beyond what can merge are capped (at most about
+            half the tokens per layer).
+        threshold: strict causal mode (with ``causal=True``), see :mod:`mergeplug.merge`.
+        causal: causal merging (decoders / causal models).
+        proportional_attention: add log(token size) to attention logits.
+
+    Applying to an already patched model replaces its settings; ``r=0`` (or ``ratio=0``) runs the original
+    code, so outputs are bitwise those of the unpatched model.
+
+    Raises:
+        TypeError: unsupported object (the message lists the supported families).
+        ValueError: invalid settings (the message gives the allowed range).
+    """
+    config = MergeConfig(
+        k=k, r=r, ratio=ratio, threshold=threshold, causal=causal, proportional_attention=proportional_attention
+    )
+    family = find_family(obj)
+    record = find_record(family.modules(obj))
+    if record is not None:
+        if record.family != family.name:
+            raise TypeError(f"object is already patched as {record.family!r}; call mergeplug.remove first")
+        record.config = config
+        return obj
+    record = PatchRecord(family=family.name, config=config)
+    try:
+        family.inject(obj, record)
+    except Exception:
+        restore(record)
+        raise
+    return obj
+
+
+def remove(obj: T) -> T:
+    """Undo :func:`apply`: original classes, no hooks; outputs are bitwise those of a never-patched model."""
+    family = find_family(obj)
+    record = find_record(family.modules(obj))
+    if record is not None:
+        restore(record)
+    return obj
+
+
+def settings(obj: Any) -> MergeConfig | None:
+    """The merge settings currently applied to ``obj``, or None if it is not patched."""
+    record = find_record(find_family(obj).modules(obj))
+    return None if record is None else record.config

@@ -1,0 +1,347 @@
+"""Model-agnostic local token merging.
+
+Notation used in every docstring: ``B`` batch, ``T`` tokens entering a merge step, ``T'`` tokens after it,
+``N`` tokens of the original (unmerged) sequence, ``C`` channels.
+
+A merge step is described by a *destination map* ``dst`` of shape (B, T): token ``t`` of row ``b`` goes
+to slot ``dst[b, t]`` of the merged sequence. Every operation (merging features, sizes, positions, masks,
+the source map used to unmerge) is a scatter along that map, so one description serves them all.
+
+Matching follows ToMe's bipartite soft matching: the tokens are split alternately into set A (even
+indices) and set B (odd indices); each A token proposes the most similar B token; the best proposals are
+merged (A is averaged into B, weighted by size). *Local* merging restricts the proposals to B tokens at
+most ``k`` positions away in the sequence entering the step (``k=1``: the immediate neighbours), and the
+similarity is computed on that band only, in O(T·k·C); ``k=None`` is global ToMe, O(T²·C).
+
+Causal guarantees (see :class:`MergeState` and :func:`match`):
+
+* ``causal=False``: bidirectional. No causality; merged tokens sit at the size-weighted mean position.
+* ``causal=True`` with a fixed count (``r``): A tokens merge only into *later* B tokens, a merged token sits
+  at the position of its latest member and :func:`causal_unmerge` fills every position from the latest token
+  at or before it. The content of every token depends only on inputs at or before its position *for a given
+  merge pattern*, but the pattern is a top-r ranking over the whole sequence, so later inputs can change
+  which earlier tokens merge. Good for prefill, where only the last position's output is used.
+* ``causal=True`` with ``threshold``: strict. An A token leaves its slot iff its similarity to its
+  *predecessor* is at least the threshold (a decision that uses inputs up to its own position only); it is
+  merged into its successor (the merged token sits at the successor's position), and its output is restored
+  from its predecessor, which it resembles. Every output at position p then depends only on inputs at
+  positions <= p, exactly; the number of merges varies per row, and rows are padded with masked slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "MergeState",
+    "band_scores",
+    "match",
+    "merge_tokens",
+    "unmerge",
+    "causal_unmerge",
+    "merge_step",
+]
+
+# Score given to pairs that may never merge, and to pairs of two padding tokens (merged first: free).
+_NEVER = float("-inf")
+_PAD_PAIR = 2.0  # above any cosine similarity
+
+
+@dataclass
+class MergeState:
+    """What every token carries through the merged layers.
+
+    Attributes:
+        size: (B, T) float, number of original tokens each token stands for (0 for empty padding slots).
+        pos: (B, T) float, position of each token in the original sequence: the size-weighted mean of its
+            members (bidirectional) or its latest member (causal).
+        mask: (B, T) bool, True for real tokens, False for padding / missing values / empty slots.
+        protected: (B, T) bool, tokens that never merge (EOS, [REG], read-out tokens).
+        source: (B, N) long, for every original position the index of the token that now holds it.
+        causal: whether positions follow the latest member.
+    """
+
+    size: torch.Tensor
+    pos: torch.Tensor
+    mask: torch.Tensor
+    protected: torch.Tensor
+    source: torch.Tensor
+    causal: bool = False
+
+    @classmethod
+    def init(
+        cls,
+        batch: int,
+        length: int,
+        *,
+        mask: torch.Tensor | None = None,
+        protected: torch.Tensor | None = None,
+        causal: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> MergeState:
+        """State of an unmerged sequence of shape (batch, length): sizes 1, positions 0..length-1."""
+        ar = torch.arange(length, device=device)
+        return cls(
+            size=torch.ones(batch, length, device=device, dtype=dtype),
+            pos=ar.to(dtype).expand(batch, length).clone(),
+            mask=(torch.ones(batch, length, dtype=torch.bool, device=device) if mask is None else mask.bool()),
+            protected=(
+                torch.zeros(batch, length, dtype=torch.bool, device=device) if protected is None else protected.bool()
+            ),
+            source=ar.expand(batch, length).clone(),
+            causal=causal,
+        )
+
+    @property
+    def length(self) -> int:
+        """Current number of token slots T."""
+        return self.size.shape[1]
+
+    def log_size_bias(self, dtype: torch.dtype, proportional: bool = True) -> torch.Tensor:
+        """Additive attention bias over keys, shape (B, 1, 1, T).
+
+        ``log(size)`` for real keys when ``proportional`` (ToMe's proportional attention: a merged key counts
+        as many times as it has members), 0 otherwise, and the dtype's minimum for masked keys.
+        """
+        min_val = torch.finfo(dtype).min
+        if proportional:
+            bias = torch.where(self.mask, self.size.clamp_min(1e-6).log(), min_val)
+        else:
+            bias = torch.where(self.mask, 0.0, min_val)
+        return bias.to(dtype)[:, None, None, :]
+
+    def causal_key_mask(self) -> torch.Tensor:
+        """(B, 1, T, T) bool: query i may attend key j iff pos[j] <= pos[i] and key j is real."""
+        allowed = self.pos[:, None, :] <= self.pos[:, :, None]
+        return (allowed & self.mask[:, None, :])[:, None]
+
+
+def _normalize(metric: torch.Tensor) -> torch.Tensor:
+    return metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _offsets(k: int | None, causal: bool, t_b: int) -> tuple[int, int] | None:
+    """Band of B indices j = i + d (d in [lo, hi]) that A token i (sequence index 2i) may merge with.
+
+    B token j sits at sequence index 2j+1; ``|2j+1-2i| <= k`` gives d in [-(k+1)//2, (k-1)//2]; the causal
+    variant keeps only later B tokens (d >= 0). Returns None when the band covers all of B (global).
+    """
+    if k is None:
+        return None if not causal else (0, t_b)
+    return (0 if causal else -((k + 1) // 2)), (k - 1) // 2
+
+
+def band_scores(
+    metric: torch.Tensor, k: int | None, *, causal: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarity of every A token to the B tokens in its band.
+
+    Args:
+        metric: (B, T, C) features to compare (e.g. attention keys averaged over heads).
+        k: largest distance (in the sequence entering the step) between an A token and a B token it may
+            merge with; None for global.
+        causal: only later B tokens are candidates.
+
+    Returns:
+        scores: (B, Ta, W) similarities, -inf where the candidate does not exist (Ta = ceil(T/2)).
+        cand: (Ta, W) long, index j into set B of each candidate (clamped into range where invalid).
+
+    For a band of width W the cost is O(T·W·C): the band is gathered with ``unfold``, never masked out of a
+    full T×T matrix. The global case (band covering B) uses one (Ta×C)·(C×Tb) product.
+    """
+    m = _normalize(metric)
+    a, b = m[:, ::2], m[:, 1::2]
+    n_b, t_a, t_b = m.shape[0], a.shape[1], b.shape[1]
+    device = m.device
+    ii = torch.arange(t_a, device=device)
+    band = _offsets(k, causal, t_b)
+    if band is None or (band[1] - band[0] + 1) >= t_b:
+        scores = a @ b.transpose(1, 2)  # (B, Ta, Tb)
+        cand = torch.arange(t_b, device=device).expand(t_a, t_b)
+        valid = torch.ones(t_a, t_b, dtype=torch.bool, device=device)
+        if band is not None:
+            d = cand - ii[:, None]
+            valid = (d >= band[0]) & (d <= band[1])
+    else:
+        lo, hi = band
+        width = hi - lo + 1
+        # b_pad[i + w] = b[i + lo + w]; windows of length `width` start at every A index i.
+        pad_front, pad_back = max(-lo, 0), max(t_a + hi - t_b, 0)
+        b_pad = F.pad(b, (0, 0, pad_front, pad_back))
+        start = lo + pad_front
+        b_win = b_pad[:, start : start + t_a + width - 1].unfold(1, width, 1)  # (B, Ta, C, W)
+        scores = (a.unsqueeze(-2) @ b_win).squeeze(-2)  # (B, Ta, W)
+        cand = ii[:, None] + torch.arange(lo, hi + 1, device=device)[None, :]
+        valid = (cand >= 0) & (cand < t_b)
+    scores = scores.masked_fill(~valid.expand(n_b, -1, -1), _NEVER)
+    return scores, cand.clamp(0, max(t_b - 1, 0))
+
+
+def _pair_rules(scores: torch.Tensor, cand: torch.Tensor, state: MergeState) -> torch.Tensor:
+    """Apply protection and padding rules to band scores (B, Ta, W)."""
+    mask_a, mask_b = state.mask[:, ::2], state.mask[:, 1::2]
+    prot_a, prot_b = state.protected[:, ::2], state.protected[:, 1::2]
+    n_b = scores.shape[0]
+    flat = cand.reshape(1, -1).expand(n_b, -1)
+    mb = mask_b.gather(1, flat).view_as(scores)
+    pb = prot_b.gather(1, flat).view_as(scores)
+    ma = mask_a[:, :, None]
+    never = pb | prot_a[:, :, None] | (ma != mb)
+    exists = scores > _NEVER
+    scores = torch.where(~ma & ~mb & exists, _PAD_PAIR, scores)
+    return scores.masked_fill(never, _NEVER)
+
+
+def match(
+    metric: torch.Tensor,
+    state: MergeState,
+    *,
+    r: int | None = None,
+    threshold: float | None = None,
+    k: int | None = 1,
+) -> tuple[torch.Tensor, int]:
+    """Choose the merges of one step and return the destination map.
+
+    Args:
+        metric: (B, T, C) features compared by cosine similarity.
+        state: the tokens' state (mask and protection are honoured: padding merges only with padding,
+            protected tokens never merge).
+        r: merge exactly this many A tokens in every row (capped to what the most constrained row can
+            merge, so that the batch keeps one length). Bidirectional or causal-positions mode.
+        threshold: strict causal mode (requires ``state.causal``): merge each A token whose similarity to
+            its predecessor is >= threshold into its successor; counts vary per row.
+        k: band width (see :func:`band_scores`); in strict causal mode the predecessor is searched among the
+            previous ``k`` tokens (the best one counts).
+
+    Returns:
+        dst: (B, T) long, destination slot of every token.
+        t_new: number of slots T' after the step (rows with fewer tokens get empty, masked slots).
+    """
+    n_b, t, _ = metric.shape
+    device = metric.device
+    if t < 2 or (r is not None and r <= 0):
+        return torch.arange(t, device=device).expand(n_b, t), t
+    idx_a = torch.arange(0, t, 2, device=device)
+    if threshold is not None:
+        if not state.causal:
+            raise ValueError("threshold merging is the strict causal mode: create the MergeState with causal=True")
+        vac_a, target = _strict_causal_choice(metric, state, threshold, k)
+    else:
+        assert r is not None, "match() needs r or threshold"
+        scores, cand = band_scores(metric, k, causal=state.causal)
+        scores = _pair_rules(scores, cand, state)
+        best, arg = scores.max(dim=-1)  # (B, Ta)
+        mergeable = (best > _NEVER).sum(dim=1).min().item()
+        r = min(r, int(mergeable))
+        if r <= 0:
+            return torch.arange(t, device=device).expand(n_b, t), t
+        order = best.argsort(dim=-1, descending=True, stable=True)[:, :r]  # (B, r) A indices
+        vac_a = torch.zeros_like(best, dtype=torch.bool).scatter_(1, order, True)
+        target = 2 * cand[torch.arange(cand.shape[0], device=device)[None, :], arg] + 1  # (B, Ta) seq index
+    vacated = torch.zeros(n_b, t, dtype=torch.bool, device=device)
+    vacated[:, idx_a] = vac_a
+    keep = ~vacated
+    new_idx = keep.long().cumsum(dim=1) - 1
+    dst = torch.where(vacated[:, idx_a], new_idx.gather(1, target), new_idx[:, idx_a])
+    dst = new_idx.scatter(1, idx_a.expand(n_b, -1), dst)
+    t_new = int(keep.sum(dim=1).max().item())
+    return dst, t_new
+
+
+def _strict_causal_choice(
+    metric: torch.Tensor, state: MergeState, threshold: float, k: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Strict causal rule: A token at index 2i leaves iff max similarity to its previous k tokens >= threshold.
+
+    The successor 2i+1 (a B token, never vacated in this step) receives it. Returns (vac_a (B, Ta) bool,
+    target (B, Ta) long sequence index).
+    """
+    n_b, t, _ = metric.shape
+    m = _normalize(metric)
+    a = m[:, ::2]
+    t_a = a.shape[1]
+    idx_a = torch.arange(0, t, 2, device=m.device)
+    width = t if k is None else k
+    best = torch.full((n_b, t_a), _NEVER, device=m.device, dtype=m.dtype)
+    m_pad = F.pad(m, (0, 0, width, 0))  # m_pad[p + width] = m[p]
+    for back in range(1, width + 1):  # loop over offsets, not tokens
+        prev = m_pad[:, idx_a + width - back]  # (B, Ta, C)
+        sim = (a * prev).sum(-1)
+        ok = (idx_a - back >= 0)[None, :]
+        prev_mask = F.pad(state.mask, (width, 0))[:, idx_a + width - back]
+        ok = ok & (prev_mask == state.mask[:, ::2])
+        best = torch.maximum(best, torch.where(ok, sim, _NEVER))
+    has_succ = (idx_a + 1 < t)[None, :]
+    succ = (idx_a + 1).clamp(max=t - 1)
+    allowed = has_succ & ~state.protected[:, ::2] & ~state.protected[:, succ]
+    allowed = allowed & (state.mask[:, ::2] == state.mask[:, succ])
+    vac_a = allowed & (best >= threshold)
+    return vac_a, succ.expand(n_b, -1)
+
+
+def merge_tokens(x: torch.Tensor, dst: torch.Tensor, size: torch.Tensor, t_new: int) -> torch.Tensor:
+    """Size-weighted average of the tokens that share a destination.
+
+    Args:
+        x: (B, T, C) features; dst: (B, T) long; size: (B, T) sizes *before* the step; t_new: T'.
+
+    Returns:
+        (B, T', C) merged features (0 in empty slots).
+    """
+    n_b, _, c = x.shape
+    w = size.to(x.dtype)[..., None]
+    total = x.new_zeros(n_b, t_new, 1).scatter_add_(1, dst[..., None], w)
+    out = x.new_zeros(n_b, t_new, c).scatter_add_(1, dst[..., None].expand(-1, -1, c), x * w)
+    return out / total.clamp_min(1e-12)
+
+
+def merge_step(x: torch.Tensor, state: MergeState, dst: torch.Tensor, t_new: int) -> torch.Tensor:
+    """Merge features ``x`` (B, T, C) along ``dst`` and update ``state`` in place; returns (B, T', C)."""
+    out = merge_tokens(x, dst, state.size, t_new)
+    n_b = x.shape[0]
+    size_new = state.size.new_zeros(n_b, t_new).scatter_add_(1, dst, state.size)
+    filled = size_new > 0
+    if state.causal:  # latest member; empty slots at +inf so positions stay ascending
+        pos_new = state.pos.new_full((n_b, t_new), float("-inf")).scatter_reduce_(
+            1, dst, state.pos, reduce="amax", include_self=True
+        )
+        pos_new = pos_new.masked_fill(~filled, float("inf"))
+    else:  # size-weighted mean of the members
+        pos_new = state.pos.new_zeros(n_b, t_new).scatter_add_(1, dst, state.pos * state.size)
+        pos_new = pos_new / size_new.clamp_min(1e-12)
+    mask_new = torch.zeros(n_b, t_new, dtype=torch.bool, device=x.device).scatter_reduce_(
+        1, dst, state.mask, reduce="amax", include_self=True
+    )
+    prot_new = torch.zeros(n_b, t_new, dtype=torch.bool, device=x.device).scatter_reduce_(
+        1, dst, state.protected, reduce="amax", include_self=True
+    )
+    state.size = size_new
+    state.pos = pos_new
+    state.mask = mask_new & filled
+    state.protected = prot_new
+    state.source = dst.gather(1, state.source)
+    return out
+
+
+def unmerge(x: torch.Tensor, state: MergeState) -> torch.Tensor:
+    """Copy every merged token back to all original positions it stands for: (B, T', C) -> (B, N, C)."""
+    return x.gather(1, state.source[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def causal_unmerge(x: torch.Tensor, state: MergeState) -> torch.Tensor:
+    """Causal restoration: position p gets the latest token whose position is <= p. (B, T', C) -> (B, N, C).
+
+    Requires a causal state (positions = latest member, ascending, empty slots at +inf). A position with no
+    token at or before it (only possible in the non-strict mode) falls back to the token that holds it.
+    """
+    if not state.causal:
+        raise ValueError("causal_unmerge needs a causal MergeState (causal=True)")
+    n = state.source.shape[1]
+    orig = torch.arange(n, device=x.device, dtype=state.pos.dtype).expand(x.shape[0], n).contiguous()
+    idx = torch.searchsorted(state.pos.contiguous(), orig, right=True) - 1
+    idx = torch.where(idx >= 0, idx, state.source)
+    return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))

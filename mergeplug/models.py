@@ -1,0 +1,112 @@
+"""Chronos models built from configs (no hub, no download), with the published architectures' dimensions.
+
+Random weights: these are for speed measurements, tests and demos. Accuracy measurements need trained
+weights (``BaseChronosPipeline.from_pretrained`` with a local directory or, where there is internet, a hub id).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from chronos import ChronosBoltPipeline, ChronosPipeline
+from chronos.chronos import ChronosConfig, ChronosModel
+from chronos.chronos_bolt import ChronosBoltModelForForecasting
+from transformers import T5Config, T5ForConditionalGeneration
+
+__all__ = ["SIZES", "t5_config", "chronos_t5", "chronos_bolt"]
+
+Size = Literal["test", "tiny", "mini", "small", "base"]
+
+# d_model, d_ff, num_heads, layers (encoder = decoder), d_kv; "test" is a few-second-model for unit tests.
+SIZES: dict[str, tuple[int, int, int, int, int]] = {
+    "test": (64, 128, 4, 2, 16),
+    "tiny": (256, 1024, 4, 4, 64),
+    "mini": (384, 1536, 8, 4, 64),
+    "small": (512, 2048, 8, 6, 64),
+    "base": (768, 3072, 12, 12, 64),
+}
+
+
+def t5_config(size: Size, **overrides) -> T5Config:
+    """T5 config with Chronos' common settings and the dimensions of ``size``."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
+    d_model, d_ff, heads, layers, d_kv = SIZES[size]
+    kwargs = dict(
+        d_model=d_model,
+        d_ff=d_ff,
+        d_kv=d_kv,
+        num_heads=heads,
+        num_layers=layers,
+        num_decoder_layers=layers,
+        feed_forward_proj="relu",
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        dropout_rate=0.1,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+        tie_word_embeddings=False,
+    )
+    kwargs.update(overrides)
+    return T5Config(**kwargs)
+
+
+def chronos_t5(
+    size: Size = "small",
+    *,
+    context_length: int = 512,
+    prediction_length: int = 64,
+    num_samples: int = 20,
+    seed: int = 0,
+) -> ChronosPipeline:
+    """A ``ChronosPipeline`` (Chronos-T5) with random weights, in eval mode, float32."""
+    chronos_kwargs = dict(
+        tokenizer_class="MeanScaleUniformBins",
+        tokenizer_kwargs={"low_limit": -15.0, "high_limit": 15.0},
+        context_length=context_length,
+        prediction_length=prediction_length,
+        n_tokens=4096,
+        n_special_tokens=2,
+        pad_token_id=0,
+        eos_token_id=1,
+        use_eos_token=True,
+        model_type="seq2seq",
+        num_samples=num_samples,
+        temperature=1.0,
+        top_k=50,
+        top_p=1.0,
+    )
+    config = t5_config(size, vocab_size=4096)
+    config.chronos_config = chronos_kwargs
+    torch.manual_seed(seed)
+    inner = T5ForConditionalGeneration(config).eval()
+    chronos_config = ChronosConfig(**chronos_kwargs)
+    return ChronosPipeline(
+        tokenizer=chronos_config.create_tokenizer(), model=ChronosModel(config=chronos_config, model=inner)
+    )
+
+
+def chronos_bolt(
+    size: Size = "small",
+    *,
+    context_length: int = 2048,
+    prediction_length: int = 64,
+    patch_size: int = 16,
+    seed: int = 0,
+) -> ChronosBoltPipeline:
+    """A ``ChronosBoltPipeline`` with random weights, in eval mode, float32."""
+    config = t5_config(size)
+    config.chronos_config = {
+        "context_length": context_length,
+        "prediction_length": prediction_length,
+        "input_patch_size": patch_size,
+        "input_patch_stride": patch_size,
+        "quantiles": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        "use_reg_token": True,
+    }
+    config.chronos_pipeline_class = "ChronosBoltPipeline"
+    torch.manual_seed(seed)
+    model = ChronosBoltModelForForecasting(config).eval()
+    return ChronosBoltPipeline(model=model)

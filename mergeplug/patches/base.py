@@ -1,0 +1,131 @@
+"""Injection machinery shared by every model family: class swaps, hooks, the per-model record, the registry.
+
+A family is one module in :mod:`mergeplug.patches` that calls :func:`register` with a :class:`Family`.
+Injection swaps the ``__class__`` of chosen modules to a subclass that mixes in mergeplug's forward
+(PEFT-style, no weights touched) and may add forward hooks; everything done is written into a
+:class:`PatchRecord`, so :func:`restore` can undo it exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from ..config import MergeConfig
+
+RECORD_ATTR = "_mergeplug_record"
+
+__all__ = ["Family", "PatchRecord", "register", "families", "find_family", "find_record", "swap_class", "restore"]
+
+
+@dataclass
+class PatchRecord:
+    """Everything one ``apply`` did to a model, and the settings its patched modules read at run time.
+
+    Attributes:
+        family: name of the model family that was patched.
+        config: current merge settings (``apply`` on a patched model replaces this object's contents).
+        swapped: (module, original class) pairs.
+        hooks: forward-hook handles.
+        hints: family-specific facts for the shared T5 code (e.g. ``protect_ids``, ``protect_last``).
+        scratch: per-forward scratch space (captured attention keys, the last merged encoder output).
+    """
+
+    family: str
+    config: MergeConfig
+    swapped: list[tuple[nn.Module, type]] = field(default_factory=list)
+    hooks: list[RemovableHandle] = field(default_factory=list)
+    hints: dict[str, Any] = field(default_factory=dict)
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A supported model family.
+
+    Attributes:
+        name: short name used in messages and saved configs.
+        description: what objects it accepts, for the error listing supported families.
+        matches: does this family handle ``obj``?
+        inject: patch ``obj`` according to ``record`` (fills ``record.swapped`` / ``record.hooks``).
+        modules: the ``nn.Module`` objects of ``obj`` to search for an existing record.
+    """
+
+    name: str
+    description: str
+    matches: Callable[[Any], bool]
+    inject: Callable[[Any, PatchRecord], None]
+    modules: Callable[[Any], list[nn.Module]]
+
+
+_FAMILIES: list[Family] = []
+
+
+def register(family: Family) -> Family:
+    """Add a family; families registered earlier are tried first (register specific before generic)."""
+    _FAMILIES.append(family)
+    return family
+
+
+def families() -> list[Family]:
+    """The registered families, in matching order."""
+    return list(_FAMILIES)
+
+
+def find_family(obj: Any) -> Family:
+    """The family that handles ``obj``; ``TypeError`` naming the supported ones otherwise."""
+    for fam in _FAMILIES:
+        if fam.matches(obj):
+            return fam
+    supported = "\n".join(f"  - {f.name}: {f.description}" for f in _FAMILIES)
+    raise TypeError(
+        f"mergeplug does not support objects of type {type(obj).__module__}.{type(obj).__qualname__}.\n"
+        f"Supported model families:\n{supported}\n"
+        "To add one, write a module in mergeplug/patches/ that calls mergeplug.patches.register(Family(...)) "
+        "(see mergeplug/patches/t5.py for an example) and import it in mergeplug/patches/__init__.py."
+    )
+
+
+def find_record(mods: list[nn.Module]) -> PatchRecord | None:
+    """The record of an earlier ``apply`` on any of ``mods`` (or their submodules), if any."""
+    for root in mods:
+        for m in root.modules():
+            rec = m.__dict__.get(RECORD_ATTR)
+            if rec is not None:
+                return rec
+    return None
+
+
+_SUBCLASS_CACHE: dict[tuple[type, type], type] = {}
+
+
+def swap_class(module: nn.Module, mixin: type, record: PatchRecord) -> None:
+    """Give ``module`` the class ``(mixin, type(module))`` and remember the original in ``record``."""
+    orig = type(module)
+    key = (mixin, orig)
+    if key not in _SUBCLASS_CACHE:
+        _SUBCLASS_CACHE[key] = type(f"{mixin.__name__.lstrip('_')}{orig.__name__}", (mixin, orig), {})
+    record.swapped.append((module, orig))
+    module.__class__ = _SUBCLASS_CACHE[key]
+    module.__dict__[RECORD_ATTR] = record
+
+
+def mark(module: nn.Module, record: PatchRecord) -> None:
+    """Attach ``record`` to a module that is hooked but not swapped."""
+    record.swapped.append((module, type(module)))
+    module.__dict__[RECORD_ATTR] = record
+
+
+def restore(record: PatchRecord) -> None:
+    """Undo everything in ``record``: original classes back, hooks removed, record attributes deleted."""
+    for handle in record.hooks:
+        handle.remove()
+    for module, orig in reversed(record.swapped):
+        module.__class__ = orig
+        module.__dict__.pop(RECORD_ATTR, None)
+    record.hooks.clear()
+    record.swapped.clear()
+    record.scratch.clear()

@@ -1,0 +1,115 @@
+"""Chronos-T5 (``ChronosPipeline``) and Chronos-Bolt (``ChronosBoltPipeline``) from chronos-forecasting.
+
+* Chronos-T5: the T5 encoder merges (EOS protected, padding / missing values merge only with each other);
+  ``generate()`` decodes against the merged memory, so the per-sample cross-attention reads fewer tokens.
+  ``pipeline.embed`` keeps its documented shape (B, N, C): merged embeddings are copied back to every
+  position they stand for.
+* Chronos-Bolt: the encoder merges patch tokens ([REG] protected); the decoder's single query and the quantile
+  head read the merged memory. ``pipeline.embed`` again returns one embedding per patch (+[REG]).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .base import Family, PatchRecord, register, swap_class
+from .t5 import MergedEncoderOutput, inject_encoder, inject_seq2seq
+
+try:  # chronos-forecasting is a dependency, but keep the import error readable
+    from chronos import ChronosBoltPipeline, ChronosPipeline
+    from chronos.chronos import ChronosModel
+    from chronos.chronos_bolt import ChronosBoltModelForForecasting
+except ImportError as exc:  # pragma: no cover - exercised only without the dependency
+    raise ImportError(
+        "mergeplug's Chronos support needs chronos-forecasting: pip install 'chronos-forecasting>=2.0'"
+    ) from exc
+
+
+class _UnmergingChronosModel:
+    """Mixin for ``ChronosModel``: ``encode`` returns one embedding per input token, as documented."""
+
+    def encode(self, input_ids, attention_mask):
+        out = self.model.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        return out.unmerged() if isinstance(out, MergedEncoderOutput) else out.last_hidden_state
+
+
+class _MergingBolt:
+    """Mixin for ``ChronosBoltModelForForecasting``.
+
+    Inside ``forward`` the merged memory and its additive mask go to the decoder; a direct ``encode`` call
+    (``pipeline.embed``) gets per-patch embeddings (merged tokens copied back).
+    """
+
+    def forward(self, *args: Any, **kwargs: Any):
+        self.__dict__["_mergeplug_in_forward"] = True
+        try:
+            return super().forward(*args, **kwargs)
+        finally:
+            self.__dict__["_mergeplug_in_forward"] = False
+
+    def encode(self, context, mask=None):
+        hidden, loc_scale, input_embeds, attention_mask = super().encode(context, mask)
+        record: PatchRecord = self.__dict__["_mergeplug_record"]
+        out = record.scratch.pop("last_output", None)
+        if not isinstance(out, MergedEncoderOutput):  # nothing merged: original path
+            return hidden, loc_scale, input_embeds, attention_mask
+        if self.__dict__.get("_mergeplug_in_forward"):
+            return hidden, loc_scale, input_embeds, out.attention_bias(hidden.dtype, record.config.proportional_attention)
+        return out.unmerged(), loc_scale, input_embeds, attention_mask
+
+
+def _chronos_t5_model(obj: Any) -> ChronosModel:
+    model = obj.model if isinstance(obj, ChronosPipeline) else obj
+    if model.config.model_type != "seq2seq":
+        raise TypeError(
+            f"Chronos with model_type={model.config.model_type!r} (decoder-only) is not supported yet: "
+            "mergeplug merges the T5 encoder of seq2seq Chronos models"
+        )
+    return model
+
+
+def _inject_chronos_t5(obj: Any, record: PatchRecord) -> None:
+    model = _chronos_t5_model(obj)
+    record.hints["protect_ids"] = (model.config.eos_token_id,)
+    inject_seq2seq(model.model, record)
+    swap_class(model, _UnmergingChronosModel, record)
+
+
+def _bolt_model(obj: Any) -> ChronosBoltModelForForecasting:
+    return obj.model if isinstance(obj, ChronosBoltPipeline) else obj
+
+
+def _inject_bolt(obj: Any, record: PatchRecord) -> None:
+    model = _bolt_model(obj)
+    record.hints["protect_last"] = 1 if model.chronos_config.use_reg_token else 0
+    inject_encoder(model.encoder, record)
+    swap_class(model, _MergingBolt, record)
+
+
+def _modules(getter):
+    def modules(obj: Any) -> list[nn.Module]:
+        return [getter(obj)]
+
+    return modules
+
+
+register(
+    Family(
+        name="chronos-t5",
+        description="chronos.ChronosPipeline (Chronos-T5, seq2seq) or its ChronosModel",
+        matches=lambda obj: isinstance(obj, (ChronosPipeline, ChronosModel)),
+        inject=_inject_chronos_t5,
+        modules=_modules(lambda obj: obj.model if isinstance(obj, ChronosPipeline) else obj),
+    )
+)
+register(
+    Family(
+        name="chronos-bolt",
+        description="chronos.ChronosBoltPipeline or its ChronosBoltModelForForecasting",
+        matches=lambda obj: isinstance(obj, (ChronosBoltPipeline, ChronosBoltModelForForecasting)),
+        inject=_inject_bolt,
+        modules=_modules(_bolt_model),
+    )
+)
