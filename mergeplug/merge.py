@@ -114,11 +114,6 @@ class MergeState:
             bias = torch.where(self.mask, 0.0, min_val)
         return bias.to(dtype)[:, None, None, :]
 
-    def causal_key_mask(self) -> torch.Tensor:
-        """(B, 1, T, T) bool: query i may attend key j iff pos[j] <= pos[i] and key j is real."""
-        allowed = self.pos[:, None, :] <= self.pos[:, :, None]
-        return (allowed & self.mask[:, None, :])[:, None]
-
 
 def _normalize(metric: torch.Tensor) -> torch.Tensor:
     return metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
