@@ -47,10 +47,9 @@ def apply(
         k=k, r=r, ratio=ratio, threshold=threshold, causal=causal, proportional_attention=proportional_attention
     )
     family = find_family(obj)
+    family.check(config)
     record = find_record(family.modules(obj))
-    if record is not None:
-        if record.family != family.name:
-            raise TypeError(f"object is already patched as {record.family!r}; call mergeplug.remove first")
+    if record is not None:  # already patched (possibly through its pipeline or inner model): new settings
         record.config = config
         return obj
     record = PatchRecord(family=family.name, config=config)

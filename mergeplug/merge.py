@@ -130,9 +130,7 @@ def _offsets(k: int | None, causal: bool, t_b: int) -> tuple[int, int] | None:
     return (0 if causal else -((k + 1) // 2)), (k - 1) // 2
 
 
-def band_scores(
-    metric: torch.Tensor, k: int | None, *, causal: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
+def band_scores(metric: torch.Tensor, k: int | None, *, causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosine similarity of every A token to the B tokens in its band.
 
     Args:

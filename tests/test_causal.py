@@ -16,7 +16,9 @@ class TinyCausalLM(nn.Module):
         self.heads = heads
         self.qkv = nn.ModuleList(nn.Linear(d, 3 * d) for _ in range(layers))
         self.out = nn.ModuleList(nn.Linear(d, d) for _ in range(layers))
-        self.mlp = nn.ModuleList(nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d)) for _ in range(layers))
+        self.mlp = nn.ModuleList(
+            nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d)) for _ in range(layers)
+        )
 
     def forward(self, x, *, threshold=None, r=None, k=1):
         """x: (B, N, d) -> (B, N, d).
@@ -29,7 +31,7 @@ class TinyCausalLM(nn.Module):
         state = MergeState.init(n_b, n, causal=True, dtype=x.dtype)
         h, merged = x, 0
         min_val = torch.finfo(x.dtype).min
-        for qkv, out, mlp in zip(self.qkv, self.out, self.mlp):
+        for qkv, out, mlp in zip(self.qkv, self.out, self.mlp, strict=True):
             t = state.length
             pad = n - t
             hp = F.pad(h, (0, 0, 0, pad))

@@ -1,8 +1,9 @@
 """Per-architecture injection: one module per model family, each registering a :class:`Family`."""
 
+from . import (
+    chronos,  # noqa: E402,F401  (registers "chronos-t5", "chronos-bolt")
+    t5,  # noqa: E402,F401  (registers "t5")
+)
 from .base import Family, PatchRecord, families, find_family, register
-
-from . import t5  # noqa: E402,F401  (registers "t5")
-from . import chronos  # noqa: E402,F401  (registers "chronos-t5", "chronos-bolt")
 
 __all__ = ["Family", "PatchRecord", "families", "find_family", "register"]

@@ -8,8 +8,9 @@ Injection swaps the ``__class__`` of chosen modules to a subclass that mixes in 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -52,6 +53,7 @@ class Family:
         matches: does this family handle ``obj``?
         inject: patch ``obj`` according to ``record`` (fills ``record.swapped`` / ``record.hooks``).
         modules: the ``nn.Module`` objects of ``obj`` to search for an existing record.
+        check: raises ``ValueError`` for settings the family cannot run (called on every ``apply``).
     """
 
     name: str
@@ -59,6 +61,7 @@ class Family:
     matches: Callable[[Any], bool]
     inject: Callable[[Any, PatchRecord], None]
     modules: Callable[[Any], list[nn.Module]]
+    check: Callable[[MergeConfig], None] = lambda config: None
 
 
 _FAMILIES: list[Family] = []

@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from .base import Family, PatchRecord, register, swap_class
-from .t5 import MergedEncoderOutput, inject_encoder, inject_seq2seq
+from .t5 import MergedEncoderOutput, check_encoder_config, inject_encoder, inject_seq2seq
 
 try:  # chronos-forecasting is a dependency, but keep the import error readable
     from chronos import ChronosBoltPipeline, ChronosPipeline
@@ -56,7 +56,12 @@ class _MergingBolt:
         if not isinstance(out, MergedEncoderOutput):  # nothing merged: original path
             return hidden, loc_scale, input_embeds, attention_mask
         if self.__dict__.get("_mergeplug_in_forward"):
-            return hidden, loc_scale, input_embeds, out.attention_bias(hidden.dtype, record.config.proportional_attention)
+            return (
+                hidden,
+                loc_scale,
+                input_embeds,
+                out.attention_bias(hidden.dtype, record.config.proportional_attention),
+            )
         return out.unmerged(), loc_scale, input_embeds, attention_mask
 
 
@@ -101,6 +106,7 @@ register(
         description="chronos.ChronosPipeline (Chronos-T5, seq2seq) or its ChronosModel",
         matches=lambda obj: isinstance(obj, (ChronosPipeline, ChronosModel)),
         inject=_inject_chronos_t5,
+        check=check_encoder_config,
         modules=_modules(lambda obj: obj.model if isinstance(obj, ChronosPipeline) else obj),
     )
 )
@@ -110,6 +116,7 @@ register(
         description="chronos.ChronosBoltPipeline or its ChronosBoltModelForForecasting",
         matches=lambda obj: isinstance(obj, (ChronosBoltPipeline, ChronosBoltModelForForecasting)),
         inject=_inject_bolt,
+        check=check_encoder_config,
         modules=_modules(_bolt_model),
     )
 )

@@ -23,6 +23,7 @@ from transformers import T5EncoderModel, T5ForConditionalGeneration, T5Model
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.t5.modeling_t5 import T5Attention, T5Stack
 
+from ..config import MergeConfig
 from ..merge import MergeState, match, merge_step
 from .base import Family, PatchRecord, mark, register, swap_class
 
@@ -59,6 +60,15 @@ class MergedEncoderOutput(BaseModelOutput):
         """(B, N, C) hidden states with every merged token copied back to the positions it came from."""
         h = self.last_hidden_state
         return h.gather(1, self.token_source[..., None].expand(-1, -1, h.shape[-1]))
+
+
+def check_encoder_config(config: MergeConfig) -> None:
+    """Settings a bidirectional T5 encoder can run."""
+    if config.causal:
+        raise ValueError(
+            "T5 encoders are bidirectional: causal=True applies to decoders and causal models; "
+            "use causal=False (the default) for T5, Chronos-T5 and Chronos-Bolt encoders"
+        )
 
 
 def _clamp_fp16(h: torch.Tensor) -> torch.Tensor:
@@ -120,9 +130,7 @@ def merged_encoder_forward(
     n_b, n, _ = inputs_embeds.shape
     device, dtype = inputs_embeds.device, inputs_embeds.dtype
     mask = None if attention_mask is None else attention_mask.to(device).bool()
-    state = MergeState.init(
-        n_b, n, mask=mask, protected=_protected(record, input_ids, n_b, n, device), device=device
-    )
+    state = MergeState.init(n_b, n, mask=mask, protected=_protected(record, input_ids, n_b, n, device), device=device)
     h = stack.dropout(inputs_embeds)
     bias, merged = None, False
     scratch = record.scratch
@@ -162,7 +170,9 @@ class _MergingEncoder:
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs: Any):
         record: PatchRecord = self.__dict__["_mergeplug_record"]
         if record.config.is_noop(len(self.block)):
-            return super().forward(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
+            return super().forward(
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+            )
         out = merged_encoder_forward(self, record, input_ids, attention_mask, inputs_embeds)
         record.scratch["last_output"] = out
         return out
@@ -173,7 +183,9 @@ class _MergingSeq2Seq:
 
     def forward(self, input_ids=None, attention_mask=None, encoder_outputs=None, inputs_embeds=None, **kwargs: Any):
         if encoder_outputs is None and (input_ids is not None or inputs_embeds is not None):
-            encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds)
+            encoder_outputs = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds
+            )
         if isinstance(encoder_outputs, MergedEncoderOutput):
             record: PatchRecord = self.__dict__["_mergeplug_record"]
             dtype = encoder_outputs.last_hidden_state.dtype
@@ -191,11 +203,6 @@ def inject_encoder(stack: T5Stack, record: PatchRecord) -> None:
     """Swap an encoder ``T5Stack`` to the merging forward and hook its blocks' key projections."""
     if stack.is_decoder:
         raise TypeError("inject_encoder expects an encoder T5Stack (config.is_decoder=False)")
-    if record.config.causal:
-        raise ValueError(
-            "T5 encoders are bidirectional: causal=True applies to decoders and causal models; "
-            "use causal=False (the default) for Chronos-T5 / Chronos-Bolt encoders"
-        )
 
     def grab(module: nn.Module, args: Any, output: torch.Tensor) -> None:
         if record.scratch.get("capture"):
@@ -210,16 +217,21 @@ def inject_encoder(stack: T5Stack, record: PatchRecord) -> None:
 
 def inject_seq2seq(model: nn.Module, record: PatchRecord) -> None:
     """Patch a T5 encoder-decoder: merging encoder + decoder cross-attention over the merged memory."""
-    record.hints.setdefault("protect_ids", (model.config.eos_token_id,) if model.config.eos_token_id is not None else ())
+    _protect_eos(model, record)
     inject_encoder(model.encoder, record)
     swap_class(model, _MergingSeq2Seq, record)
+
+
+def _protect_eos(model: nn.Module, record: PatchRecord) -> None:
+    eos = model.config.eos_token_id
+    record.hints.setdefault("protect_ids", () if eos is None else (eos,))
 
 
 def _inject_t5(obj: nn.Module, record: PatchRecord) -> None:
     if isinstance(obj, T5Stack):
         inject_encoder(obj, record)
     elif isinstance(obj, T5EncoderModel):
-        record.hints.setdefault("protect_ids", (obj.config.eos_token_id,) if obj.config.eos_token_id is not None else ())
+        _protect_eos(obj, record)
         inject_encoder(obj.encoder, record)
     else:
         inject_seq2seq(obj, record)
@@ -230,9 +242,12 @@ register(
         name="t5",
         description="Hugging Face T5ForConditionalGeneration, T5Model, T5EncoderModel or an encoder T5Stack "
         "(encoder merging; the decoder cross-attends to the merged memory)",
-        matches=lambda obj: isinstance(obj, (T5ForConditionalGeneration, T5Model, T5EncoderModel))
-        or (isinstance(obj, T5Stack) and not obj.is_decoder),
+        matches=lambda obj: (
+            isinstance(obj, (T5ForConditionalGeneration, T5Model, T5EncoderModel))
+            or (isinstance(obj, T5Stack) and not obj.is_decoder)
+        ),
         inject=_inject_t5,
         modules=lambda obj: [obj],
+        check=check_encoder_config,
     )
 )
