@@ -3,24 +3,40 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 __all__ = ["MergeConfig", "ratio_for_reduction"]
 
 
-def ratio_for_reduction(reduction: float, num_layers: int) -> float:
-    """Per-layer ``ratio`` that removes the fraction ``reduction`` of tokens after ``num_layers`` merge steps.
+def ratio_for_reduction(
+    reduction: float, num_layers: int, schedule: Literal["constant", "front"] = "constant"
+) -> float | list[float]:
+    """Per-layer ``ratio`` that removes the fraction ``reduction`` of the tokens after ``num_layers`` merge steps.
 
-    Each step keeps ``1 - ratio`` of the tokens, so ``(1 - ratio) ** num_layers = 1 - reduction``. Per step at
-    most half of the tokens can merge (each merge pairs an A token with a B token), so a reduction that needs
-    ``ratio > 0.5`` raises.
+    ``"constant"``: the same fraction every layer, ``(1 - ratio) ** num_layers = 1 - reduction`` (a float).
+    ``"front"``: merge as early as possible, half of the tokens per layer until the target is reached (a list,
+    one ratio per layer): fewer tokens in more layers, so faster, at a possibly larger accuracy cost.
+    At most half of the tokens can merge in one layer (each merge pairs an A token with a B token), so a
+    constant schedule that needs ``ratio > 0.5`` raises, and so does a reduction above ``1 - 0.5**num_layers``.
     """
     if not 0.0 <= reduction < 1.0:
         raise ValueError(f"reduction must be in [0, 1), got {reduction}")
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    if schedule == "front":
+        ratios, keep = [], 1.0
+        for _ in range(num_layers):
+            step = min(0.5, max(0.0, 1.0 - (1.0 - reduction) / keep))
+            ratios.append(step)
+            keep *= 1.0 - step
+        if keep > 1.0 - reduction + 1e-9:
+            raise ValueError(
+                f"cannot remove {reduction:.0%} of the tokens in {num_layers} layers (at most half per layer)"
+            )
+        return ratios
+    if schedule != "constant":
+        raise ValueError(f"schedule must be 'constant' or 'front', got {schedule!r}")
     ratio = 1.0 - (1.0 - reduction) ** (1.0 / num_layers)
     if ratio > 0.5:
         raise ValueError(
@@ -41,8 +57,8 @@ class MergeConfig:
         r: tokens merged per layer, an int for every layer or a list with one entry per layer (missing
             entries mean 0). Capped per layer at what can merge (about half the tokens, fewer with padding,
             protected tokens or a narrow band); the cap is applied so every row of a batch keeps one length.
-        ratio: alternative to ``r``: fraction of the *current* tokens merged in each layer, in [0, 1);
-            values above 0.5 hit the cap above.
+        ratio: alternative to ``r``: fraction of the *current* tokens merged in each layer, in [0, 1), or a
+            list with one fraction per layer; values above 0.5 hit the cap above.
         threshold: strict causal mode only (``causal=True``): merge an A token into its successor when its
             cosine similarity to its predecessor is >= threshold, in [-1, 1].
         causal: merged tokens sit at their latest member and never attend to later positions.
@@ -51,7 +67,7 @@ class MergeConfig:
 
     k: int | None = 1
     r: int | list[int] | None = None
-    ratio: float | None = None
+    ratio: float | list[float] | None = None
     threshold: float | None = None
     causal: bool = False
     proportional_attention: bool = True
@@ -75,8 +91,16 @@ class MergeConfig:
                     raise ValueError(f"r must be an int >= 0 or a list of them (one per layer), got {self.r!r}")
             if isinstance(self.r, tuple):
                 self.r = list(self.r)
-        if self.ratio is not None and not (0.0 <= float(self.ratio) < 1.0):
-            raise ValueError(f"ratio must be in [0, 1) (fraction of tokens merged per layer), got {self.ratio}")
+        if self.ratio is not None:
+            values = self.ratio if isinstance(self.ratio, (list, tuple)) else [self.ratio]
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+                    raise ValueError(
+                        f"ratio must be in [0, 1) (fraction of tokens merged per layer) or a list of such values, "
+                        f"got {self.ratio!r}"
+                    )
+            if isinstance(self.ratio, tuple):
+                self.ratio = list(self.ratio)
         if self.threshold is not None:
             if not self.causal:
                 raise ValueError("threshold selects the strict causal mode: pass causal=True with it")
@@ -86,20 +110,22 @@ class MergeConfig:
     def merges_at(self, layer: int, length: int) -> int:
         """Number of tokens to merge in ``layer`` when ``length`` tokens enter it (before capping)."""
         if self.ratio is not None:
-            return int(math.floor(self.ratio * length + 0.5))
-        if isinstance(self.r, list):
-            return self.r[layer] if layer < len(self.r) else 0
-        return int(self.r or 0)
+            return int(math.floor(_per_layer(self.ratio, layer) * length + 0.5))
+        return int(_per_layer(self.r, layer))
 
     def is_noop(self, num_layers: int) -> bool:
         """True when no layer would merge anything: patched models then run the original code path."""
         if self.threshold is not None:
             return False
-        if self.ratio is not None:
-            return self.ratio == 0
-        values: Sequence[int] = self.r if isinstance(self.r, list) else [int(self.r or 0)]
-        return all(v == 0 for v in values[:num_layers])
+        return all(_per_layer(self.ratio if self.ratio is not None else self.r, i) == 0 for i in range(num_layers))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable settings."""
         return asdict(self)
+
+
+def _per_layer(value: float | list | None, layer: int) -> float:
+    """Entry ``layer`` of a per-layer list (0 past its end), or the scalar itself."""
+    if isinstance(value, list):
+        return value[layer] if layer < len(value) else 0
+    return value or 0

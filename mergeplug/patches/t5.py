@@ -80,19 +80,35 @@ def _clamp_fp16(h: torch.Tensor) -> torch.Tensor:
 
 
 def _relative_bias(stack: T5Stack, state: MergeState, merged: bool) -> torch.Tensor:
-    """T5 relative position bias for the current tokens: (1, H, T, T) before any merge, (B, H, T, T) after."""
+    """T5 relative position bias for the current tokens: (1, H, T, T) before any merge, (B, H, T, T) after.
+
+    After merging, relative distances are those of the tokens' positions (rounded), not of their indices.
+    The (B, H, T, T) tensor is gathered contiguously from the (H, buckets) table in one pass.
+    """
     attn0: T5Attention = stack.block[0].layer[0].SelfAttention
     t = state.length
     if not merged:
         return attn0.compute_bias(t, t, device=state.pos.device)
-    rel = (state.pos[:, None, :] - state.pos[:, :, None]).round().long()  # memory - query
+    rel = (state.pos[:, None, :] - state.pos[:, :, None]).round_().long()  # memory - query, (B, T, T)
     buckets = T5Attention._relative_position_bucket(
         rel,
         bidirectional=not stack.is_decoder,
         num_buckets=attn0.relative_attention_num_buckets,
         max_distance=attn0.relative_attention_max_distance,
     )
-    return attn0.relative_attention_bias(buckets).permute(0, 3, 1, 2)
+    n_b, heads = buckets.shape[0], attn0.n_heads
+    table = attn0.relative_attention_bias.weight.t()  # (H, num_buckets)
+    table = table[None, :, None, :].expand(n_b, heads, t, table.shape[1])
+    return torch.gather(table, 3, buckets[:, None].expand(n_b, heads, t, t))
+
+
+def _attention_bias(stack: T5Stack, state: MergeState, merged: bool, dtype: torch.dtype, proportional: bool):
+    """Additive self-attention bias: relative position bias + log(size) (proportional attention) + padding."""
+    bias = _relative_bias(stack, state, merged)
+    if not merged and bool(state.mask.all()):
+        return bias  # sizes are all 1 and nothing is masked: the original (1, H, T, T) bias
+    extra = state.log_size_bias(dtype, proportional)  # (B, 1, 1, T)
+    return bias.add_(extra) if bias.shape[0] == extra.shape[0] else bias + extra
 
 
 def _protected(record: PatchRecord, input_ids: torch.Tensor | None, n_b: int, n: int, device) -> torch.Tensor:
@@ -136,7 +152,7 @@ def merged_encoder_forward(
     scratch = record.scratch
     for i, block in enumerate(stack.block):
         if bias is None:
-            bias = _relative_bias(stack, state, merged) + state.log_size_bias(dtype, cfg.proportional_attention)
+            bias = _attention_bias(stack, state, merged, dtype, cfg.proportional_attention)
         sa = block.layer[0]
         scratch["capture"] = True
         try:

@@ -1,0 +1,34 @@
+# Everything runs from a virtual environment that this Makefile creates (.venv), so a fresh machine needs
+# only python3 (>= 3.10) and make. torch is installed first as the local CPU build (torch==2.13.0); the
+# project's own range (torch>=2.2,<3) then installs nothing more.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.mergeplug-installed
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $(STAMP)
+
+# Main job: merged vs unmerged Chronos-T5 (tiny dims, random weights), speed and output difference.
+demo: $(STAMP)
+	$(BIN)/mergeplug-bench --size tiny --batch 4 --reps 3 --reductions 0.5,0.9 --k 1,global --schedule constant,front
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check mergeplug tests
+	$(BIN)/ruff format --check mergeplug tests
+
+# The README's benchmark table (Chronos-T5 small dims; takes ~20 minutes on 2 cores).
+bench: $(STAMP)
+	$(BIN)/mergeplug-bench --size small --batch 8 --reps 3 --k 1,global --schedule constant,front --out results/bench_t5_small.json
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,263 @@
+"""Speed benchmark: merged vs unmerged Chronos, in one process, interleaved, medians.
+
+``mergeplug-bench`` builds a Chronos-T5 (or Chronos-Bolt) model from a config with the published dimensions
+(random weights: this measures speed, not accuracy), then times ``predict`` end to end and the encoder alone
+(``embed``) for the unmerged model and for merge settings that remove a given fraction of encoder tokens by
+the last layer, with local (k=1) and global matching. Each repetition runs every setting once, in turn, so
+machine noise hits all settings alike; the table reports medians. It also reports how far the merged outputs
+move from the unmerged ones (relative L2 of the embeddings, and of the forecast; with random weights
+these only show how much merging perturbs the model, not forecast accuracy). "output rel. diff" is the relative
+L2 difference of the first decoding step's logits (Chronos-T5; random-weight models put all probability on one
+token, so sampled paths would hide the change) or of the quantile forecasts (Chronos-Bolt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import apply, remove
+from .config import ratio_for_reduction
+from .models import SIZES, chronos_bolt, chronos_t5
+
+__all__ = ["Setting", "run", "main"]
+
+
+@dataclass
+class Setting:
+    """One row of the benchmark: ``None`` reduction = the unmerged model."""
+
+    reduction: float | None
+    k: int | None = 1
+    schedule: str = "constant"
+    label: str = ""
+    ratio: float | list[float] = 0.0
+    predict_s: list[float] = field(default_factory=list)
+    embed_s: list[float] = field(default_factory=list)
+    tokens_out: int = 0
+    embed_rel_err: float = 0.0
+    output_diff: float = 0.0
+
+
+def synthetic_context(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    """(batch, length) series: daily + weekly seasonality, trend, AR noise; deterministic."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(length)
+    rows = []
+    for _ in range(batch):
+        level, amp, trend = rng.uniform(5, 50), rng.uniform(1, 10), rng.uniform(-0.02, 0.02)
+        noise = np.cumsum(rng.normal(0, 0.3, length)) * 0.2 + rng.normal(0, 0.5, length)
+        rows.append(
+            level + amp * np.sin(2 * np.pi * t / 24) + 0.5 * amp * np.sin(2 * np.pi * t / 168) + trend * t + noise
+        )
+    return torch.tensor(np.stack(rows), dtype=torch.float32)
+
+
+def _timed(fn) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def run(
+    family: str = "t5",
+    size: str = "small",
+    batch: int = 8,
+    context: int = 512,
+    horizon: int = 64,
+    samples: int = 20,
+    reductions: tuple[float, ...] = (0.5, 0.75, 0.9),
+    ks: tuple[int | None, ...] = (1, None),
+    schedules: tuple[str, ...] = ("constant",),
+    reps: int = 3,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the benchmark and return a JSON-serialisable result (settings with per-repetition timings)."""
+    if family == "t5":
+        pipe = chronos_t5(size, context_length=context, prediction_length=horizon, num_samples=samples, seed=seed)
+        layers = pipe.model.model.config.num_layers
+        n_tokens = context + 1  # + EOS
+    elif family == "bolt":
+        pipe = chronos_bolt(size, context_length=context, prediction_length=horizon, seed=seed)
+        layers = pipe.model.config.num_layers
+        n_tokens = context // pipe.model.chronos_config.input_patch_size + 1  # + [REG]
+    else:
+        raise ValueError(f"unknown family {family!r}; choose 't5' or 'bolt'")
+    ctx = synthetic_context(batch, context, seed)
+
+    settings = [Setting(None, label="unmerged")]
+    for schedule in schedules:
+        for k in ks:
+            for red in reductions:
+                ratio = ratio_for_reduction(red, layers, schedule)  # type: ignore[arg-type]
+                name = "global" if k is None else f"k={k}"
+                label = f"{name}, {schedule}, -{red:.0%} tokens"
+                settings.append(Setting(red, k=k, schedule=schedule, ratio=ratio, label=label))
+
+    def configure(s: Setting) -> None:
+        if s.reduction is None:
+            remove(pipe)
+        else:
+            apply(pipe, k=s.k, ratio=s.ratio)
+
+    def predict() -> torch.Tensor:
+        torch.manual_seed(seed)
+        if family == "t5":
+            return pipe.predict(ctx, prediction_length=horizon, num_samples=samples)
+        return pipe.predict(ctx, prediction_length=horizon)
+
+    reference: dict[str, torch.Tensor] = {}
+    with torch.inference_mode():
+        # warm-up and output differences (not timed)
+        for s in tqdm(settings, desc="warm-up", disable=not progress):
+            configure(s)
+            emb = pipe.embed(ctx)[0]
+            predict()
+            probe = _output_probe(pipe, family, ctx)
+            if s.reduction is None:
+                reference = {"emb": emb, "probe": probe}
+            else:
+                s.embed_rel_err = float((emb - reference["emb"]).norm() / reference["emb"].norm())
+                s.output_diff = float((probe - reference["probe"]).norm() / reference["probe"].norm())
+            s.tokens_out = _tokens_after_encoder(pipe, family, ctx, n_tokens)
+        for _ in tqdm(range(reps), desc="repetitions", disable=not progress):
+            for s in settings:
+                configure(s)
+                s.embed_s.append(_timed(lambda: pipe.embed(ctx))[0])
+                s.predict_s.append(_timed(predict)[0])
+    remove(pipe)
+    return {
+        "family": family,
+        "size": size,
+        "dims": dict(zip(("d_model", "d_ff", "heads", "layers", "d_kv"), SIZES[size], strict=True)),
+        "batch": batch,
+        "context": context,
+        "horizon": horizon,
+        "samples": samples if family == "t5" else None,
+        "reps": reps,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "tokens_in": n_tokens,
+        "settings": [asdict(s) for s in settings],
+    }
+
+
+def _output_probe(pipe, family: str, ctx: torch.Tensor) -> torch.Tensor:
+    """T5: (B, V) logits of the first decoding step; Bolt: (B, Q, H) quantile forecasts."""
+    if family == "t5":
+        ids, mask, _ = pipe.tokenizer.context_input_transform(ctx)
+        start = torch.zeros(ids.shape[0], 1, dtype=torch.long)
+        logits = pipe.model.model(input_ids=ids, attention_mask=mask, decoder_input_ids=start).logits
+        return logits[:, -1]
+    return pipe.predict(ctx)
+
+
+def _tokens_after_encoder(pipe, family: str, ctx: torch.Tensor, n_tokens: int) -> int:
+    if family == "t5":
+        ids, mask, _ = pipe.tokenizer.context_input_transform(ctx)
+        out = pipe.model.model.encoder(input_ids=ids, attention_mask=mask)
+    else:
+        embeds = torch.zeros(ctx.shape[0], n_tokens, pipe.model.config.d_model)
+        out = pipe.model.encoder(inputs_embeds=embeds)
+        rec = pipe.model.__dict__.get("_mergeplug_record")
+        if rec is not None:
+            rec.scratch.pop("last_output", None)
+    return int(out.last_hidden_state.shape[1])
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Markdown table of medians and speed-ups vs the unmerged model."""
+    rows = result["settings"]
+    base_p = statistics.median(rows[0]["predict_s"])
+    base_e = statistics.median(rows[0]["embed_s"])
+    lines = [
+        "| setting | encoder tokens out | predict s | predict speed-up | embed s | embed speed-up "
+        "| embed rel. diff | output rel. diff |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in rows:
+        p, e = statistics.median(s["predict_s"]), statistics.median(s["embed_s"])
+        lines.append(
+            f"| {s['label']} | {s['tokens_out']} | {p:.3f} | {base_p / p:.2f}x | {e:.4f} | {base_e / e:.2f}x "
+            f"| {s['embed_rel_err']:.3f} | {s['output_diff']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def _parse_ks(text: str) -> tuple[int | None, ...]:
+    out: list[int | None] = []
+    for part in text.split(","):
+        part = part.strip()
+        out.append(None if part in ("global", "none", "None") else int(part))
+    return tuple(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point (``mergeplug-bench``)."""
+    p = argparse.ArgumentParser(prog="mergeplug-bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--family", choices=["t5", "bolt"], default="t5")
+    p.add_argument("--size", choices=sorted(SIZES), default="small")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--context", type=int, default=None, help="default: 512 (t5), 2048 (bolt)")
+    p.add_argument("--horizon", type=int, default=64)
+    p.add_argument("--samples", type=int, default=20, help="sample paths per series (t5)")
+    p.add_argument("--reductions", default="0.5,0.75,0.9", help="fractions of encoder tokens removed by the end")
+    p.add_argument("--k", default="1,global", help="comma-separated k values; 'global' for k=None")
+    p.add_argument("--schedule", default="constant", help="comma-separated: constant, front (see ratio_for_reduction)")
+    p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (median reported), >= 1")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.reps < 1:
+        p.error("--reps must be >= 1")
+    try:
+        reductions = tuple(float(x) for x in args.reductions.split(","))
+        ks = _parse_ks(args.k)
+    except ValueError as exc:
+        p.error(f"could not parse --reductions/--k: {exc}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    context = args.context or (512 if args.family == "t5" else 2048)
+    result = run(
+        family=args.family,
+        size=args.size,
+        batch=args.batch,
+        context=context,
+        horizon=args.horizon,
+        samples=args.samples,
+        reductions=reductions,
+        ks=ks,
+        schedules=tuple(x.strip() for x in args.schedule.split(",")),
+        reps=args.reps,
+        progress=not args.no_progress,
+    )
+    header = (
+        f"Chronos-{args.family.upper() if args.family == 't5' else 'Bolt'} '{args.size}' dims {result['dims']}, "
+        f"random weights, batch {args.batch}, context {context}, horizon {args.horizon}"
+        + (f", {args.samples} samples" if args.family == "t5" else "")
+        + f", float32, {result['threads']} threads, torch {result['torch']}, median of {args.reps} interleaved runs"
+    )
+    print(header)
+    print(format_table(result))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"header": header, **result}, indent=1))
+        print(f"wrote {args.out}")
+    return 0 if all(math.isfinite(x) for s in result["settings"] for x in s["predict_s"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
