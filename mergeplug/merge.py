@@ -41,6 +41,7 @@ __all__ = [
     "match",
     "merge_tokens",
     "unmerge",
+    "key_bias",
     "causal_unmerge",
     "merge_step",
 ]
@@ -102,17 +103,19 @@ class MergeState:
         return self.size.shape[1]
 
     def log_size_bias(self, dtype: torch.dtype, proportional: bool = True) -> torch.Tensor:
-        """Additive attention bias over keys, shape (B, 1, 1, T).
+        """(B, 1, 1, T) additive attention bias over these tokens as keys (see :func:`key_bias`)."""
+        return key_bias(self.size, self.mask, dtype, proportional)
 
-        ``log(size)`` for real keys when ``proportional`` (ToMe's proportional attention: a merged key counts
-        as many times as it has members), 0 otherwise, and the dtype's minimum for masked keys.
-        """
-        min_val = torch.finfo(dtype).min
-        if proportional:
-            bias = torch.where(self.mask, self.size.clamp_min(1e-6).log(), min_val)
-        else:
-            bias = torch.where(self.mask, 0.0, min_val)
-        return bias.to(dtype)[:, None, None, :]
+
+def key_bias(size: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype, proportional: bool = True) -> torch.Tensor:
+    """Additive attention bias over keys, shape (B, 1, 1, T), from sizes (B, T) and mask (B, T).
+
+    ``log(size)`` for real keys when ``proportional`` (ToMe's proportional attention: a merged key counts as
+    many times as it has members), 0 otherwise, and the dtype's minimum for masked keys.
+    """
+    min_val = torch.finfo(dtype).min
+    bias = torch.where(mask, size.clamp_min(1e-6).log() if proportional else 0.0, min_val)
+    return bias.to(dtype)[:, None, None, :]
 
 
 def _normalize(metric: torch.Tensor) -> torch.Tensor:
@@ -256,18 +259,21 @@ def _strict_causal_choice(
     n_b, t, _ = metric.shape
     m = _normalize(metric)
     a = m[:, ::2]
-    t_a = a.shape[1]
     idx_a = torch.arange(0, t, 2, device=m.device)
-    width = t if k is None else k
-    best = torch.full((n_b, t_a), _NEVER, device=m.device, dtype=m.dtype)
-    m_pad = F.pad(m, (0, 0, width, 0))  # m_pad[p + width] = m[p]
-    for back in range(1, width + 1):  # loop over offsets, not tokens
-        prev = m_pad[:, idx_a + width - back]  # (B, Ta, C)
-        sim = (a * prev).sum(-1)
-        ok = (idx_a - back >= 0)[None, :]
-        prev_mask = F.pad(state.mask, (width, 0))[:, idx_a + width - back]
-        ok = ok & (prev_mask == state.mask[:, ::2])
-        best = torch.maximum(best, torch.where(ok, sim, _NEVER))
+    same_mask_a = state.mask[:, ::2, None]
+    if k is None or k >= 64:  # wide band: one (Ta x C) . (C x T) product, masked to the previous k tokens
+        sim = a @ m.transpose(1, 2)  # (B, Ta, T)
+        back = idx_a[:, None] - torch.arange(t, device=m.device)[None, :]
+        ok = (back >= 1) & (back <= (t if k is None else k))
+        ok = ok[None] & (state.mask[:, None, :] == same_mask_a)
+    else:  # narrow band: gather the k previous tokens of every A token, O(T·k·C)
+        m_pad = F.pad(m, (0, 0, k, 0))  # m_pad[p + k] = m[p]
+        win = m_pad.unfold(1, k, 1)[:, idx_a]  # (B, Ta, C, k): tokens 2i-k .. 2i-1
+        sim = (a.unsqueeze(-1) * win).sum(-2)  # (B, Ta, k)
+        mask_win = F.pad(state.mask, (k, 0)).unfold(1, k, 1)[:, idx_a]  # (B, Ta, k)
+        exists = (idx_a[:, None] - k + torch.arange(k, device=m.device)[None, :]) >= 0
+        ok = exists[None] & (mask_win == same_mask_a)
+    best = torch.where(ok, sim, _NEVER).amax(dim=-1)  # (B, Ta)
     has_succ = (idx_a + 1 < t)[None, :]
     succ = (idx_a + 1).clamp(max=t - 1)
     allowed = has_succ & ~state.protected[:, ::2] & ~state.protected[:, succ]
@@ -320,9 +326,13 @@ def merge_step(x: torch.Tensor, state: MergeState, dst: torch.Tensor, t_new: int
     return out
 
 
-def unmerge(x: torch.Tensor, state: MergeState) -> torch.Tensor:
-    """Copy every merged token back to all original positions it stands for: (B, T', C) -> (B, N, C)."""
-    return x.gather(1, state.source[..., None].expand(-1, -1, x.shape[-1]))
+def unmerge(x: torch.Tensor, source: MergeState | torch.Tensor) -> torch.Tensor:
+    """Copy every merged token back to all original positions it stands for: (B, T', C) -> (B, N, C).
+
+    ``source`` is a :class:`MergeState` or its (B, N) source map.
+    """
+    index = source.source if isinstance(source, MergeState) else source
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
 def causal_unmerge(x: torch.Tensor, state: MergeState) -> torch.Tensor:

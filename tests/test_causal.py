@@ -51,7 +51,7 @@ class TinyCausalLM(nn.Module):
         return causal_unmerge(h, state)
 
 
-@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("k", [1, 3, 70, None])
 def test_strict_causal_outputs_never_depend_on_later_inputs(k):
     torch.manual_seed(0)
     model = TinyCausalLM().double().eval()

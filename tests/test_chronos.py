@@ -54,7 +54,7 @@ def _assert_all_equal(a, b):
 def _assert_pristine(pipe):
     for module in pipe.model.modules():
         assert type(module).__module__.split(".")[0] in ("transformers", "chronos", "torch"), type(module)
-        assert "_mergeplug_record" not in module.__dict__
+        assert not [key for key in module.__dict__ if key.startswith("_mergeplug")]
         assert not module._forward_hooks and not module._forward_pre_hooks
 
 

@@ -128,7 +128,8 @@ def restore(record: PatchRecord) -> None:
         handle.remove()
     for module, orig in reversed(record.swapped):
         module.__class__ = orig
-        module.__dict__.pop(RECORD_ATTR, None)
+        for key in [key for key in module.__dict__ if key.startswith("_mergeplug")]:
+            del module.__dict__[key]
     record.hooks.clear()
     record.swapped.clear()
     record.scratch.clear()

@@ -89,6 +89,7 @@ def _bolt_model(obj: Any) -> ChronosBoltModelForForecasting:
 def _inject_bolt(obj: Any, record: PatchRecord) -> None:
     model = _bolt_model(obj)
     record.hints["protect_last"] = 1 if model.chronos_config.use_reg_token else 0
+    record.hints["stash_output"] = True
     inject_encoder(model.encoder, record)
     swap_class(model, _MergingBolt, record)
 

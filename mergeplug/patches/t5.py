@@ -24,7 +24,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.t5.modeling_t5 import T5Attention, T5Stack
 
 from ..config import MergeConfig
-from ..merge import MergeState, match, merge_step
+from ..merge import MergeState, key_bias, match, merge_step, unmerge
 from .base import Family, PatchRecord, mark, register, swap_class
 
 __all__ = ["MergedEncoderOutput", "inject_encoder", "inject_seq2seq"]
@@ -49,17 +49,11 @@ class MergedEncoderOutput(BaseModelOutput):
 
     def attention_bias(self, dtype: torch.dtype, proportional: bool = True) -> torch.Tensor:
         """(B, 1, 1, T') additive mask for attention over the merged tokens: log(size) or 0; dtype min for padding."""
-        min_val = torch.finfo(dtype).min
-        if proportional:
-            bias = torch.where(self.token_mask, self.token_sizes.clamp_min(1e-6).log(), min_val)
-        else:
-            bias = torch.where(self.token_mask, 0.0, min_val)
-        return bias.to(dtype)[:, None, None, :]
+        return key_bias(self.token_sizes, self.token_mask, dtype, proportional)
 
     def unmerged(self) -> torch.Tensor:
         """(B, N, C) hidden states with every merged token copied back to the positions it came from."""
-        h = self.last_hidden_state
-        return h.gather(1, self.token_source[..., None].expand(-1, -1, h.shape[-1]))
+        return unmerge(self.last_hidden_state, self.token_source)
 
 
 def check_encoder_config(config: MergeConfig) -> None:
@@ -190,7 +184,8 @@ class _MergingEncoder:
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
             )
         out = merged_encoder_forward(self, record, input_ids, attention_mask, inputs_embeds)
-        record.scratch["last_output"] = out
+        if record.hints.get("stash_output"):  # for callers that only see last_hidden_state (Chronos-Bolt)
+            record.scratch["last_output"] = out
         return out
 
 
