@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 # Main job: merged vs unmerged Chronos-T5 (tiny dims, random weights), speed and output difference.
 demo: $(STAMP)
-	$(BIN)/mergeplug-bench --size tiny --batch 4 --reps 3 --reductions 0.5,0.9 --k 1,global --schedule constant,front
+	$(BIN)/mergeplug-bench --size tiny --batch 4 --reps 3 --reductions 0.5,0.9 --k 1,global --schedule constant,front-input
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -28,7 +28,7 @@ test: $(STAMP)
 
 # The README's benchmark table (Chronos-T5 small dims; takes ~20 minutes on 2 cores).
 bench: $(STAMP)
-	$(BIN)/mergeplug-bench --size small --batch 8 --reps 3 --k 1,global --schedule constant,front --out results/bench_t5_small.json
+	$(BIN)/mergeplug-bench --size small --batch 8 --reps 3 --k 1,global --schedule constant,front,front-input --out results/bench_t5_small.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

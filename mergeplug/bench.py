@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import apply, remove
-from .config import ratio_for_reduction
+from .config import schedule_for_reduction
 from .models import SIZES, chronos_bolt, chronos_t5
 
 __all__ = ["Setting", "run", "main"]
@@ -42,7 +42,7 @@ class Setting:
     k: int | None = 1
     schedule: str = "constant"
     label: str = ""
-    ratio: float | list[float] = 0.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
     predict_s: list[float] = field(default_factory=list)
     embed_s: list[float] = field(default_factory=list)
     tokens_out: int = 0
@@ -83,6 +83,7 @@ def run(
     reps: int = 3,
     seed: int = 0,
     progress: bool = True,
+    encoder_only: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmark and return a JSON-serialisable result (settings with per-repetition timings)."""
     if family == "t5":
@@ -101,16 +102,16 @@ def run(
     for schedule in schedules:
         for k in ks:
             for red in reductions:
-                ratio = ratio_for_reduction(red, layers, schedule)  # type: ignore[arg-type]
+                kwargs = schedule_for_reduction(red, layers, schedule)  # type: ignore[arg-type]
                 name = "global" if k is None else f"k={k}"
                 label = f"{name}, {schedule}, -{red:.0%} tokens"
-                settings.append(Setting(red, k=k, schedule=schedule, ratio=ratio, label=label))
+                settings.append(Setting(red, k=k, schedule=schedule, kwargs=kwargs, label=label))
 
     def configure(s: Setting) -> None:
         if s.reduction is None:
             remove(pipe)
         else:
-            apply(pipe, k=s.k, ratio=s.ratio)
+            apply(pipe, k=s.k, **s.kwargs)
 
     def predict() -> torch.Tensor:
         torch.manual_seed(seed)
@@ -136,7 +137,8 @@ def run(
             for s in settings:
                 configure(s)
                 s.embed_s.append(_timed(lambda: pipe.embed(ctx))[0])
-                s.predict_s.append(_timed(predict)[0])
+                if not encoder_only:
+                    s.predict_s.append(_timed(predict)[0])
     remove(pipe)
     return {
         "family": family,
@@ -178,21 +180,22 @@ def _tokens_after_encoder(pipe, family: str, ctx: torch.Tensor, n_tokens: int) -
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """Markdown table of medians and speed-ups vs the unmerged model."""
+    """Markdown table of medians and speed-ups vs the unmerged model (predict columns only if timed)."""
     rows = result["settings"]
-    base_p = statistics.median(rows[0]["predict_s"])
+    timed_predict = bool(rows[0]["predict_s"])
+    head = ["setting", "encoder tokens out"]
+    head += ["predict s", "predict speed-up"] if timed_predict else []
+    head += ["embed s", "embed speed-up", "embed rel. diff", "output rel. diff"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base_e = statistics.median(rows[0]["embed_s"])
-    lines = [
-        "| setting | encoder tokens out | predict s | predict speed-up | embed s | embed speed-up "
-        "| embed rel. diff | output rel. diff |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
     for s in rows:
-        p, e = statistics.median(s["predict_s"]), statistics.median(s["embed_s"])
-        lines.append(
-            f"| {s['label']} | {s['tokens_out']} | {p:.3f} | {base_p / p:.2f}x | {e:.4f} | {base_e / e:.2f}x "
-            f"| {s['embed_rel_err']:.3f} | {s['output_diff']:.3f} |"
-        )
+        cells = [s["label"], str(s["tokens_out"])]
+        if timed_predict:
+            p = statistics.median(s["predict_s"])
+            cells += [f"{p:.3f}", f"{statistics.median(rows[0]['predict_s']) / p:.2f}x"]
+        e = statistics.median(s["embed_s"])
+        cells += [f"{e:.4f}", f"{base_e / e:.2f}x", f"{s['embed_rel_err']:.3f}", f"{s['output_diff']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -215,10 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=20, help="sample paths per series (t5)")
     p.add_argument("--reductions", default="0.5,0.75,0.9", help="fractions of encoder tokens removed by the end")
     p.add_argument("--k", default="1,global", help="comma-separated k values; 'global' for k=None")
-    p.add_argument("--schedule", default="constant", help="comma-separated: constant, front (see ratio_for_reduction)")
+    p.add_argument(
+        "--schedule",
+        default="constant",
+        help="comma-separated: constant, front, front-input (see schedule_for_reduction)",
+    )
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (median reported), >= 1")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    p.add_argument("--encoder-only", action="store_true", help="time only the encoder (embed), not predict")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.reps < 1:
@@ -243,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         schedules=tuple(x.strip() for x in args.schedule.split(",")),
         reps=args.reps,
         progress=not args.no_progress,
+        encoder_only=args.encoder_only,
     )
     header = (
         f"Chronos-{args.family.upper() if args.family == 't5' else 'Bolt'} '{args.size}' dims {result['dims']}, "
@@ -256,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"header": header, **result}, indent=1))
         print(f"wrote {args.out}")
-    return 0 if all(math.isfinite(x) for s in result["settings"] for x in s["predict_s"]) else 1
+    times = [x for s in result["settings"] for x in s["predict_s"] + s["embed_s"]]
+    return 0 if all(math.isfinite(x) for x in times) else 1
 
 
 if __name__ == "__main__":

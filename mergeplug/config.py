@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["MergeConfig", "ratio_for_reduction"]
+__all__ = ["MergeConfig", "ratio_for_reduction", "schedule_for_reduction"]
 
 
 def ratio_for_reduction(
@@ -46,6 +46,26 @@ def ratio_for_reduction(
     return ratio
 
 
+def schedule_for_reduction(
+    reduction: float, num_layers: int, schedule: Literal["constant", "front", "front-input"] = "constant"
+) -> dict[str, Any]:
+    """``apply`` keyword arguments that remove the fraction ``reduction`` of the tokens by the last layer.
+
+    ``"constant"`` and ``"front"`` are :func:`ratio_for_reduction`'s schedules (``{"ratio": ...}``);
+    ``"front-input"`` also merges up to half of the input tokens before the first block
+    (``{"input_ratio": ..., "ratio": [...]}``), so the first block's attention runs on fewer tokens too.
+
+    Example: ``mergeplug.apply(pipe, k=1, **schedule_for_reduction(0.9, 6, "front-input"))``.
+    """
+    if schedule != "front-input":
+        return {"ratio": ratio_for_reduction(reduction, num_layers, schedule)}
+    if not 0.0 <= reduction < 1.0:
+        raise ValueError(f"reduction must be in [0, 1), got {reduction}")
+    input_ratio = min(0.5, reduction)
+    rest = 1.0 - (1.0 - reduction) / (1.0 - input_ratio)
+    return {"input_ratio": input_ratio, "ratio": ratio_for_reduction(max(rest, 0.0), num_layers, "front")}
+
+
 @dataclass
 class MergeConfig:
     """Token-merging settings shared by every patched model family.
@@ -63,6 +83,9 @@ class MergeConfig:
             cosine similarity to its predecessor is >= threshold, in [-1, 1].
         causal: merged tokens sit at their latest member and never attend to later positions.
         proportional_attention: add log(size) of each key to the attention logits (ToMe).
+        input_ratio: fraction of the *input* tokens merged before the first block, with the input embeddings as
+            the similarity metric, in [0, 1) (capped at about half); 0 = off. This also shrinks the first block's
+            attention, which the per-layer schedule (applied after each block's attention) cannot.
     """
 
     k: int | None = 1
@@ -71,6 +94,7 @@ class MergeConfig:
     threshold: float | None = None
     causal: bool = False
     proportional_attention: bool = True
+    input_ratio: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -101,6 +125,8 @@ class MergeConfig:
                     )
             if isinstance(self.ratio, tuple):
                 self.ratio = list(self.ratio)
+        if isinstance(self.input_ratio, bool) or not 0.0 <= float(self.input_ratio) < 1.0:
+            raise ValueError(f"input_ratio must be in [0, 1) (fraction of input tokens merged), got {self.input_ratio}")
         if self.threshold is not None:
             if not self.causal:
                 raise ValueError("threshold selects the strict causal mode: pass causal=True with it")
@@ -113,9 +139,13 @@ class MergeConfig:
             return int(math.floor(_per_layer(self.ratio, layer) * length + 0.5))
         return int(_per_layer(self.r, layer))
 
+    def input_merges(self, length: int) -> int:
+        """Number of input tokens to merge before the first block (before capping)."""
+        return int(math.floor(self.input_ratio * length + 0.5))
+
     def is_noop(self, num_layers: int) -> bool:
         """True when no layer would merge anything: patched models then run the original code path."""
-        if self.threshold is not None:
+        if self.threshold is not None or self.input_ratio > 0:
             return False
         return all(_per_layer(self.ratio if self.ratio is not None else self.r, i) == 0 for i in range(num_layers))
 

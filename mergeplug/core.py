@@ -22,6 +22,7 @@ def apply(
     threshold: float | None = None,
     causal: bool = False,
     proportional_attention: bool = True,
+    input_ratio: float = 0.0,
 ) -> T:
     """Inject local token merging into ``obj`` and return the same object.
 
@@ -35,6 +36,7 @@ def apply(
         threshold: strict causal mode (with ``causal=True``), see :mod:`mergeplug.merge`.
         causal: causal merging (decoders / causal models).
         proportional_attention: add log(token size) to attention logits.
+        input_ratio: fraction of the input tokens merged before the first block (on the input embeddings).
 
     Applying to an already patched model replaces its settings; ``r=0`` (or ``ratio=0``) runs the original
     code, so outputs are bitwise those of the unpatched model.
@@ -44,7 +46,13 @@ def apply(
         ValueError: invalid settings (the message gives the allowed range).
     """
     config = MergeConfig(
-        k=k, r=r, ratio=ratio, threshold=threshold, causal=causal, proportional_attention=proportional_attention
+        k=k,
+        r=r,
+        ratio=ratio,
+        threshold=threshold,
+        causal=causal,
+        proportional_attention=proportional_attention,
+        input_ratio=input_ratio,
     )
     family = find_family(obj)
     family.check(config)

@@ -114,6 +114,28 @@ def test_t5_merged_pipeline_end_to_end(t5_pipe):
         mergeplug.remove(t5_pipe)
 
 
+def test_input_merging_happens_before_the_first_block(t5_pipe):
+    """input_ratio merges input embeddings before block 0; exact duplicates of the input merge first."""
+    ctx = _context(nan_prefix=0)
+    ctx[:, 40:60] = ctx[:, 40:41]  # a flat stretch: identical tokens, identical embeddings
+    token_ids, mask, _ = t5_pipe.tokenizer.context_input_transform(ctx)
+    encoder = t5_pipe.model.model.encoder
+    try:
+        mergeplug.apply(t5_pipe, k=1, input_ratio=0.05)  # round(0.05 * 121) = 6 merges, none in the layers
+        with torch.no_grad():
+            out = encoder(input_ids=token_ids, attention_mask=mask)
+        assert out.last_hidden_state.shape == (3, 115, 64)
+        for b in range(3):  # every merge joined identical tokens (cosine 1), most in the flat stretch
+            for slot in (out.token_sizes[b] > 1).nonzero().flatten():
+                members = (out.token_source[b] == slot).nonzero().flatten()
+                assert len(set(token_ids[b, members].tolist())) == 1
+        with torch.no_grad():
+            torch.manual_seed(0)
+            assert torch.isfinite(t5_pipe.predict(ctx, prediction_length=3)).all()
+    finally:
+        mergeplug.remove(t5_pipe)
+
+
 def test_cross_attention_reads_merged_memory_with_sizes(t5_pipe):
     """Two identical memory tokens merged into one of size 2 (log 2 bias) give the same decoder output."""
     model = t5_pipe.model.model

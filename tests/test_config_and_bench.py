@@ -5,7 +5,7 @@ import json
 import pytest
 
 from mergeplug.bench import main
-from mergeplug.config import MergeConfig, ratio_for_reduction
+from mergeplug.config import MergeConfig, ratio_for_reduction, schedule_for_reduction
 
 
 @pytest.mark.parametrize("reduction", [0.5, 0.75, 0.9])
@@ -61,3 +61,20 @@ def test_bench_cli_rejects_bad_arguments():
         main(["--reps", "0"])
     with pytest.raises(SystemExit):
         main(["--k", "one"])
+
+
+@pytest.mark.parametrize("reduction", [0.5, 0.75, 0.9])
+def test_front_input_schedule_reaches_the_reduction(reduction):
+    kwargs = schedule_for_reduction(reduction, 6, "front-input")
+    keep = 1 - kwargs["input_ratio"]
+    for ratio in kwargs["ratio"]:
+        keep *= 1 - ratio
+    assert keep == pytest.approx(1 - reduction)
+    assert schedule_for_reduction(reduction, 6) == {"ratio": ratio_for_reduction(reduction, 6)}
+
+
+def test_input_ratio_validation_and_noop():
+    assert not MergeConfig(input_ratio=0.3).is_noop(6)
+    assert MergeConfig(input_ratio=0.3).input_merges(100) == 30
+    with pytest.raises(ValueError, match="input_ratio must be in"):
+        MergeConfig(input_ratio=1.0)

@@ -143,6 +143,11 @@ def merged_encoder_forward(
     state = MergeState.init(n_b, n, mask=mask, protected=_protected(record, input_ids, n_b, n, device), device=device)
     h = stack.dropout(inputs_embeds)
     bias, merged = None, False
+    r_in = cfg.input_merges(n)
+    if r_in > 0:  # before the first block, on the input embeddings
+        dst, t_new = match(inputs_embeds, state, r=r_in, k=cfg.k)
+        if t_new < n:
+            h, merged = merge_step(h, state, dst, t_new), True
     scratch = record.scratch
     for i, block in enumerate(stack.block):
         if bias is None:
