@@ -22,9 +22,9 @@ demo: $(STAMP)
 	$(BIN)/mergeplug-bench --size tiny --batch 4 --reps 3 --reductions 0.5,0.9 --k 1,global --schedule constant,front-input
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
 	$(BIN)/ruff check mergeplug tests
 	$(BIN)/ruff format --check mergeplug tests
+	$(BIN)/python -m pytest -q
 
 # The README's benchmark table (Chronos-T5 small dims; takes ~20 minutes on 2 cores).
 bench: $(STAMP)
