@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/ruff format --check mergeplug tests
 	$(BIN)/python -m pytest -q
 
-# The README's benchmark table (Chronos-T5 small dims; takes ~20 minutes on 2 cores).
+# The README's benchmark table (Chronos-T5 small dims; takes ~30 minutes on 2 cores).
 bench: $(STAMP)
 	$(BIN)/mergeplug-bench --size small --batch 8 --reps 3 --k 1,global --schedule constant,front,front-input --out results/bench_t5_small.json
 
