@@ -1,0 +1,83 @@
+"""``mergeplug-eval``: list datasets, run evaluations, regenerate reports."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .data import OfflineError, list_datasets
+from .report import write_report
+from .run import MERGE_KEYS, run
+
+QUICK = ["m3_monthly", "tourism_quarterly", "electricity_hourly"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mergeplug-eval", description="Speed-up and accuracy change of token merging.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ls = sub.add_parser("list-datasets", help="registered datasets")
+    ls.add_argument("--tag", choices=["offline", "online", "competition", "long"], default=None)
+
+    r = sub.add_parser("run", help="evaluate seasonal naive, the unmerged model and merge settings")
+    r.add_argument("--model", required=True, help="local path, hub id, random:chronos-t5-<size>, or seasonal-naive")
+    r.add_argument("--datasets", nargs="+", default=QUICK, help=f"registry names or file:PATH (default {QUICK})")
+    r.add_argument(
+        "--merge",
+        action="append",
+        default=[],
+        help=f"a merge setting, e.g. 'k=1,ratio=0.2' or 'k=1,reduction=0.75,schedule=front' (repeatable); "
+        f"keys: {', '.join(MERGE_KEYS)}",
+    )
+    r.add_argument("--out", default="results/eval", help="results directory (rerun to resume)")
+    r.add_argument("--reps", type=int, default=3, help="interleaved timing repetitions (median)")
+    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--timing-windows", type=int, default=64, help="windows per timing repetition")
+    r.add_argument("--max-series", type=int, default=None, help="first N series of each dataset (quick runs)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    r.add_argument("--no-progress", action="store_true")
+
+    rep = sub.add_parser("report", help="regenerate report.md and the plot of a results directory")
+    rep.add_argument("directory")
+
+    args = p.parse_args(argv)
+    if args.command == "list-datasets":
+        for spec in list_datasets(args.tag):
+            print(
+                f"{spec.name:32s} H={spec.prediction_length:<3d} windows={spec.windows:<3d} "
+                f"{spec.description} [{spec.source}]"
+            )
+        return 0
+    if args.command == "report":
+        try:
+            print(write_report(args.directory))
+        except FileNotFoundError as exc:
+            p.error(str(exc))
+        return 0
+    try:
+        run(
+            args.model,
+            args.datasets,
+            args.merge,
+            out=args.out,
+            reps=args.reps,
+            batch_size=args.batch_size,
+            timing_windows=args.timing_windows,
+            max_series=args.max_series,
+            seed=args.seed,
+            device=args.device,
+            dtype=args.dtype,
+            progress=not args.no_progress,
+        )
+    except (KeyError, ValueError, OfflineError, OSError) as exc:
+        print(f"mergeplug-eval: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return 2
+    print(write_report(args.out))
+    print(f"\nresults: {args.out}/results.jsonl, {args.out}/report.md, {args.out}/speed_vs_accuracy.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

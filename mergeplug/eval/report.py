@@ -1,0 +1,112 @@
+"""Tables and plots from a results directory (``results.jsonl``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["load_rows", "aggregate", "markdown", "plot", "write_report"]
+
+
+def load_rows(directory: str | Path) -> list[dict[str, Any]]:
+    """Rows of ``DIR/results.jsonl``; a clear error when the directory holds no results."""
+    path = Path(directory) / "results.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {directory} a mergeplug-eval results directory?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _geomean(values: list[float]) -> float:
+    values = [v for v in values if v > 0 and math.isfinite(v)]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per setting: geometric means over datasets of MASE and WQL relative to seasonal naive, and of speed-up."""
+    naive = {r["dataset"]: r for r in rows if r["setting"] == "seasonal-naive"}
+    settings: list[str] = []
+    for r in rows:
+        if r["setting"] not in settings:
+            settings.append(r["setting"])
+    out = []
+    for s in settings:
+        mine = [r for r in rows if r["setting"] == s and r["dataset"] in naive]
+        out.append(
+            {
+                "setting": s,
+                "datasets": len(mine),
+                "MASE_ratio": _geomean([r["MASE"] / naive[r["dataset"]]["MASE"] for r in mine]),
+                "WQL_ratio": _geomean([r["WQL"] / naive[r["dataset"]]["WQL"] for r in mine]),
+                "speedup": _geomean([r["speedup"] for r in mine if "speedup" in r]) if s != "seasonal-naive" else None,
+            }
+        )
+    return out
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "" if v is None else format(v, spec)
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """Per-dataset table and the aggregate table, as markdown."""
+    lines = [
+        "| dataset | setting | MASE | WQL | MASE change | WQL change | speed-up | windows/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['dataset']} | {r['setting']} | {r['MASE']:.3f} | {r['WQL']:.3f} "
+            f"| {_fmt(r.get('MASE_change'), '+.1%')} | {_fmt(r.get('WQL_change'), '+.1%')} "
+            f"| {_fmt(r.get('speedup'), '.2f')}{'x' if r.get('speedup') else ''} "
+            f"| {_fmt(r.get('windows_per_s'), '.1f')} |"
+        )
+    lines += [
+        "",
+        "Aggregate (geometric mean over datasets; ratios relative to seasonal naive, lower is better):",
+        "",
+        "| setting | datasets | MASE ratio | WQL ratio | speed-up |",
+        "|---|---|---|---|---|",
+    ]
+    for a in aggregate(rows):
+        speed = _fmt(a["speedup"], ".2f") + ("x" if a["speedup"] else "")
+        lines.append(f"| {a['setting']} | {a['datasets']} | {a['MASE_ratio']:.3f} | {a['WQL_ratio']:.3f} | {speed} |")
+    skipped = {r["dataset"]: r.get("skipped_series", 0) for r in rows if r.get("skipped_series")}
+    if skipped:
+        lines += ["", "Series skipped as too short: " + ", ".join(f"{d}: {n}" for d, n in skipped.items())]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """PNG: speed-up (x) vs WQL change (y), one line per dataset, one point per merge setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        pts = sorted((r["speedup"], 100 * r["WQL_change"]) for r in rows if r["dataset"] == ds and "speedup" in r)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=ds)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("speed-up vs unmerged (x)")
+    ax.set_ylabel("WQL change vs unmerged (%)")
+    ax.set_title("Token merging: speed vs accuracy")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(directory: str | Path) -> str:
+    """Write ``report.md`` and ``speed_vs_accuracy.png`` into the results directory; return the markdown."""
+    directory = Path(directory)
+    rows = load_rows(directory)
+    text = markdown(rows)
+    (directory / "report.md").write_text(text + "\n")
+    plot(rows, directory / "speed_vs_accuracy.png")
+    return text

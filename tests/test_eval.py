@@ -1,0 +1,135 @@
+"""Evaluation harness: data registry, protocol and metrics, runs with resume, reports, CLI."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mergeplug.eval import load_dataset, parse_merge, run, write_report
+from mergeplug.eval.cli import main
+from mergeplug.eval.data import load_local
+from mergeplug.eval.run import _windows, evaluate, seasonal_naive_quantiles
+
+# Chronos' published seasonal-naive results (scripts/evaluation/results/seasonal-naive-zero-shot.csv)
+CHRONOS_NAIVE = {
+    "m1_monthly": (1.3145, 0.1915),
+    "m3_quarterly": (1.4253, 0.1013),
+    "tourism_monthly": (1.6309, 0.1042),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHRONOS_NAIVE))
+def test_seasonal_naive_matches_chronos_published_figures(name):
+    """A real check of data, windows, seasonality and GluonTS metrics together."""
+    ds = load_dataset(name)
+    test_data = _windows(ds)
+    metrics = evaluate(ds, lambda ctx: seasonal_naive_quantiles(ds, list(test_data.input)))
+    mase, wql = CHRONOS_NAIVE[name]
+    assert metrics["MASE"] == pytest.approx(mase, abs=2e-3)
+    assert metrics["WQL"] == pytest.approx(wql, abs=2e-3)
+
+
+def test_competition_protocol():
+    ds = load_dataset("m3_monthly")
+    assert len(ds) == 1428 and ds.prediction_length == 18 and ds.season == 12 and ds.freq == "M"
+    assert load_dataset("tourism_quarterly").season == 4
+    assert load_dataset("m3_yearly", max_series=5).season == 1
+
+
+def test_unknown_dataset_lists_known_ones():
+    with pytest.raises(KeyError, match="m3_monthly"):
+        load_dataset("m3_montly")
+
+
+def test_short_series_are_skipped_and_counted(tmp_path):
+    rows = [("a", t, float(t)) for t in range(30)] + [("b", t, 1.0) for t in range(5)]
+    df = pd.DataFrame(rows, columns=["item_id", "timestamp", "target"])
+    df["timestamp"] = pd.Timestamp("2024-01-01") + pd.to_timedelta(df["timestamp"], unit="h")
+    path = tmp_path / "long.csv"
+    df.to_csv(path, index=False)
+    ds = load_dataset(f"file:{path}", prediction_length=6)
+    assert len(ds) == 1 and ds.skipped == 1 and ds.freq == "h" and ds.season == 24
+
+
+def test_local_wide_and_long_formats_agree(tmp_path):
+    ts = pd.date_range("2024-01-01", periods=50, freq="D")
+    wide = pd.DataFrame({"timestamp": ts, "x": np.arange(50.0), "y": np.arange(50.0) * 2})
+    wide.to_csv(tmp_path / "wide.csv", index=False)
+    long = wide.melt(id_vars="timestamp", var_name="item_id", value_name="target")
+    long.to_parquet(tmp_path / "long.parquet")
+    a, fa = load_local(tmp_path / "wide.csv")
+    b, fb = load_local(tmp_path / "long.parquet")
+    assert fa == fb == "D"
+    for ea, eb in zip(a, b, strict=True):
+        assert ea["item_id"] == eb["item_id"] and np.array_equal(ea["target"], eb["target"])
+    (tmp_path / "x.txt").write_text("")
+    with pytest.raises(ValueError, match="unsupported file type"):
+        load_local(tmp_path / "x.txt")
+    with pytest.raises(FileNotFoundError):
+        load_local(tmp_path / "missing.csv")
+
+
+def test_parse_merge():
+    s = parse_merge("k=1, ratio=0.25")
+    assert s.kwargs == {"k": 1, "ratio": 0.25}
+    assert parse_merge("k=global,r=4:4:0").kwargs == {"k": None, "r": [4, 4, 0]}
+    assert parse_merge("k=1,reduction=0.75,schedule=front", num_layers=2).kwargs["ratio"] == [0.5, 0.5]
+    with pytest.raises(ValueError, match="unknown merge key 'rr'.*known keys"):
+        parse_merge("k=1,rr=3")
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        parse_merge("k=0,r=3")
+    with pytest.raises(ValueError, match="bad value"):
+        parse_merge("k=one")
+
+
+def test_run_end_to_end_resumes_and_reports(tmp_path):
+    out = tmp_path / "run"
+    kwargs = dict(out=out, reps=1, batch_size=16, timing_windows=8, max_series=12, progress=False)
+    merges = ["k=1,ratio=0.2"]
+    rows = run("random:chronos-bolt-test", ["m3_monthly", "tourism_quarterly"], merges, **kwargs)
+    assert len(rows) == 6  # 2 datasets x (seasonal naive, unmerged, one merge setting)
+    by = {(r["dataset"], r["setting"]): r for r in rows}
+    unmerged = by[("m3_monthly", "unmerged")]
+    assert unmerged["MASE_change"] == 0.0 and unmerged["series"] == 12
+    merged = by[("m3_monthly", "k=1,ratio=0.2")]
+    assert merged["merge"] == {"k": 1, "ratio": 0.2} and merged["speedup"] > 0 and merged["WQL"] > 0
+    # resume: nothing is recomputed, a missing cell is
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    rows2 = run("random:chronos-bolt-test", ["m3_monthly", "tourism_quarterly"], merges, **kwargs)
+    assert len(rows2) == 6
+    assert [json.loads(x) for x in lines[:-1]] == rows2[:-1]
+    assert rows2[-1]["setting"] == json.loads(lines[-1])["setting"]
+    # the same seed reproduces the accuracy figures
+    assert rows2[-1]["WQL"] == pytest.approx(json.loads(lines[-1])["WQL"], rel=1e-6)
+    text = write_report(out)
+    assert "| m3_monthly | k=1,ratio=0.2 |" in text and (out / "speed_vs_accuracy.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="another --out"):
+        run("random:chronos-t5-test", ["m3_monthly"], merges, **kwargs)
+
+
+def test_cli(tmp_path, capsys):
+    assert main(["list-datasets", "--tag", "offline"]) == 0
+    listing = capsys.readouterr().out
+    assert "m3_monthly" in listing and "electricity_hourly" in listing and "chronos:" not in listing
+    assert main(["run", "--model", "seasonal-naive", "--datasets", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown dataset 'nope'" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                "seasonal-naive",
+                "--datasets",
+                "m3_other",
+                "--out",
+                str(tmp_path / "y"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert "| m3_other | seasonal-naive |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path / "missing")])
