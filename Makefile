@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.mergeplug-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test bench eval-quick clean
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ test: $(STAMP)
 # The README's benchmark table (Chronos-T5 small dims; takes ~30 minutes on 2 cores).
 bench: $(STAMP)
 	$(BIN)/mergeplug-bench --size small --batch 8 --reps 3 --k 1,global --schedule constant,front,front-input --out results/bench_t5_small.json
+
+# Quick offline evaluation with the harness (random-weight Bolt: shows the harness, not real accuracy).
+eval-quick: $(STAMP)
+	$(BIN)/mergeplug-eval run --model random:chronos-bolt-small --datasets m3_monthly tourism_quarterly \
+		--max-series 200 --merge k=1,reduction=0.5 --merge k=1,reduction=0.75,schedule=front --out results/eval-quick
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

