@@ -1,8 +1,17 @@
 """mergeplug: local token merging (and more) for Chronos and Hugging Face Transformers."""
 
 from .config import MergeConfig, ratio_for_reduction, schedule_for_reduction
-from .core import apply, remove, settings
+from .core import apply, remove, settings, token_counts
 
 __version__ = "0.1.0"
 
-__all__ = ["MergeConfig", "apply", "remove", "settings", "ratio_for_reduction", "schedule_for_reduction", "__version__"]
+__all__ = [
+    "MergeConfig",
+    "apply",
+    "remove",
+    "settings",
+    "token_counts",
+    "ratio_for_reduction",
+    "schedule_for_reduction",
+    "__version__",
+]

@@ -8,7 +8,7 @@ from .config import MergeConfig
 from .patches import find_family
 from .patches.base import PatchRecord, find_record, restore
 
-__all__ = ["apply", "remove", "settings"]
+__all__ = ["apply", "remove", "settings", "token_counts"]
 
 T = TypeVar("T")
 
@@ -82,3 +82,13 @@ def settings(obj: Any) -> MergeConfig | None:
     """The merge settings currently applied to ``obj``, or None if it is not patched."""
     record = find_record(find_family(obj).modules(obj))
     return None if record is None else record.config
+
+
+def token_counts(obj: Any) -> list[int] | None:
+    """Token counts of the last merged encoder forward: [entering block 0, leaving block 0, ..., leaving block L-1].
+
+    Counts are slots per row (rows of a batch share one length); None if ``obj`` is not patched or has not run
+    a merged forward since it was patched.
+    """
+    record = find_record(find_family(obj).modules(obj))
+    return None if record is None else record.scratch.get("token_counts")

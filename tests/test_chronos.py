@@ -100,6 +100,7 @@ def test_t5_merged_pipeline_end_to_end(t5_pipe):
         assert isinstance(out, MergedEncoderOutput)
         # 2 layers, 25% of the current tokens per layer: 121 -> 91 -> 68
         assert out.last_hidden_state.shape == (3, 68, 64)
+        assert mergeplug.token_counts(t5_pipe) == [121, 91, 68]
         assert out.token_sizes.sum(1).tolist() == [121.0] * 3
         # EOS (last) is protected; padding (row 0's NaN prefix) merged only with padding
         assert (out.token_sizes[:, -1] == 1).all() and (out.token_source[:, -1] == 67).all()

@@ -94,6 +94,8 @@ def test_run_end_to_end_resumes_and_reports(tmp_path):
     assert unmerged["MASE_change"] == 0.0 and unmerged["series"] == 12
     merged = by[("m3_monthly", "k=1,ratio=0.2")]
     assert merged["merge"] == {"k": 1, "ratio": 0.2} and merged["speedup"] > 0 and merged["WQL"] > 0
+    counts = merged["tokens_per_layer"]
+    assert len(counts) == 3 and counts[0] > counts[1] > counts[2]  # 2 layers, 20% merged in each
     # resume: nothing is recomputed, a missing cell is
     lines = (out / "results.jsonl").read_text().splitlines()
     (out / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n")

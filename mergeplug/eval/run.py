@@ -263,6 +263,7 @@ def run(
         timed = [settings[0]] + [s for s in pending if s.kwargs]  # the unmerged reference is always re-timed
         times: dict[str, list[float]] = {s.label: [] for s in timed}
         accuracy: dict[str, dict[str, float]] = {}
+        counts: dict[str, list[int] | None] = {}
         with torch.inference_mode():
             for s in pending:  # accuracy: every window, same seed for every setting
                 configure(s)
@@ -276,6 +277,7 @@ def run(
                     desc=f"{name} {s.label}",
                 )
                 accuracy[s.label] = score(ds, test_data, q)
+                counts[s.label] = mergeplug.token_counts(pipe) if s.kwargs else None
             subset = contexts[:timing_windows]
             configure(timed[0])
             chronos_quantiles(pipe, subset[:batch_size], ds.prediction_length, batch_size=batch_size)  # warm-up
@@ -304,6 +306,7 @@ def run(
                     "timing_windows": len(subset),
                     "windows_per_s": len(subset) / t,
                     "speedup": ref_time / t,
+                    "tokens_per_layer": counts[s.label],
                     "peak_rss_mb": _peak_rss_mb(),
                 }
             )

@@ -149,6 +149,7 @@ def merged_encoder_forward(
         if t_new < n:
             h, merged = merge_step(h, state, dst, t_new), True
     scratch = record.scratch
+    counts = [state.length]  # tokens entering block 0
     for i, block in enumerate(stack.block):
         if bias is None:
             bias = _attention_bias(stack, state, merged, dtype, cfg.proportional_attention)
@@ -168,8 +169,10 @@ def merged_encoder_forward(
                 h = merge_step(h, state, dst, t_new)
                 bias, merged = None, True
         scratch.pop("keys", None)
+        counts.append(state.length)  # tokens leaving block i
         h = _clamp_fp16(block.layer[-1](h))
     h = stack.dropout(stack.final_layer_norm(h))
+    scratch["token_counts"] = counts
     return MergedEncoderOutput(
         last_hidden_state=h,
         token_sizes=state.size,
