@@ -157,3 +157,23 @@ def test_shipped_datasets_load_offline(name):
         assert e["target"].dtype == np.float32 and len(e["target"]) > ds.prediction_length * (ds.windows + 1)
         assert isinstance(e["start"], pd.Period)
     assert ds.season == {"h": 24, "30min": 48}[ds.freq]
+
+
+def test_two_process_accelerate_run_equals_single_process(tmp_path):
+    """Series are sharded by batch across `accelerate launch` processes; results equal the 1-process run."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    launcher = Path(sys.executable).parent / "accelerate"
+    args = ["run", "--model", "random:chronos-t5-test", "--datasets", "m3_monthly", "--max-series", "24"]
+    args += ["--merge", "k=1,ratio=0.2", "--reps", "1", "--batch-size", "8", "--no-progress"]
+    cmd = [str(launcher), "launch", "--cpu", "--num_processes", "2", "-m", "mergeplug.eval.cli", *args]
+    proc = subprocess.run([*cmd, "--out", str(tmp_path / "mp")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert main([*args, "--out", str(tmp_path / "sp")]) == 0
+    multi = [json.loads(x) for x in (tmp_path / "mp" / "results.jsonl").read_text().splitlines()]
+    single = [json.loads(x) for x in (tmp_path / "sp" / "results.jsonl").read_text().splitlines()]
+    assert len(multi) == len(single) == 3
+    for m, s in zip(multi, single, strict=True):
+        assert (m["setting"], m["MASE"], m["WQL"]) == (s["setting"], s["MASE"], s["WQL"])

@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyError, ValueError, OfflineError, OSError) as exc:
         print(f"mergeplug-eval: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return 0
     print(write_report(args.out))
     print(f"\nresults: {args.out}/results.jsonl, {args.out}/report.md, {args.out}/speed_vs_accuracy.png")
     return 0

@@ -130,15 +130,37 @@ def _windows(ds: EvalDataset):
 
 
 def chronos_quantiles(
-    pipe, contexts: Sequence[np.ndarray], h: int, *, batch_size: int = 32, progress: bool = False, desc: str = ""
+    pipe,
+    contexts: Sequence[np.ndarray],
+    h: int,
+    *,
+    batch_size: int = 32,
+    seed: int | None = None,
+    shard: tuple[int, int] = (0, 1),
+    progress: bool = False,
+    desc: str = "",
 ) -> np.ndarray:
-    """(N, Q, H) quantile forecasts from a Chronos pipeline, in batches (NaNs are missing values)."""
-    out = []
-    for i in tqdm(range(0, len(contexts), batch_size), desc=desc, disable=not progress, leave=False):
-        batch = [torch.tensor(c, dtype=torch.float32) for c in contexts[i : i + batch_size]]
+    """(N, Q, H) quantile forecasts from a Chronos pipeline, in batches (NaNs are missing values).
+
+    Batch ``b`` is seeded with ``seed + b`` (when ``seed`` is given), so a forecast does not depend on which
+    process computes it. ``shard=(rank, world)``: this process computes batches ``rank, rank + world, ...``
+    and the batches are gathered across processes (``accelerate``), giving the single-process result.
+    """
+    rank, world = shard
+    starts = list(range(0, len(contexts), batch_size))
+    mine: dict[int, np.ndarray] = {}
+    for b in tqdm(range(rank, len(starts), world), desc=desc, disable=not progress, leave=False):
+        if seed is not None:
+            torch.manual_seed(seed + b)
+        batch = [torch.tensor(c, dtype=torch.float32) for c in contexts[starts[b] : starts[b] + batch_size]]
         q, _ = pipe.predict_quantiles(batch, prediction_length=h, quantile_levels=list(QUANTILES))
-        out.append(q.float().numpy().transpose(0, 2, 1))
-    return np.concatenate(out, axis=0)
+        mine[b] = q.float().numpy().transpose(0, 2, 1)
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        for part in gather_object([mine]):
+            mine.update(part)
+    return np.concatenate([mine[b] for b in range(len(starts))], axis=0)
 
 
 def seasonal_naive_quantiles(ds: EvalDataset, inputs: list[dict[str, Any]]) -> np.ndarray:
@@ -180,8 +202,9 @@ def evaluate(ds: EvalDataset, forecast: Callable[[list[np.ndarray]], np.ndarray]
 class ResultStore:
     """``results.jsonl`` + ``run.json`` in a directory; rows are appended as they arrive."""
 
-    def __init__(self, directory: str | Path, meta: dict[str, Any]):
+    def __init__(self, directory: str | Path, meta: dict[str, Any], write: bool = True):
         self.dir = Path(directory)
+        self.write = write
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "results.jsonl"
         meta_path = self.dir / "run.json"
@@ -193,7 +216,8 @@ class ResultStore:
                         f"{self.dir} holds a run with {key}={old.get(key)!r}, this run has {meta.get(key)!r}: "
                         "use another --out directory"
                     )
-        meta_path.write_text(json.dumps(meta, indent=1))
+        if write:
+            meta_path.write_text(json.dumps(meta, indent=1))
         self.rows = [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
 
     def done(self, dataset: str, setting: str) -> bool:
@@ -204,6 +228,8 @@ class ResultStore:
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
+        if not self.write:  # other processes of a multi-process run keep rows in memory only
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -239,7 +265,11 @@ def run(
     layers = _encoder_layers(pipe) if pipe is not None else None
     settings = [MergeSetting("unmerged", {})] + [parse_merge(m, layers) for m in merges] if pipe is not None else []
     meta = {"model": model, "quantiles": list(QUANTILES), "seed": seed, "merges": list(merges), "reps": reps}
-    store = ResultStore(out, meta)
+    from accelerate import PartialState
+
+    dist = PartialState()  # one process unless started with `accelerate launch`
+    shard = (dist.process_index, dist.num_processes)
+    store = ResultStore(out, meta, write=dist.is_main_process)
 
     def configure(s: MergeSetting) -> None:
         if not s.kwargs:
@@ -265,15 +295,16 @@ def run(
         accuracy: dict[str, dict[str, float]] = {}
         counts: dict[str, list[int] | None] = {}
         with torch.inference_mode():
-            for s in pending:  # accuracy: every window, same seed for every setting
+            for s in pending:  # accuracy: every window, same seeds for every setting
                 configure(s)
-                torch.manual_seed(seed)
                 q = chronos_quantiles(
                     pipe,
                     contexts,
                     ds.prediction_length,
                     batch_size=batch_size,
-                    progress=progress,
+                    seed=seed,
+                    shard=shard,
+                    progress=progress and dist.is_main_process,
                     desc=f"{name} {s.label}",
                 )
                 accuracy[s.label] = score(ds, test_data, q)
@@ -284,10 +315,10 @@ def run(
             for _ in tqdm(range(reps), desc=f"{name} timing", disable=not progress, leave=False):
                 for s in timed:  # interleaved
                     configure(s)
-                    torch.manual_seed(seed)
+                    dist.wait_for_everyone()
                     start = time.perf_counter()
-                    chronos_quantiles(pipe, subset, ds.prediction_length, batch_size=batch_size)
-                    times[s.label].append(time.perf_counter() - start)
+                    chronos_quantiles(pipe, subset, ds.prediction_length, batch_size=batch_size, seed=seed, shard=shard)
+                    times[s.label].append(time.perf_counter() - start)  # the gather makes this the slowest shard
         mergeplug.remove(pipe)
         ref_time = statistics.median(times["unmerged"])
         ref_acc = accuracy.get("unmerged") or store.get(name, "unmerged")
