@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
 	touch $(STAMP)
 
-# Main job: merged vs unmerged Chronos-T5 (tiny dims, random weights), speed and output difference.
+# Main job: merged vs unmerged Chronos-T5 (tiny dims, random weights), speed and output difference, then a
+# quick offline evaluation with the harness (real data; random weights until reference checkpoints ship).
 demo: $(STAMP)
 	$(BIN)/mergeplug-bench --size tiny --batch 4 --reps 3 --reductions 0.5,0.9 --k 1,global --schedule constant,front-input
+	$(MAKE) --no-print-directory eval-quick
 
 test: $(STAMP)
 	$(BIN)/ruff check mergeplug tests
@@ -33,7 +35,8 @@ bench: $(STAMP)
 # Quick offline evaluation with the harness (random-weight Bolt: shows the harness, not real accuracy).
 eval-quick: $(STAMP)
 	$(BIN)/mergeplug-eval run --model random:chronos-bolt-small --datasets m3_monthly tourism_quarterly \
-		--max-series 200 --merge k=1,reduction=0.5 --merge k=1,reduction=0.75,schedule=front --out results/eval-quick
+		--max-series 200 --merge k=1,reduction=0.5 --merge k=1,reduction=0.75,schedule=front --out results/eval-quick \
+		--no-progress
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
