@@ -14,7 +14,7 @@ from chronos.chronos import ChronosConfig, ChronosModel
 from chronos.chronos_bolt import ChronosBoltModelForForecasting
 from transformers import T5Config, T5ForConditionalGeneration
 
-__all__ = ["SIZES", "t5_config", "chronos_t5", "chronos_bolt"]
+__all__ = ["SIZES", "t5_config", "chronos_t5", "chronos_bolt", "chronos2"]
 
 Size = Literal["test", "tiny", "mini", "small", "base"]
 
@@ -110,3 +110,30 @@ def chronos_bolt(
     torch.manual_seed(seed)
     model = ChronosBoltModelForForecasting(config).eval()
     return ChronosBoltPipeline(model=model)
+
+
+def chronos2(size: Size = "small", *, context_length: int = 2048, patch_size: int = 16, seed: int = 0):
+    """A ``Chronos2Pipeline`` with random weights (``size``'s dimensions, ``layers`` encoder blocks), eval, float32."""
+    from chronos import Chronos2Pipeline
+    from chronos.chronos2.config import Chronos2CoreConfig
+    from chronos.chronos2.model import Chronos2Model
+
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
+    d_model, d_ff, heads, layers, d_kv = SIZES[size]
+    config = Chronos2CoreConfig(
+        d_model=d_model, d_kv=d_kv, d_ff=d_ff, num_layers=layers, num_heads=heads, feed_forward_proj="relu"
+    )
+    config.chronos_config = {
+        "context_length": context_length,
+        "input_patch_size": patch_size,
+        "input_patch_stride": patch_size,
+        "output_patch_size": patch_size,
+        "quantiles": [0.01, 0.05] + [round(0.1 + 0.05 * i, 2) for i in range(17)] + [0.95, 0.99],
+        "use_reg_token": True,
+        "use_arcsinh": True,
+        "max_output_patches": 64,
+    }
+    config.chronos_pipeline_class = "Chronos2Pipeline"
+    torch.manual_seed(seed)
+    return Chronos2Pipeline(model=Chronos2Model(config).eval())

@@ -96,6 +96,7 @@ def test_run_end_to_end_resumes_and_reports(tmp_path):
     assert merged["merge"] == {"k": 1, "ratio": 0.2} and merged["speedup"] > 0 and merged["WQL"] > 0
     counts = merged["tokens_per_layer"]
     assert len(counts) == 3 and counts[0] > counts[1] > counts[2]  # 2 layers, 20% merged in each
+    assert merged["peak_mem_mb"] >= 0 and merged["process_peak_rss_mb"] > 100
     # resume: nothing is recomputed, a missing cell is
     lines = (out / "results.jsonl").read_text().splitlines()
     (out / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n")
@@ -177,3 +178,35 @@ def test_two_process_accelerate_run_equals_single_process(tmp_path):
     assert len(multi) == len(single) == 3
     for m, s in zip(multi, single, strict=True):
         assert (m["setting"], m["MASE"], m["WQL"]) == (s["setting"], s["MASE"], s["WQL"])
+
+
+def test_other_models_chronos2_and_gluonts_predictors(tmp_path):
+    """Chronos-2 pipelines and any GluonTS predictor run unmerged; merging them is refused up front."""
+    kwargs = dict(reps=1, batch_size=8, timing_windows=8, max_series=6, progress=False)
+    rows = run("random:chronos-2-test", ["m3_yearly"], out=tmp_path / "c2", **kwargs)
+    c2 = {r["setting"]: r for r in rows}["unmerged"]
+    assert np.isfinite(c2["WQL"]) and c2["speedup"] == 1.0 and c2["peak_mem_mb"] >= 0
+    # the GluonTS seasonal-naive predictor through the generic adapter equals the built-in baseline
+    rows = run(
+        "predictor:gluonts.model.seasonal_naive.SeasonalNaivePredictor", ["m3_yearly"], out=tmp_path / "p", **kwargs
+    )
+    by = {r["setting"]: r for r in rows}
+    assert by["unmerged"]["MASE"] == pytest.approx(by["seasonal-naive"]["MASE"], rel=1e-9)
+    assert by["unmerged"]["WQL"] == pytest.approx(by["seasonal-naive"]["WQL"], rel=1e-9)
+    with pytest.raises(ValueError, match="token merging does not apply"):
+        run("random:chronos-2-test", ["m3_yearly"], ["k=1,ratio=0.2"], out=tmp_path / "x", **kwargs)
+    with pytest.raises(ValueError, match="cannot import"):
+        run("predictor:gluonts.nothing.Here", ["m3_yearly"], out=tmp_path / "y", **kwargs)
+
+
+def test_model_specs_with_clear_errors(tmp_path):
+    from mergeplug.eval.models import SupervisedForecaster, load_model
+
+    with pytest.raises(ValueError, match="unknown shipped model"):
+        load_model("mergeplug:no-such-model")
+    with pytest.raises(ValueError, match="unknown random model"):
+        load_model("random:gpt-tiny")
+    (tmp_path / "patchtst-solar_hourly").mkdir()
+    fam = SupervisedForecaster(root=tmp_path, family="patchtst", name="mergeplug:patchtst")
+    with pytest.raises(ValueError, match="no patchtst model was trained on 'm3_yearly'.*solar_hourly"):
+        fam.for_dataset(load_dataset("m3_yearly"))

@@ -29,10 +29,10 @@ from tqdm.auto import tqdm
 
 from ..config import MergeConfig, schedule_for_reduction
 from .data import EvalDataset, load_dataset
+from .models import QUANTILES, Forecaster, chronos_quantiles, load_model
 
-__all__ = ["QUANTILES", "MergeSetting", "parse_merge", "load_model", "evaluate", "run"]
+__all__ = ["QUANTILES", "MergeSetting", "parse_merge", "load_model", "chronos_quantiles", "evaluate", "run"]
 
-QUANTILES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MERGE_KEYS = ("k", "r", "ratio", "input_ratio", "reduction", "schedule", "proportional_attention")
 
 
@@ -88,79 +88,10 @@ def parse_merge(text: str, num_layers: int | None = None) -> MergeSetting:
     return MergeSetting(label=text.replace(" ", ""), kwargs=kwargs)
 
 
-def load_model(spec: str, *, device: str = "cpu", dtype: str = "float32"):
-    """A Chronos pipeline from a local path or hub id, or ``random:<family>-<size>`` built from a config.
-
-    ``random:chronos-t5-tiny``, ``random:chronos-bolt-small`` etc. have random weights: for speed and plumbing
-    checks only.
-    """
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    if spec.startswith("random:"):
-        from ..models import chronos_bolt, chronos_t5
-
-        family, _, size = spec[len("random:") :].rpartition("-")
-        builders = {"chronos-t5": chronos_t5, "chronos-bolt": chronos_bolt}
-        if family not in builders:
-            raise ValueError(
-                f"unknown random model {spec!r}; use random:chronos-t5-<size> or random:chronos-bolt-<size>"
-            )
-        pipe = builders[family](size)  # type: ignore[arg-type]
-        pipe.model.to(device=device, dtype=torch_dtype)
-        return pipe
-    from chronos import BaseChronosPipeline
-
-    try:
-        return BaseChronosPipeline.from_pretrained(spec, device_map=device, dtype=torch_dtype)
-    except OSError as exc:
-        raise OSError(
-            f"could not load model {spec!r} ({exc}). A hub id needs internet (or a filled local cache); "
-            "offline, pass a local directory or random:chronos-t5-<size>."
-        ) from exc
-
-
-def _encoder_layers(pipe) -> int:
-    inner = pipe.inner_model
-    return int(getattr(inner.config, "num_layers", 0) or 0)
-
-
 # --------------------------------------------------------------------------------------------- forecasting
 def _windows(ds: EvalDataset):
     _, template = split(ds.entries, offset=-ds.prediction_length * ds.windows)
     return template.generate_instances(prediction_length=ds.prediction_length, windows=ds.windows)
-
-
-def chronos_quantiles(
-    pipe,
-    contexts: Sequence[np.ndarray],
-    h: int,
-    *,
-    batch_size: int = 32,
-    seed: int | None = None,
-    shard: tuple[int, int] = (0, 1),
-    progress: bool = False,
-    desc: str = "",
-) -> np.ndarray:
-    """(N, Q, H) quantile forecasts from a Chronos pipeline, in batches (NaNs are missing values).
-
-    Batch ``b`` is seeded with ``seed + b`` (when ``seed`` is given), so a forecast does not depend on which
-    process computes it. ``shard=(rank, world)``: this process computes batches ``rank, rank + world, ...``
-    and the batches are gathered across processes (``accelerate``), giving the single-process result.
-    """
-    rank, world = shard
-    starts = list(range(0, len(contexts), batch_size))
-    mine: dict[int, np.ndarray] = {}
-    for b in tqdm(range(rank, len(starts), world), desc=desc, disable=not progress, leave=False):
-        if seed is not None:
-            torch.manual_seed(seed + b)
-        batch = [torch.tensor(c, dtype=torch.float32) for c in contexts[starts[b] : starts[b] + batch_size]]
-        q, _ = pipe.predict_quantiles(batch, prediction_length=h, quantile_levels=list(QUANTILES))
-        mine[b] = q.float().numpy().transpose(0, 2, 1)
-    if world > 1:
-        from accelerate.utils import gather_object
-
-        for part in gather_object([mine]):
-            mine.update(part)
-    return np.concatenate([mine[b] for b in range(len(starts))], axis=0)
 
 
 def seasonal_naive_quantiles(ds: EvalDataset, inputs: list[dict[str, Any]]) -> np.ndarray:
@@ -234,12 +165,52 @@ class ResultStore:
             f.write(json.dumps(row) + "\n")
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def _rss_mb() -> float:
+    """Current resident set size (Linux /proc; elsewhere the process peak from getrusage)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * (resource.getpagesize() / 2**20)
+    except OSError:  # pragma: no cover - non-Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class PeakMemory:
+    """Peak resident memory above the level at entry, sampled every ``interval`` seconds in a thread.
+
+    ``with PeakMemory() as m: ...`` then ``m.extra_mb`` (peak minus entry level, MB) and ``m.peak_mb``.
+    """
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.peak_mb = self.start_mb = 0.0
+
+    def __enter__(self) -> PeakMemory:
+        import threading
+
+        self.start_mb = self.peak_mb = _rss_mb()
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.is_set():
+                self.peak_mb = max(self.peak_mb, _rss_mb())
+                self._stop.wait(self.interval)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, _rss_mb())
+
+    @property
+    def extra_mb(self) -> float:
+        return self.peak_mb - self.start_mb
 
 
 def run(
-    model: str,
+    model: str | Forecaster,
     datasets: Sequence[str],
     merges: Sequence[str] = (),
     *,
@@ -255,16 +226,34 @@ def run(
 ) -> list[dict[str, Any]]:
     """Evaluate the seasonal-naive baseline, the unmerged model and each merge setting on each dataset.
 
-    Returns all rows of the results directory (finished cells of an earlier run included).
+    ``model``: a spec for :func:`~mergeplug.eval.models.load_model` (``"seasonal-naive"`` scores only the
+    baseline) or a :class:`~mergeplug.eval.models.Forecaster`. Per setting it records MASE, WQL, their change
+    vs unmerged, median time over ``reps`` interleaved repetitions on ``timing_windows`` windows, throughput,
+    encoder tokens per layer and peak memory (``peak_mem_mb``: resident memory above the level before that
+    setting's forecasts). Returns all rows of the results directory (finished cells of an earlier run included).
     """
     import mergeplug
 
     if reps < 1:
         raise ValueError(f"reps must be >= 1, got {reps}")
-    pipe = None if model == "seasonal-naive" else load_model(model, device=device, dtype=dtype)
-    layers = _encoder_layers(pipe) if pipe is not None else None
-    settings = [MergeSetting("unmerged", {})] + [parse_merge(m, layers) for m in merges] if pipe is not None else []
-    meta = {"model": model, "quantiles": list(QUANTILES), "seed": seed, "merges": list(merges), "reps": reps}
+    forecaster = None if model == "seasonal-naive" else load_model(model, device=device, dtype=dtype)
+    if forecaster is not None and merges:
+        from ..patches.base import find_family
+
+        try:
+            if forecaster.target is None:
+                raise TypeError("no model object to patch")
+            find_family(forecaster.target)
+        except TypeError as exc:
+            raise ValueError(
+                f"token merging does not apply to {forecaster.name or model!r} ({exc}); evaluate it without --merge"
+            ) from None
+    layers = forecaster.num_layers if forecaster is not None else None
+    settings = (
+        [MergeSetting("unmerged", {})] + [parse_merge(m, layers) for m in merges] if forecaster is not None else []
+    )
+    name = model if isinstance(model, str) else (model.name or type(model).__name__)
+    meta = {"model": name, "quantiles": list(QUANTILES), "seed": seed, "merges": list(merges), "reps": reps}
     from accelerate import PartialState
 
     dist = PartialState()  # one process unless started with `accelerate launch`
@@ -272,56 +261,57 @@ def run(
     store = ResultStore(out, meta, write=dist.is_main_process)
 
     def configure(s: MergeSetting) -> None:
+        if not merges:  # nothing to apply or remove (and the model may not be patchable at all)
+            return
         if not s.kwargs:
-            mergeplug.remove(pipe)
+            mergeplug.remove(forecaster.target)
         else:
-            mergeplug.apply(pipe, **s.kwargs)
+            mergeplug.apply(forecaster.target, **s.kwargs)
 
-    for name in tqdm(datasets, desc="datasets", disable=not progress):
-        ds = load_dataset(name, max_series=max_series)
-        base = {"dataset": name, "series": len(ds), "skipped_series": ds.skipped, "windows": ds.windows}
+    for ds_name in tqdm(datasets, desc="datasets", disable=not progress):
+        ds = load_dataset(ds_name, max_series=max_series)
+        base = {"dataset": ds_name, "series": len(ds), "skipped_series": ds.skipped, "windows": ds.windows}
         base["prediction_length"] = ds.prediction_length
-        if not store.done(name, "seasonal-naive"):
+        if not store.done(ds_name, "seasonal-naive"):
             test_data = _windows(ds)
             metrics = score(ds, test_data, seasonal_naive_quantiles(ds, list(test_data.input)))
             store.add({**base, "setting": "seasonal-naive", **metrics})
-        pending = [s for s in settings if not store.done(name, s.label)]
+        pending = [s for s in settings if not store.done(ds_name, s.label)]
         if not pending:
             continue
+        fc = forecaster.for_dataset(ds)
         test_data = _windows(ds)
-        contexts = [np.asarray(inp["target"], dtype=np.float32) for inp in test_data.input]
+        inputs = list(test_data.input)
         timed = [settings[0]] + [s for s in pending if s.kwargs]  # the unmerged reference is always re-timed
         times: dict[str, list[float]] = {s.label: [] for s in timed}
         accuracy: dict[str, dict[str, float]] = {}
         counts: dict[str, list[int] | None] = {}
+        memory: dict[str, float] = {}
+        kw = dict(batch_size=batch_size, seed=seed, shard=shard)
         with torch.inference_mode():
             for s in pending:  # accuracy: every window, same seeds for every setting
                 configure(s)
-                q = chronos_quantiles(
-                    pipe,
-                    contexts,
-                    ds.prediction_length,
-                    batch_size=batch_size,
-                    seed=seed,
-                    shard=shard,
-                    progress=progress and dist.is_main_process,
-                    desc=f"{name} {s.label}",
-                )
+                with PeakMemory() as mem:
+                    q = fc.quantiles(
+                        inputs, ds.prediction_length, **kw, progress=progress and dist.is_main_process,
+                        desc=f"{ds_name} {s.label}",
+                    )  # fmt: skip
+                memory[s.label] = mem.extra_mb
                 accuracy[s.label] = score(ds, test_data, q)
-                counts[s.label] = mergeplug.token_counts(pipe) if s.kwargs else None
-            subset = contexts[:timing_windows]
+                counts[s.label] = mergeplug.token_counts(fc.target) if s.kwargs else None
+            subset = inputs[:timing_windows]
             configure(timed[0])
-            chronos_quantiles(pipe, subset[:batch_size], ds.prediction_length, batch_size=batch_size)  # warm-up
-            for _ in tqdm(range(reps), desc=f"{name} timing", disable=not progress, leave=False):
+            fc.quantiles(subset[:batch_size], ds.prediction_length, batch_size=batch_size)  # warm-up
+            for _ in tqdm(range(reps), desc=f"{ds_name} timing", disable=not progress, leave=False):
                 for s in timed:  # interleaved
                     configure(s)
                     dist.wait_for_everyone()
                     start = time.perf_counter()
-                    chronos_quantiles(pipe, subset, ds.prediction_length, batch_size=batch_size, seed=seed, shard=shard)
+                    fc.quantiles(subset, ds.prediction_length, **kw)
                     times[s.label].append(time.perf_counter() - start)  # the gather makes this the slowest shard
-        mergeplug.remove(pipe)
+        configure(settings[0])
         ref_time = statistics.median(times["unmerged"])
-        ref_acc = accuracy.get("unmerged") or store.get(name, "unmerged")
+        ref_acc = accuracy.get("unmerged") or store.get(ds_name, "unmerged")
         for s in pending:
             t = statistics.median(times[s.label])
             acc = accuracy[s.label]
@@ -338,7 +328,8 @@ def run(
                     "windows_per_s": len(subset) / t,
                     "speedup": ref_time / t,
                     "tokens_per_layer": counts[s.label],
-                    "peak_rss_mb": _peak_rss_mb(),
+                    "peak_mem_mb": memory[s.label],
+                    "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
                 }
             )
     return store.rows

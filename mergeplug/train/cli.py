@@ -1,0 +1,95 @@
+"""``mergeplug-train``: train reference models on CPU, resumably, and export them with a model card.
+
+Examples::
+
+    mergeplug-train bolt --out runs/bolt --steps 20000            # start or resume
+    mergeplug-train chronos-t5 --out runs/t5 --steps 20000
+    mergeplug-train status runs/bolt
+    mergeplug-train export runs/bolt --out mergeplug/checkpoints/bolt-ref --eval-dir results/bolt
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from .loop import TrainSettings, train
+from .recipes import RECIPES
+
+__all__ = ["main", "build_parser"]
+
+
+def _add_fields(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    for f in dataclasses.fields(cls):
+        if f.name in skip or f.name.startswith("_"):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif isinstance(default, (list, tuple)):
+            p.add_argument(flag, nargs="+", type=type(default[0]) if default else str, default=None)
+        else:  # int, float or str; None defaults (threads) are ints
+            p.add_argument(flag, type=type(default) if default is not None else int, default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mergeplug-train", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, cls in RECIPES.items():
+        p = sub.add_parser(name, help=f"train the {name} reference model (resumes from --out if it holds a run)")
+        p.add_argument("--out", required=True, help="run directory (checkpoint, log.jsonl, run.json)")
+        p.add_argument("--no-progress", action="store_true")
+        p.add_argument("--stop-at", type=int, default=None, help="stop (with a checkpoint) at this step")
+        p.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after N minutes")
+        _add_fields(p, cls, skip=("kind",))
+        _add_fields(p, TrainSettings)
+    p = sub.add_parser("status", help="print the last log lines of a run")
+    p.add_argument("run")
+    p = sub.add_parser("export", help="write the latest checkpoint as a loadable model with a model card")
+    p.add_argument("run")
+    p.add_argument("--out", required=True)
+    p.add_argument("--name", default=None, help="model name in the card (default: the output directory's name)")
+    p.add_argument("--eval-dir", action="append", default=[], help="mergeplug-eval results to put in the card")
+    return parser
+
+
+def _pick(args: argparse.Namespace, cls) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    out = {}
+    for k, v in vars(args).items():
+        if k in names and v is not None:
+            out[k] = tuple(v) if k == "mix" else v
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in RECIPES:
+        cls = RECIPES[args.command]
+        recipe = cls(**_pick(args, cls))
+        settings = TrainSettings(**_pick(args, TrainSettings))
+        limit = args.time_limit * 60 if args.time_limit is not None else None
+        state = train(recipe, settings, args.out, progress=not args.no_progress, stop_at=args.stop_at, time_limit=limit)
+        print(json.dumps(state))
+        return 0
+    if args.command == "status":
+        log = Path(args.run) / "log.jsonl"
+        if not log.exists():
+            print(f"{args.run}: no log yet", file=sys.stderr)
+            return 1
+        for line in log.read_text().splitlines()[-5:]:
+            print(line)
+        return 0
+    from .export import export
+
+    path = export(args.run, args.out, name=args.name, eval_dirs=args.eval_dir)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

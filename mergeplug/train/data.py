@@ -1,0 +1,256 @@
+"""Training data for the reference models: training parts of offline datasets, TSMixup, KernelSynth.
+
+Only the *training part* of a registered dataset is ever used: the harness' test region (the last
+``prediction_length * windows`` values of every series, see :mod:`mergeplug.eval.data`) is cut off
+before anything is sampled, so in-domain evaluation never sees a test value.
+
+Batches are a pure function of ``(seed, step)``: a resumed run draws exactly the batches an
+uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from ..eval.data import load_dataset
+from .kernelsynth import kernelsynth
+
+__all__ = ["Batch", "TrainingSeries", "training_series", "WindowSampler", "DEFAULT_TRAIN_DATASETS", "DEFAULT_ZERO_SHOT"]
+
+# In-domain for the shipped reference models: their training parts are seen, their test windows are not.
+DEFAULT_TRAIN_DATASETS = (
+    "electricity_hourly",
+    "sf_traffic_hourly",
+    "solar_hourly",
+    "wind_hourly",
+    "traffic_volume_hourly",
+    "m1_yearly",
+    "m1_quarterly",
+    "m1_monthly",
+    "m3_yearly",
+    "m3_quarterly",
+    "m3_monthly",
+    "m3_other",
+)
+# Never seen in training: the zero-shot part of the evaluation.
+DEFAULT_ZERO_SHOT = (
+    "tourism_yearly",
+    "tourism_quarterly",
+    "tourism_monthly",
+    "bikesharing_hourly",
+    "taylor_30min",
+    "m4_hourly_sample",
+)
+
+
+@dataclass
+class TrainingSeries:
+    """Training parts of some datasets.
+
+    Attributes:
+        names: dataset name per group.
+        series: one list per dataset of float32 (T_i,) arrays (training parts only).
+        test_lengths: values cut from the end of every series of that dataset.
+    """
+
+    names: list[str]
+    series: list[list[np.ndarray]]
+    test_lengths: list[int]
+    summary: list[dict] = field(default_factory=list)
+
+    def describe(self) -> list[dict]:
+        """What was seen: per dataset the number of series and values, and what was held out."""
+        return [
+            {
+                "dataset": n,
+                "series": len(s),
+                "values": int(sum(len(x) for x in s)),
+                "held_out_last": t,
+            }
+            for n, s, t in zip(self.names, self.series, self.test_lengths, strict=True)
+        ]
+
+
+def training_series(
+    datasets: tuple[str, ...] | list[str] = DEFAULT_TRAIN_DATASETS, min_length: int = 8
+) -> TrainingSeries:
+    """Training parts (everything before the harness' test windows) of registered datasets."""
+    names, groups, cuts = [], [], []
+    for name in datasets:
+        ds = load_dataset(name)
+        cut = ds.prediction_length * ds.windows
+        parts = [np.asarray(e["target"][:-cut], dtype=np.float32) for e in ds.entries]
+        parts = [p for p in parts if np.isfinite(p).sum() >= min_length]
+        if parts:
+            names.append(name)
+            groups.append(parts)
+            cuts.append(cut)
+    if not names:
+        raise ValueError(f"no usable training series in {list(datasets)}")
+    return TrainingSeries(names, groups, cuts)
+
+
+class Batch(NamedTuple):
+    """One training batch.
+
+    Attributes:
+        context: float32 (B, C), NaN = missing, right-aligned (NaN-padded on the left).
+        target: float32 (B, H), NaN = missing (or past the series' end).
+        cut: int64 (B,), index in its series of the first target value (-1 for mixtures and synthetic series).
+    """
+
+    context: np.ndarray
+    target: np.ndarray
+    cut: np.ndarray
+
+
+def _window(x: np.ndarray, cut: int, context: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Context ``x[cut-context:cut]`` and target ``x[cut:cut+horizon]``, NaN-padded to full length."""
+    ctx = np.full(context, np.nan, dtype=np.float32)
+    tgt = np.full(horizon, np.nan, dtype=np.float32)
+    a = max(0, cut - context)
+    ctx[context - (cut - a) :] = x[a:cut]
+    b = min(len(x), cut + horizon)
+    tgt[: b - cut] = x[cut:b]
+    return ctx, tgt
+
+
+def _usable(context: np.ndarray, target: np.ndarray, complete: bool = False, max_z: float = 50.0) -> bool:
+    """A window the standardised quantile loss can learn from.
+
+    Needs two observed context values with non-zero spread and at least one observed target value, and no
+    target value more than ``max_z`` context standard deviations from the context mean (a flat context,
+    e.g. solar power at night, followed by a jump would otherwise give losses of 1e4 and more).
+    ``complete``: every target value must be observed.
+    """
+    if complete and not np.isfinite(target).all():
+        return False
+    c = context[np.isfinite(context)]
+    t = target[np.isfinite(target)]
+    if len(c) < 2 or len(t) == 0:
+        return False
+    std = float(c.std())
+    return std > 1e-8 * max(1.0, float(np.abs(c).mean())) and float(np.abs(t - c.mean()).max()) <= max_z * std
+
+
+class WindowSampler:
+    """Draws (context, target) batches from real training parts, TSMixup mixtures and KernelSynth series.
+
+    Args:
+        data: training parts (``None``: synthetic only).
+        context_length: longest context C.
+        horizon: target length H.
+        synthetic: number of KernelSynth series in the bank (0: none); cached in ``cache_dir``.
+        mix: probabilities of (real, mixup, synthetic) per sample.
+        min_context: shortest context drawn for a batch (contexts vary per batch to train short and long).
+        fixed_context: every batch has the full context length, and real windows start at least
+            ``min_context`` values into their series.
+        complete_target: only windows whose target is fully observed.
+        seed: base seed; batch ``step`` uses ``np.random.default_rng([seed, step])``.
+    """
+
+    def __init__(
+        self,
+        data: TrainingSeries | None,
+        *,
+        context_length: int,
+        horizon: int,
+        synthetic: int = 0,
+        mix: tuple[float, float, float] = (0.5, 0.2, 0.3),
+        min_context: int = 32,
+        fixed_context: bool = False,
+        complete_target: bool = False,
+        seed: int = 0,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        self.fixed_context = fixed_context
+        self.complete_target = complete_target
+        self.data = data
+        self.context_length = context_length
+        self.horizon = horizon
+        self.min_context = min(min_context, context_length)
+        self.seed = seed
+        p = np.asarray(mix, dtype=float)
+        if data is None:
+            p[:2] = 0
+        if synthetic == 0:
+            p[2] = 0
+        if p.sum() <= 0:
+            raise ValueError("nothing to sample: give training data or synthetic > 0")
+        self.mix = p / p.sum()
+        self.bank = self._bank(synthetic, cache_dir) if synthetic else None
+
+    def _bank(self, n: int, cache_dir: str | Path | None) -> np.ndarray:
+        length = self.context_length + self.horizon
+        if cache_dir is not None:
+            path = Path(cache_dir) / f"kernelsynth_{n}x{length}_seed{self.seed}.npy"
+            if path.exists():
+                return np.load(path)
+        bank = kernelsynth(n, length, seed=self.seed, progress=True)
+        if cache_dir is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, bank)
+        return bank
+
+    def _real(self, rng: np.random.Generator, context: int) -> tuple[np.ndarray, np.ndarray, int]:
+        g = int(rng.integers(len(self.data.series)))
+        group = self.data.series[g]
+        x = group[int(rng.integers(len(group)))]
+        # at least a few context values (all of them for a fixed-context sampler); the target may run past the end
+        first = min(self.min_context if self.fixed_context else 4, len(x) - 1)
+        cut = int(rng.integers(first, len(x)))
+        return (*_window(x, cut, context, self.horizon), cut)
+
+    def _mixup(self, rng: np.random.Generator, context: int) -> tuple[np.ndarray, np.ndarray]:
+        k = int(rng.integers(1, 4))
+        weights = rng.dirichlet(np.ones(k))
+        ctx = np.zeros(context, np.float32)
+        tgt = np.zeros(self.horizon, np.float32)
+        for w in weights:
+            c, t, _ = self._real(rng, context)
+            scale = np.nanmean(np.abs(c))
+            scale = scale if np.isfinite(scale) and scale > 0 else 1.0
+            ctx += w * c / scale  # NaN where any component is unobserved
+            tgt += w * t / scale
+        return ctx, tgt, -1
+
+    def _synthetic(self, rng: np.random.Generator, context: int) -> tuple[np.ndarray, np.ndarray, int]:
+        x = self.bank[int(rng.integers(len(self.bank)))]
+        return (*_window(x, len(x) - self.horizon, context, self.horizon), -1)
+
+    def batch(self, step: int, batch_size: int) -> Batch:
+        """Batch number ``step`` (a pure function of the seed and ``step``).
+
+        The context length is ``context_length`` for a fixed-context sampler; otherwise it is the full
+        length for half of the batches and log-uniform in ``[min_context, context_length]`` (rounded up to a
+        multiple of 16) for the rest.
+        """
+        rng = np.random.default_rng([self.seed, step])
+        if self.fixed_context or rng.random() < 0.5:
+            context = self.context_length
+        else:
+            context = int(np.exp(rng.uniform(np.log(self.min_context), np.log(self.context_length))))
+            context = min(self.context_length, -(-context // 16) * 16)
+        kinds = rng.choice(3, size=batch_size, p=self.mix)
+        ctxs, tgts, cuts = [], [], []
+        draw = (self._real, self._mixup, self._synthetic)
+        for kind in kinds:
+            for _ in range(20):  # redraw windows the loss cannot use (see _usable)
+                c, t, cut = draw[kind](rng, context)
+                if _usable(c, t, self.complete_target):
+                    break
+            else:
+                if self.bank is None:
+                    raise ValueError(
+                        f"no usable training window in 20 draws (context {context}, horizon {self.horizon}): the "
+                        "series are too short, flat or missing for these settings"
+                    )
+                c, t, cut = self._synthetic(rng, context)
+            ctxs.append(c)
+            tgts.append(t)
+            cuts.append(cut)
+        return Batch(np.stack(ctxs), np.stack(tgts), np.asarray(cuts, dtype=np.int64))

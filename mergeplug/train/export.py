@@ -1,0 +1,180 @@
+"""Export a training run as a loadable model directory with a Hugging Face model card.
+
+The directory holds ``config.json`` + ``model.safetensors`` (``save_pretrained``), ``training.json`` (the
+run's recipe, settings, what was seen and the trainer state) and ``README.md``: a model card generated with
+``huggingface_hub.ModelCard`` listing the training data exactly, steps, samples, wall and CPU time, and
+the accuracy measured by ``mergeplug-eval`` (in-domain and zero-shot, as ratios to seasonal naive).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["export", "accuracy_table", "geomean"]
+
+
+def geomean(values: list[float]) -> float:
+    """Geometric mean (NaN for an empty list)."""
+    vals = [v for v in values if v > 0 and math.isfinite(v)]
+    return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else float("nan")
+
+
+def accuracy_table(rows: list[dict[str, Any]], seen: set[str]) -> tuple[str, dict[str, dict[str, float]]]:
+    """Markdown table of MASE / WQL and their ratios to seasonal naive per dataset and setting.
+
+    Returns the table and, per setting, the geometric-mean ratios over in-domain (``seen``) and zero-shot
+    datasets: ``{setting: {"in-domain MASE": ..., "in-domain WQL": ..., "zero-shot MASE": ..., ...}}``.
+    """
+    naive = {r["dataset"]: r for r in rows if r["setting"] == "seasonal-naive"}
+    lines = [
+        "| dataset | split | setting | MASE | WQL | MASE / naive | WQL / naive | speed-up |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    ratios: dict[str, dict[str, list[float]]] = {}
+    for r in sorted(rows, key=lambda r: (r["dataset"] not in seen, r["dataset"], r["setting"] != "unmerged")):
+        if r["setting"] == "seasonal-naive" or r["dataset"] not in naive:
+            continue
+        split = "in-domain" if r["dataset"] in seen else "zero-shot"
+        m = r["MASE"] / naive[r["dataset"]]["MASE"]
+        w = r["WQL"] / naive[r["dataset"]]["WQL"]
+        agg = ratios.setdefault(r["setting"], {})
+        agg.setdefault(f"{split} MASE", []).append(m)
+        agg.setdefault(f"{split} WQL", []).append(w)
+        speed = f"{r['speedup']:.2f}x" if "speedup" in r else ""
+        lines.append(
+            f"| {r['dataset']} | {split} | {r['setting']} | {r['MASE']:.3f} | {r['WQL']:.3f} | {m:.3f} | {w:.3f} "
+            f"| {speed} |"
+        )
+    summary = {s: {k: geomean(v) for k, v in d.items()} for s, d in ratios.items()}
+    return "\n".join(lines), summary
+
+
+def _read_results(eval_dirs: list[str]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for d in eval_dirs:
+        path = Path(d) / "results.jsonl"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: run mergeplug-eval run --out {d} first")
+        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rows
+
+
+_TEMPLATE = """
+# {name}
+
+A {arch} reference model trained from scratch on CPU by `mergeplug-train` ({params:,} parameters,
+{size_mb:.1f} MB in float32). It exists so that mergeplug can measure the accuracy effect of token merging
+on a model that really forecasts, offline. It is small and trained briefly: it is not a substitute for
+Amazon's pretrained Chronos models.
+
+## Use
+
+```python
+{usage}
+```
+
+In the evaluation harness: `mergeplug-eval run --model {short} --datasets ...`.
+
+## Training
+
+- Recipe `{kind}`: {recipe}
+- Optimisation: {settings}
+- Steps: {step:,} ({samples:,} windows), wall time {wall_h:.2f} h, CPU time {cpu_h:.2f} h ({threads} on a
+  2-core CPU machine, sharing it with other jobs at times).
+
+### Data seen in training (training parts only; the harness' test windows are cut off first)
+
+| source | series | values | held out at the end of every series |
+| --- | --- | --- | --- |
+{seen}
+
+## Accuracy (mergeplug-eval; ratios to seasonal naive, lower is better)
+
+{accuracy}
+
+Geometric means of the ratios:
+
+{summary}
+
+In-domain: test windows after the training cut-off of datasets whose earlier parts were seen.
+Zero-shot: datasets never seen in training.
+"""
+
+
+def export(
+    run_dir: str | Path, out: str | Path, *, name: str | None = None, eval_dirs: list[str] | None = None
+) -> Path:
+    """Write the run's latest checkpoint to ``out`` as a loadable model with ``training.json`` and a model card."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from .loop import load_checkpoint_model
+
+    recipe, model, state = load_checkpoint_model(run_dir)
+    meta = json.loads((Path(run_dir) / "run.json").read_text())
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    (out / "training.json").write_text(json.dumps({**meta, "state": state}, indent=2))
+    name = name or out.name
+    params = sum(p.numel() for p in model.parameters())
+    is_chronos = recipe.kind in ("bolt", "chronos-t5")
+    from ..eval.models import checkpoint_dir
+
+    shipped = out.resolve().parent == checkpoint_dir().resolve()
+    where = f'checkpoint_dir("{out.name}")' if shipped else f'"{out.as_posix()}"'
+    imports = "from mergeplug.eval.models import checkpoint_dir\n" if shipped else ""
+    short = f"mergeplug:{name}" if is_chronos else f"mergeplug:{recipe.kind}"
+    if is_chronos:
+        usage = (
+            "from chronos import BaseChronosPipeline\n"
+            f'pipe = BaseChronosPipeline.from_pretrained("{out.as_posix()}")\n'
+            "quantiles, mean = pipe.predict_quantiles([context], prediction_length=24)"
+        )
+        arch = "Chronos-Bolt" if recipe.kind == "bolt" else "Chronos-T5"
+    else:
+        cls = type(model).__name__
+        usage = f"{imports}from transformers import {cls}\nmodel = {cls}.from_pretrained({where})"
+        arch = f"{cls} ({recipe.dataset})"
+    seen_rows = meta.get("seen", [])
+    seen = "\n".join(f"| {r['dataset']} | {r['series']} | {r['values']:,} | {r['held_out_last']} |" for r in seen_rows)
+    rows = _read_results(eval_dirs or [])
+    if rows:
+        table, summary = accuracy_table(rows, {r["dataset"] for r in seen_rows})
+        summary_md = "\n".join(
+            f"- {setting}: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(vals.items()))
+            for setting, vals in summary.items()
+        )
+    else:
+        table, summary_md = "Not evaluated yet.", "-"
+    recipe_d = {k: v for k, v in meta["recipe"].items() if k not in ("datasets", "kind")}
+    card_data = ModelCardData(
+        license="apache-2.0",
+        library_name="chronos-forecasting" if is_chronos else "transformers",
+        pipeline_tag="time-series-forecasting",
+        tags=["time-series", "forecasting", "mergeplug", recipe.kind],
+    )
+    content = _TEMPLATE.format(
+        name=name,
+        arch=arch,
+        params=params,
+        size_mb=params * 4 / 2**20,
+        usage=usage,
+        short=short,
+        kind=recipe.kind,
+        recipe=", ".join(f"{k}={v}" for k, v in recipe_d.items()),
+        settings=", ".join(f"{k}={v}" for k, v in meta["settings"].items()),
+        step=state["step"],
+        samples=state["samples"],
+        wall_h=state["wall_seconds"] / 3600,
+        cpu_h=state["cpu_seconds"] / 3600,
+        threads=f"torch threads: {meta['settings'].get('threads') or 'default'}",
+        seen=seen,
+        accuracy=table,
+        summary=summary_md,
+    )
+    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n{content}")
+    card.save(out / "README.md")
+    return out

