@@ -165,3 +165,25 @@ def test_time_features_follow_the_calendar():
     assert f.shape[0] == 48 and f.shape[1] >= 2
     np.testing.assert_array_equal(f[:24, 0], f[24:, 0])  # hour of day repeats daily
     np.testing.assert_array_equal(time_features(start, 5, 3), f[5:8])
+
+
+def _shipped(prefix: str) -> list[str]:
+    from mergeplug.eval.models import checkpoint_dir
+
+    return sorted(p.name for p in checkpoint_dir().glob(f"{prefix}-*") if (p / "model.safetensors").exists())
+
+
+@pytest.mark.parametrize("name", _shipped("patchtst") + _shipped("tst"))
+def test_shipped_supervised_models_beat_seasonal_naive(name, tmp_path):
+    """The quality gate of every shipped per-dataset model, re-measured: MASE and WQL below seasonal naive."""
+    from mergeplug.eval import run
+
+    family, dataset = name.split("-", 1)
+    rows = run(f"mergeplug:{family}", [dataset], out=tmp_path, reps=1, timing_windows=4, progress=False)
+    by = {r["setting"]: r for r in rows}
+    assert by["unmerged"]["MASE"] < by["seasonal-naive"]["MASE"]
+    assert by["unmerged"]["WQL"] < by["seasonal-naive"]["WQL"]
+    from mergeplug.eval.models import checkpoint_dir
+
+    text = (checkpoint_dir(name) / "README.md").read_text()
+    assert f"| {dataset} | in-domain | unmerged |" in text and "held out at the end" in text

@@ -141,6 +141,8 @@ def export(
     seen_rows = meta.get("seen", [])
     seen = "\n".join(f"| {r['dataset']} | {r['series']} | {r['values']:,} | {r['held_out_last']} |" for r in seen_rows)
     rows = _read_results(eval_dirs or [])
+    if not is_chronos:  # one model per dataset: only its own dataset's rows describe it
+        rows = [r for r in rows if r["dataset"] == recipe.dataset]
     if rows:
         table, summary = accuracy_table(rows, {r["dataset"] for r in seen_rows})
         summary_md = "\n".join(

@@ -107,11 +107,12 @@ def _init_residual_blocks(model: torch.nn.Module) -> None:
     """
     from chronos.chronos_bolt import ResidualBlock
 
+    factor = model.config.initializer_factor
     with torch.no_grad():
         for block in model.modules():
             if isinstance(block, ResidualBlock):
                 for layer in (block.hidden_layer, block.residual_layer, block.output_layer):
-                    layer.weight.normal_(0.0, layer.in_features**-0.5)
+                    layer.weight.normal_(0.0, factor * layer.in_features**-0.5)
                     if layer.bias is not None:
                         layer.bias.zero_()
 

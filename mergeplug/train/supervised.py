@@ -53,9 +53,12 @@ class _Supervised(Recipe):
     synthetic: int = 0
     mix: tuple[float, float, float] = (1.0, 0.0, 0.0)
     num_samples: int = 100
+    distribution: str = "student_t"  # student_t | normal | mse (a point forecast: every quantile equal)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.distribution not in ("student_t", "normal", "mse"):
+            raise ValueError(f"distribution must be student_t, normal or mse, got {self.distribution!r}")
         ds = load_dataset(self.dataset)
         if self.horizon == 0:
             self.horizon = ds.prediction_length
@@ -114,8 +117,8 @@ class PatchTSTRecipe(_Supervised):
             dropout=self.dropout,
             ff_dropout=self.dropout,
             head_dropout=self.dropout,
-            distribution_output="student_t",
-            loss="nll",
+            distribution_output="student_t" if self.distribution == "mse" else self.distribution,
+            loss="mse" if self.distribution == "mse" else "nll",
             scaling="std",
             num_parallel_samples=self.num_samples,
         )
@@ -143,6 +146,11 @@ class TSTRecipe(_Supervised):
     lags: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6, 7, 23, 24, 25, 47, 48, 49, 167, 168, 169])
     kind: str = "tst"
 
+    def __post_init__(self) -> None:
+        if self.distribution == "mse":
+            raise ValueError("TimeSeriesTransformer is trained by likelihood: use distribution student_t or normal")
+        super().__post_init__()
+
     def past_length(self) -> int:
         return self.context_length + max(self.lags)
 
@@ -154,7 +162,7 @@ class TSTRecipe(_Supervised):
             context_length=self.context_length,
             lags_sequence=list(self.lags),
             num_time_features=time_features(self._start, 0, 1).shape[-1],
-            distribution_output="student_t",
+            distribution_output="normal" if self.distribution == "normal" else "student_t",
             loss="nll",
             scaling="std",
             d_model=self.d_model,
