@@ -21,7 +21,12 @@ def main(argv: list[str] | None = None) -> int:
 
     r = sub.add_parser("run", help="evaluate seasonal naive, the unmerged model and merge settings")
     r.add_argument("--model", required=True, help="local path, hub id, random:chronos-t5-<size>, or seasonal-naive")
-    r.add_argument("--datasets", nargs="+", default=QUICK, help=f"registry names or file:PATH (default {QUICK})")
+    r.add_argument(
+        "--datasets",
+        nargs="+",
+        default=QUICK,
+        help=f"registry names, file:PATH, or a tag (offline, competition, long) for all its datasets (default {QUICK})",
+    )
     r.add_argument(
         "--merge",
         action="append",
@@ -56,10 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         except FileNotFoundError as exc:
             p.error(str(exc))
         return 0
+    tags = {"offline", "competition", "long", "online"}
+    datasets = []
+    for item in args.datasets:
+        datasets += [s.name for s in list_datasets(item)] if item in tags else [item]
     try:
         run(
             args.model,
-            args.datasets,
+            datasets,
             args.merge,
             out=args.out,
             reps=args.reps,
