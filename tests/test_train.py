@@ -187,3 +187,11 @@ def test_shipped_supervised_models_beat_seasonal_naive(name, tmp_path):
 
     text = (checkpoint_dir(name) / "README.md").read_text()
     assert f"| {dataset} | in-domain | unmerged |" in text and "held out at the end" in text
+
+
+def test_context_curriculum_grows_to_full_length():
+    s = WindowSampler(None, context_length=1024, horizon=16, synthetic=4, curriculum_steps=100)
+    caps = [s.context_cap(step) for step in range(0, 120, 10)]
+    assert caps[0] == 128 and caps[-1] == 1024 and caps == sorted(caps)
+    assert all(c % 16 == 0 for c in caps)
+    assert all(s.batch(step, 4).context.shape[1] <= s.context_cap(step) for step in range(0, 100, 7))

@@ -150,6 +150,9 @@ class WindowSampler:
         fixed_context: every batch has the full context length, and real windows start at least
             ``min_context`` values into their series.
         complete_target: only windows whose target is fully observed.
+        curriculum_steps: the longest context grows geometrically from 128 to ``context_length`` over these
+            steps (short contexts first: a small model learns to read seasonality from a few patches within
+            a few hundred steps, and stalls for thousands when it starts with 64 patches).
         seed: base seed; batch ``step`` uses ``np.random.default_rng([seed, step])``.
     """
 
@@ -164,11 +167,13 @@ class WindowSampler:
         min_context: int = 32,
         fixed_context: bool = False,
         complete_target: bool = False,
+        curriculum_steps: int = 0,
         seed: int = 0,
         cache_dir: str | Path | None = None,
     ) -> None:
         self.fixed_context = fixed_context
         self.complete_target = complete_target
+        self.curriculum_steps = curriculum_steps
         self.data = data
         self.context_length = context_length
         self.horizon = horizon
@@ -222,19 +227,28 @@ class WindowSampler:
         x = self.bank[int(rng.integers(len(self.bank)))]
         return (*_window(x, len(x) - self.horizon, context, self.horizon), -1)
 
+    def context_cap(self, step: int) -> int:
+        """Longest context of batch ``step`` (``context_length`` once the curriculum is over)."""
+        if self.fixed_context or step >= self.curriculum_steps:
+            return self.context_length
+        start = min(128, self.context_length)
+        cap = start * (self.context_length / start) ** (step / self.curriculum_steps)
+        return min(self.context_length, int(-(-cap // 16) * 16))
+
     def batch(self, step: int, batch_size: int) -> Batch:
         """Batch number ``step`` (a pure function of the seed and ``step``).
 
-        The context length is ``context_length`` for a fixed-context sampler; otherwise it is the full
-        length for half of the batches and log-uniform in ``[min_context, context_length]`` (rounded up to a
-        multiple of 16) for the rest.
+        The context length is ``context_length`` for a fixed-context sampler; otherwise it is the longest
+        allowed at this step (:meth:`context_cap`) for half of the batches and log-uniform in
+        ``[min_context, cap]`` (rounded up to a multiple of 16) for the rest.
         """
         rng = np.random.default_rng([self.seed, step])
+        cap = self.context_cap(step)
         if self.fixed_context or rng.random() < 0.5:
-            context = self.context_length
+            context = cap
         else:
-            context = int(np.exp(rng.uniform(np.log(self.min_context), np.log(self.context_length))))
-            context = min(self.context_length, -(-context // 16) * 16)
+            context = int(np.exp(rng.uniform(np.log(min(self.min_context, cap)), np.log(cap))))
+            context = min(cap, -(-context // 16) * 16)
         kinds = rng.choice(3, size=batch_size, p=self.mix)
         ctxs, tgts, cuts = [], [], []
         draw = (self._real, self._mixup, self._synthetic)

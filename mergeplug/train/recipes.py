@@ -42,6 +42,7 @@ class Recipe:
     synthetic: int = 8000
     mix: tuple[float, float, float] = (0.5, 0.2, 0.3)
     min_context: int = 32
+    curriculum_steps: int = 0
     kind: str = "base"
 
     def __post_init__(self) -> None:
@@ -73,6 +74,7 @@ class Recipe:
                 synthetic=self.synthetic,
                 mix=self.mix,
                 min_context=self.min_context,
+                curriculum_steps=self.curriculum_steps,
                 seed=seed,
                 cache_dir=cache_dir,
             )
