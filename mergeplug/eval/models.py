@@ -63,6 +63,12 @@ class Forecaster:
         """The forecaster to use on ``ds`` (per-dataset models pick their checkpoint here)."""
         return self
 
+    def mergeable(self) -> bool:
+        """Can ``mergeplug.apply`` patch this model (a registered family matches it)?"""
+        from ..patches import families
+
+        return self.target is not None and any(f.matches(self.target) for f in families())
+
     def quantiles(
         self,
         inputs: Sequence[dict[str, Any]],
@@ -177,7 +183,25 @@ class SupervisedForecaster(Forecaster):
 
     def __init__(self, model: torch.nn.Module | None = None, *, root: Path | None = None, family: str = "", name=""):
         self.model = model.eval() if model is not None else None
+        self.target = self.model
         self.root, self.family, self.name = root, family, name
+        config = self.model.config if self.model is not None else self._family_config()
+        if config is not None:
+            self.num_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "encoder_layers", None)
+
+    def _family_config(self):
+        """Config of one of the family's models (they share the architecture), or None."""
+        from transformers import AutoConfig
+
+        for path in sorted(self.root.glob(f"{self.family}-*")) if self.root is not None else []:
+            if (path / "config.json").exists():
+                return AutoConfig.from_pretrained(path)
+        return None
+
+    def mergeable(self) -> bool:
+        if self.model is None:  # a family: its models share one class
+            return self.family == "patchtst"
+        return super().mergeable()
 
     def for_dataset(self, ds: EvalDataset) -> SupervisedForecaster:
         if not self.family:

@@ -28,6 +28,7 @@ from gluonts.model.seasonal_naive import SeasonalNaivePredictor
 from tqdm.auto import tqdm
 
 from ..config import MergeConfig, schedule_for_reduction
+from ..patches import families
 from .data import EvalDataset, load_dataset
 from .models import QUANTILES, Forecaster, chronos_quantiles, load_model
 
@@ -237,17 +238,11 @@ def run(
     if reps < 1:
         raise ValueError(f"reps must be >= 1, got {reps}")
     forecaster = None if model == "seasonal-naive" else load_model(model, device=device, dtype=dtype)
-    if forecaster is not None and merges:
-        from ..patches.base import find_family
-
-        try:
-            if forecaster.target is None:
-                raise TypeError("no model object to patch")
-            find_family(forecaster.target)
-        except TypeError as exc:
-            raise ValueError(
-                f"token merging does not apply to {forecaster.name or model!r} ({exc}); evaluate it without --merge"
-            ) from None
+    if forecaster is not None and merges and not forecaster.mergeable():
+        raise ValueError(
+            f"token merging does not apply to {forecaster.name or model!r} (supported families: "
+            f"{', '.join(f.name for f in families())}); evaluate it without --merge"
+        )
     layers = forecaster.num_layers if forecaster is not None else None
     settings = (
         [MergeSetting("unmerged", {})] + [parse_merge(m, layers) for m in merges] if forecaster is not None else []
@@ -260,13 +255,13 @@ def run(
     shard = (dist.process_index, dist.num_processes)
     store = ResultStore(out, meta, write=dist.is_main_process)
 
-    def configure(s: MergeSetting) -> None:
+    def configure(fc: Forecaster, s: MergeSetting) -> None:
         if not merges:  # nothing to apply or remove (and the model may not be patchable at all)
             return
         if not s.kwargs:
-            mergeplug.remove(forecaster.target)
+            mergeplug.remove(fc.target)
         else:
-            mergeplug.apply(forecaster.target, **s.kwargs)
+            mergeplug.apply(fc.target, **s.kwargs)
 
     for ds_name in tqdm(datasets, desc="datasets", disable=not progress):
         ds = load_dataset(ds_name, max_series=max_series)
@@ -290,7 +285,7 @@ def run(
         kw = dict(batch_size=batch_size, seed=seed, shard=shard)
         with torch.inference_mode():
             for s in pending:  # accuracy: every window, same seeds for every setting
-                configure(s)
+                configure(fc, s)
                 with PeakMemory() as mem:
                     q = fc.quantiles(
                         inputs, ds.prediction_length, **kw, progress=progress and dist.is_main_process,
@@ -300,16 +295,16 @@ def run(
                 accuracy[s.label] = score(ds, test_data, q)
                 counts[s.label] = mergeplug.token_counts(fc.target) if s.kwargs else None
             subset = inputs[:timing_windows]
-            configure(timed[0])
+            configure(fc, timed[0])
             fc.quantiles(subset[:batch_size], ds.prediction_length, batch_size=batch_size)  # warm-up
             for _ in tqdm(range(reps), desc=f"{ds_name} timing", disable=not progress, leave=False):
                 for s in timed:  # interleaved
-                    configure(s)
+                    configure(fc, s)
                     dist.wait_for_everyone()
                     start = time.perf_counter()
                     fc.quantiles(subset, ds.prediction_length, **kw)
                     times[s.label].append(time.perf_counter() - start)  # the gather makes this the slowest shard
-        configure(settings[0])
+        configure(fc, settings[0])
         ref_time = statistics.median(times["unmerged"])
         ref_acc = accuracy.get("unmerged") or store.get(ds_name, "unmerged")
         for s in pending:

@@ -2,6 +2,7 @@
 
 from . import (
     chronos,  # noqa: E402,F401  (registers "chronos-t5", "chronos-bolt")
+    patchtst,  # noqa: E402,F401  (registers "patchtst")
     t5,  # noqa: E402,F401  (registers "t5")
 )
 from .base import Family, PatchRecord, families, find_family, register

@@ -1,0 +1,138 @@
+"""Hugging Face PatchTST (``PatchTSTModel`` / ``PatchTSTForPrediction`` / ...): merging between patch tokens.
+
+Each encoder layer runs attention over the (merged) patch tokens of every channel, merges, then runs its
+feed-forward sublayer on the shorter sequence. Before the head, which reads a fixed number of patches,
+tokens are copied back to every patch position they stand for (:func:`~mergeplug.merge.unmerge`), so the
+heads, scalers and distribution outputs run unchanged. The merge metric is the layer's attention keys
+(``self_attn.k_proj`` output, captured by a forward hook) averaged over heads. Channel attention
+(``channel_attention=True``) mixes channels at every patch position and is not supported.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.models.patchtst.modeling_patchtst import PatchTSTEncoder, PatchTSTEncoderLayer, PatchTSTModel
+
+from ..config import MergeConfig
+from ..merge import MergeState, match, merge_step, unmerge
+from .base import Family, PatchRecord, mark, register, swap_class
+
+__all__ = ["merged_patchtst_forward"]
+
+
+def _check(config: MergeConfig) -> None:
+    if config.causal:
+        raise ValueError("PatchTST encoders are bidirectional: use causal=False (the default)")
+
+
+def _sublayer_attention(layer: PatchTSTEncoderLayer, h: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Attention sublayer of ``layer`` on (B*C, T, D) tokens with an additive key bias (B*C, 1, 1, T)."""
+    if layer.pre_norm:
+        attn, _ = layer.self_attn(hidden_states=layer.norm_sublayer1(h), attention_mask=bias)
+        return h + layer.dropout_path1(attn)
+    attn, _ = layer.self_attn(hidden_states=h, attention_mask=bias)
+    return layer.norm_sublayer1(h + layer.dropout_path1(attn))
+
+
+def _sublayer_ff(layer: PatchTSTEncoderLayer, h: torch.Tensor) -> torch.Tensor:
+    if layer.pre_norm:
+        return h + layer.dropout_path3(layer.ff(layer.norm_sublayer3(h)))
+    return layer.norm_sublayer3(h + layer.dropout_path3(layer.ff(h)))
+
+
+def merged_patchtst_forward(encoder: PatchTSTEncoder, record: PatchRecord, patch_input: torch.Tensor) -> torch.Tensor:
+    """Encoder forward with merging.
+
+    Args:
+        patch_input: (B, C, N, patch_length) patches of every channel.
+
+    Returns:
+        (B, C, N', D) hidden states, N' = N (+1 with a CLS token), merged tokens copied back to their patches.
+    """
+    cfg = record.config
+    h = encoder.positional_encoder(encoder.embedder(patch_input))  # (B, C, N, D)
+    n_b, n_c, n, d = h.shape
+    h = h.reshape(n_b * n_c, n, d)
+    protected = None
+    if encoder.config.use_cls_token:  # the CLS token (position 0) never merges
+        protected = torch.zeros(n_b * n_c, n, dtype=torch.bool, device=h.device)
+        protected[:, 0] = True
+    state = MergeState.init(n_b * n_c, n, protected=protected, device=h.device)
+    scratch = record.scratch
+    counts, bias = [n], None
+    for i, layer in enumerate(encoder.layers):
+        scratch["capture"] = True
+        try:
+            h = _sublayer_attention(layer, h, bias)
+        finally:
+            scratch["capture"] = False
+        r = cfg.merges_at(i, state.length)
+        keys = scratch.pop("keys", None)
+        if r > 0:
+            heads = layer.self_attn.num_heads
+            metric = keys.view(n_b * n_c, state.length, heads, -1).mean(dim=2)
+            dst, t_new = match(metric, state, r=r, k=cfg.k)
+            if t_new < state.length:
+                h = merge_step(h, state, dst, t_new)
+                bias = state.log_size_bias(h.dtype, cfg.proportional_attention) if cfg.proportional_attention else None
+        counts.append(state.length)
+        h = _sublayer_ff(layer, h)
+    scratch["token_counts"] = counts
+    return unmerge(h, state).reshape(n_b, n_c, n, d)
+
+
+class _MergingPatchTSTEncoder:
+    """Mixin for ``PatchTSTEncoder``: merged forward, or the original one when nothing would merge."""
+
+    def forward(self, patch_input: torch.Tensor, output_hidden_states=None, output_attentions=None, **kwargs: Any):
+        record: PatchRecord = self.__dict__["_mergeplug_record"]
+        if record.config.is_noop(len(self.layers)) or output_hidden_states or output_attentions:
+            return super().forward(
+                patch_input, output_hidden_states=output_hidden_states, output_attentions=output_attentions, **kwargs
+            )
+        return BaseModelOutput(last_hidden_state=merged_patchtst_forward(self, record, patch_input))
+
+
+def _encoder(obj: nn.Module) -> PatchTSTEncoder:
+    model = obj if isinstance(obj, PatchTSTModel) else obj.model
+    return model.encoder
+
+
+def _inject(obj: nn.Module, record: PatchRecord) -> None:
+    encoder = _encoder(obj)
+    if encoder.config.channel_attention:
+        raise ValueError("PatchTST with channel_attention=True mixes channels per patch; merging does not support it")
+    if record.config.input_ratio:
+        raise ValueError("input_ratio is not supported for PatchTST (merge inside the layers with r / ratio)")
+
+    def grab(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+        if record.scratch.get("capture"):
+            record.scratch["keys"] = output
+
+    for layer in encoder.layers:
+        record.hooks.append(layer.self_attn.k_proj.register_forward_hook(grab))
+        mark(layer.self_attn.k_proj, record)
+    swap_class(encoder, _MergingPatchTSTEncoder, record)
+
+
+def _matches(obj: Any) -> bool:
+    if isinstance(obj, PatchTSTModel):
+        return True
+    return isinstance(obj, nn.Module) and isinstance(getattr(obj, "model", None), PatchTSTModel)
+
+
+register(
+    Family(
+        name="patchtst",
+        description="Hugging Face PatchTSTModel, PatchTSTForPrediction / Regression / Classification / "
+        "Pretraining (merging between patch tokens; unmerged before the head)",
+        matches=_matches,
+        inject=_inject,
+        modules=lambda obj: [obj],
+        check=_check,
+    )
+)
