@@ -195,3 +195,22 @@ def test_context_curriculum_grows_to_full_length():
     assert caps[0] == 128 and caps[-1] == 1024 and caps == sorted(caps)
     assert all(c % 16 == 0 for c in caps)
     assert all(s.batch(step, 4).context.shape[1] <= s.context_cap(step) for step in range(0, 100, 7))
+
+
+def test_accuracy_table_splits_in_domain_and_zero_shot():
+    from mergeplug.train.export import accuracy_table
+
+    rows = [
+        {"dataset": "a", "setting": "seasonal-naive", "MASE": 2.0, "WQL": 0.2},
+        {"dataset": "a", "setting": "unmerged", "MASE": 1.0, "WQL": 0.1, "speedup": 1.0},
+        {"dataset": "b", "setting": "seasonal-naive", "MASE": 1.0, "WQL": 0.1},
+        {"dataset": "b", "setting": "unmerged", "MASE": 2.0, "WQL": 0.4, "speedup": 1.0},
+        {"dataset": "c", "setting": "seasonal-naive", "MASE": 1.0, "WQL": 0.1},
+        {"dataset": "c", "setting": "unmerged", "MASE": 8.0, "WQL": 0.1, "speedup": 1.0},
+    ]
+    table, summary = accuracy_table(rows, seen={"a", "b"})
+    assert "| a | in-domain | unmerged | 1.000 | 0.100 | 0.500 | 0.500 | 1.00x |" in table
+    assert "| c | zero-shot |" in table
+    s = summary["unmerged"]
+    assert s["in-domain MASE"] == pytest.approx(1.0) and s["in-domain WQL"] == pytest.approx(2**0.5)
+    assert s["zero-shot MASE"] == pytest.approx(8.0) and s["zero-shot WQL"] == pytest.approx(1.0)
