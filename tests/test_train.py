@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -214,3 +215,20 @@ def test_accuracy_table_splits_in_domain_and_zero_shot():
     s = summary["unmerged"]
     assert s["in-domain MASE"] == pytest.approx(1.0) and s["in-domain WQL"] == pytest.approx(2**0.5)
     assert s["zero-shot MASE"] == pytest.approx(8.0) and s["zero-shot WQL"] == pytest.approx(1.0)
+
+
+def test_cli_reports_bad_input_clearly(tmp_path, capsys):
+    from mergeplug.train.cli import main
+
+    assert main(["patchtst", "--dataset", "nope", "--out", str(tmp_path / "a"), "--steps", "1"]) == 2
+    assert "unknown dataset 'nope'" in capsys.readouterr().err
+    assert (
+        main(["patchtst", "--dataset", "solar_hourly", "--distribution", "poisson", "--out", str(tmp_path / "b")]) == 2
+    )
+    assert "distribution must be" in capsys.readouterr().err
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "run.json").write_text(
+        json.dumps({"recipe": dataclasses.asdict(BoltRecipe(datasets=[], synthetic=1))})
+    )
+    assert main(["export", str(tmp_path / "c"), "--out", str(tmp_path / "d")]) == 2
+    assert "no checkpoint yet" in capsys.readouterr().err

@@ -68,6 +68,14 @@ def _pick(args: argparse.Namespace, cls) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _main(args)
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        print(f"mergeplug-train: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.command in RECIPES:
         cls = RECIPES[args.command]
         recipe = cls(**_pick(args, cls))
