@@ -14,7 +14,7 @@ from chronos.chronos import ChronosConfig, ChronosModel
 from chronos.chronos_bolt import ChronosBoltModelForForecasting
 from transformers import T5Config, T5ForConditionalGeneration
 
-__all__ = ["SIZES", "t5_config", "chronos_t5", "chronos_bolt", "chronos2"]
+__all__ = ["SIZES", "t5_config", "chronos_t5_config", "chronos_bolt_config", "chronos_t5", "chronos_bolt", "chronos2"]
 
 Size = Literal["test", "tiny", "mini", "small", "base"]
 
@@ -53,21 +53,16 @@ def t5_config(size: Size, **overrides) -> T5Config:
     return T5Config(**kwargs)
 
 
-def chronos_t5(
-    size: Size = "small",
-    *,
-    context_length: int = 512,
-    prediction_length: int = 64,
-    num_samples: int = 20,
-    seed: int = 0,
-) -> ChronosPipeline:
-    """A ``ChronosPipeline`` (Chronos-T5) with random weights, in eval mode, float32."""
-    chronos_kwargs = dict(
+def chronos_t5_config(
+    context_length: int = 512, prediction_length: int = 64, num_samples: int = 20, n_tokens: int = 4096
+) -> dict:
+    """Chronos-T5's ``chronos_config`` (mean scaling, uniform bins on [-15, 15], seq2seq, sampling settings)."""
+    return dict(
         tokenizer_class="MeanScaleUniformBins",
         tokenizer_kwargs={"low_limit": -15.0, "high_limit": 15.0},
         context_length=context_length,
         prediction_length=prediction_length,
-        n_tokens=4096,
+        n_tokens=n_tokens,
         n_special_tokens=2,
         pad_token_id=0,
         eos_token_id=1,
@@ -78,6 +73,30 @@ def chronos_t5(
         top_k=50,
         top_p=1.0,
     )
+
+
+def chronos_bolt_config(context_length: int = 2048, prediction_length: int = 64, patch_size: int = 16) -> dict:
+    """Chronos-Bolt's ``chronos_config`` (patches, nine quantiles 0.1..0.9, [REG] token)."""
+    return {
+        "context_length": context_length,
+        "prediction_length": prediction_length,
+        "input_patch_size": patch_size,
+        "input_patch_stride": patch_size,
+        "quantiles": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        "use_reg_token": True,
+    }
+
+
+def chronos_t5(
+    size: Size = "small",
+    *,
+    context_length: int = 512,
+    prediction_length: int = 64,
+    num_samples: int = 20,
+    seed: int = 0,
+) -> ChronosPipeline:
+    """A ``ChronosPipeline`` (Chronos-T5) with random weights, in eval mode, float32."""
+    chronos_kwargs = chronos_t5_config(context_length, prediction_length, num_samples)
     config = t5_config(size, vocab_size=4096)
     config.chronos_config = chronos_kwargs
     torch.manual_seed(seed)
@@ -98,14 +117,7 @@ def chronos_bolt(
 ) -> ChronosBoltPipeline:
     """A ``ChronosBoltPipeline`` with random weights, in eval mode, float32."""
     config = t5_config(size)
-    config.chronos_config = {
-        "context_length": context_length,
-        "prediction_length": prediction_length,
-        "input_patch_size": patch_size,
-        "input_patch_stride": patch_size,
-        "quantiles": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
-        "use_reg_token": True,
-    }
+    config.chronos_config = chronos_bolt_config(context_length, prediction_length, patch_size)
     config.chronos_pipeline_class = "ChronosBoltPipeline"
     torch.manual_seed(seed)
     model = ChronosBoltModelForForecasting(config).eval()

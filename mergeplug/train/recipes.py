@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 
-from ..models import t5_config
+from ..eval.models import QUANTILES as _EVAL_QUANTILES
+from ..models import chronos_bolt_config, chronos_t5_config, t5_config
 from .data import DEFAULT_TRAIN_DATASETS, Batch, TrainingSeries, WindowSampler, training_series
 
 __all__ = ["Recipe", "BoltRecipe", "ChronosT5Recipe", "RECIPES", "QUANTILES"]
 
-QUANTILES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+QUANTILES = list(_EVAL_QUANTILES)
 
 
 @dataclass
@@ -130,14 +131,7 @@ class BoltRecipe(Recipe):
         from chronos.chronos_bolt import ChronosBoltModelForForecasting
 
         config = self.t5()
-        config.chronos_config = {
-            "context_length": self.context_length,
-            "prediction_length": self.horizon,
-            "input_patch_size": self.patch_size,
-            "input_patch_stride": self.patch_size,
-            "quantiles": QUANTILES,
-            "use_reg_token": True,
-        }
+        config.chronos_config = chronos_bolt_config(self.context_length, self.horizon, self.patch_size)
         config.chronos_pipeline_class = "ChronosBoltPipeline"
         model = ChronosBoltModelForForecasting(config)
         _init_residual_blocks(model)
@@ -159,22 +153,7 @@ class ChronosT5Recipe(Recipe):
     kind: str = "chronos-t5"
 
     def chronos_config(self) -> dict[str, Any]:
-        return dict(
-            tokenizer_class="MeanScaleUniformBins",
-            tokenizer_kwargs={"low_limit": -15.0, "high_limit": 15.0},
-            context_length=self.context_length,
-            prediction_length=self.horizon,
-            n_tokens=self.n_tokens,
-            n_special_tokens=2,
-            pad_token_id=0,
-            eos_token_id=1,
-            use_eos_token=True,
-            model_type="seq2seq",
-            num_samples=20,
-            temperature=1.0,
-            top_k=50,
-            top_p=1.0,
-        )
+        return chronos_t5_config(self.context_length, self.horizon, n_tokens=self.n_tokens)
 
     def build(self) -> torch.nn.Module:
         from transformers import T5ForConditionalGeneration
