@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .cost import scope
+
 __all__ = [
     "MergeState",
     "band_scores",
@@ -192,6 +194,7 @@ def _pair_rules(scores: torch.Tensor, cand: torch.Tensor, state: MergeState) -> 
     return scores.masked_fill(never, _NEVER)
 
 
+@scope("matching")
 def match(
     metric: torch.Tensor,
     state: MergeState,
