@@ -97,6 +97,9 @@ def test_run_end_to_end_resumes_and_reports(tmp_path):
     counts = merged["tokens_per_layer"]
     assert len(counts) == 3 and counts[0] > counts[1] > counts[2]  # 2 layers, 20% merged in each
     assert merged["peak_mem_mb"] >= 0 and merged["process_peak_rss_mb"] > 100
+    # counted cost: the merged encoder runs fewer MACs per window than the unmerged one, same parameters
+    assert unmerged["macs_ratio"] == 1.0 and unmerged["macs_per_window"] > 0
+    assert merged["macs_ratio"] > 1.0 and merged["params"] == unmerged["params"] > 0
     # resume: nothing is recomputed, a missing cell is
     lines = (out / "results.jsonl").read_text().splitlines()
     (out / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n")
@@ -187,6 +190,7 @@ def test_other_models_chronos2_and_gluonts_predictors(tmp_path):
     rows = run("random:chronos-2-test", ["m3_yearly"], out=tmp_path / "c2", **kwargs)
     c2 = {r["setting"]: r for r in rows}["unmerged"]
     assert np.isfinite(c2["WQL"]) and c2["speedup"] == 1.0 and c2["peak_mem_mb"] >= 0
+    assert c2["macs_per_window"] > 0 and c2["params"] > 0  # cost is counted for any torch model
     # the GluonTS seasonal-naive predictor through the generic adapter equals the built-in baseline
     rows = run(
         "predictor:gluonts.model.seasonal_naive.SeasonalNaivePredictor", ["m3_yearly"], out=tmp_path / "p", **kwargs
@@ -194,6 +198,7 @@ def test_other_models_chronos2_and_gluonts_predictors(tmp_path):
     by = {r["setting"]: r for r in rows}
     assert by["unmerged"]["MASE"] == pytest.approx(by["seasonal-naive"]["MASE"], rel=1e-9)
     assert by["unmerged"]["WQL"] == pytest.approx(by["seasonal-naive"]["WQL"], rel=1e-9)
+    assert "macs_per_window" not in by["unmerged"]  # not a torch model: nothing to count
     with pytest.raises(ValueError, match="token merging does not apply"):
         run("random:chronos-2-test", ["m3_yearly"], ["k=1,ratio=0.2"], out=tmp_path / "x", **kwargs)
     with pytest.raises(ValueError, match="cannot import"):

@@ -40,6 +40,9 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "MASE_ratio": _geomean([r["MASE"] / naive[r["dataset"]]["MASE"] for r in mine]),
                 "WQL_ratio": _geomean([r["WQL"] / naive[r["dataset"]]["WQL"] for r in mine]),
                 "speedup": _geomean([r["speedup"] for r in mine if "speedup" in r]) if s != "seasonal-naive" else None,
+                "macs_ratio": _geomean(macs)
+                if (macs := [r["macs_ratio"] for r in mine if r.get("macs_ratio")])
+                else None,
             }
         )
     return out
@@ -52,26 +55,32 @@ def _fmt(v: Any, spec: str) -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     """Per-dataset table and the aggregate table, as markdown."""
     lines = [
-        "| dataset | setting | MASE | WQL | MASE change | WQL change | speed-up | windows/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| dataset | setting | MASE | WQL | MASE change | WQL change | speed-up | MACs ratio | GMACs/window "
+        "| windows/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['dataset']} | {r['setting']} | {r['MASE']:.3f} | {r['WQL']:.3f} "
             f"| {_fmt(r.get('MASE_change'), '+.1%')} | {_fmt(r.get('WQL_change'), '+.1%')} "
             f"| {_fmt(r.get('speedup'), '.2f')}{'x' if r.get('speedup') else ''} "
+            f"| {_fmt(r.get('macs_ratio'), '.2f')}{'x' if r.get('macs_ratio') else ''} "
+            f"| {_fmt(r['macs_per_window'] / 1e9 if r.get('macs_per_window') else None, '.3g')} "
             f"| {_fmt(r.get('windows_per_s'), '.1f')} |"
         )
     lines += [
         "",
         "Aggregate (geometric mean over datasets; ratios relative to seasonal naive, lower is better):",
         "",
-        "| setting | datasets | MASE ratio | WQL ratio | speed-up |",
-        "|---|---|---|---|---|",
+        "| setting | datasets | MASE ratio | WQL ratio | speed-up | MACs ratio |",
+        "|---|---|---|---|---|---|",
     ]
     for a in aggregate(rows):
         speed = _fmt(a["speedup"], ".2f") + ("x" if a["speedup"] else "")
-        lines.append(f"| {a['setting']} | {a['datasets']} | {a['MASE_ratio']:.3f} | {a['WQL_ratio']:.3f} | {speed} |")
+        macs = _fmt(a["macs_ratio"], ".2f") + ("x" if a["macs_ratio"] else "")
+        lines.append(
+            f"| {a['setting']} | {a['datasets']} | {a['MASE_ratio']:.3f} | {a['WQL_ratio']:.3f} | {speed} | {macs} |"
+        )
     skipped = {r["dataset"]: r.get("skipped_series", 0) for r in rows if r.get("skipped_series")}
     if skipped:
         lines += ["", "Series skipped as too short: " + ", ".join(f"{d}: {n}" for d, n in skipped.items())]

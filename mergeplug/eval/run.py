@@ -15,6 +15,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from gluonts.model.seasonal_naive import SeasonalNaivePredictor
 from tqdm.auto import tqdm
 
 from ..config import MergeConfig, schedule_for_reduction
+from ..cost import profile
 from ..patches import families
 from .data import EvalDataset, load_dataset
 from .models import QUANTILES, Forecaster, chronos_quantiles, load_model
@@ -224,14 +226,17 @@ def run(
     device: str = "cpu",
     dtype: str = "float32",
     progress: bool = True,
+    cost_windows: int = 4,
 ) -> list[dict[str, Any]]:
     """Evaluate the seasonal-naive baseline, the unmerged model and each merge setting on each dataset.
 
     ``model``: a spec for :func:`~mergeplug.eval.models.load_model` (``"seasonal-naive"`` scores only the
     baseline) or a :class:`~mergeplug.eval.models.Forecaster`. Per setting it records MASE, WQL, their change
     vs unmerged, median time over ``reps`` interleaved repetitions on ``timing_windows`` windows, throughput,
-    encoder tokens per layer and peak memory (``peak_mem_mb``: resident memory above the level before that
-    setting's forecasts). Returns all rows of the results directory (finished cells of an earlier run included).
+    encoder tokens per layer, peak memory (``peak_mem_mb``: resident memory above the level before that
+    setting's forecasts) and the cost counted by :func:`mergeplug.cost.profile` on ``cost_windows`` windows
+    (``macs_per_window``, ``macs_ratio`` = unmerged / this, ``params``). Returns all rows of the results
+    directory (finished cells of an earlier run included).
     """
     import mergeplug
 
@@ -282,6 +287,7 @@ def run(
         accuracy: dict[str, dict[str, float]] = {}
         counts: dict[str, list[int] | None] = {}
         memory: dict[str, float] = {}
+        costs: dict[str, dict[str, Any]] = {}
         kw = dict(batch_size=batch_size, seed=seed, shard=shard)
         with torch.inference_mode():
             for s in pending:  # accuracy: every window, same seeds for every setting
@@ -294,6 +300,17 @@ def run(
                 memory[s.label] = mem.extra_mb
                 accuracy[s.label] = score(ds, test_data, q)
                 counts[s.label] = mergeplug.token_counts(fc.target) if s.kwargs else None
+            if fc.target is not None and cost_windows > 0:  # a torch model: count its MACs per window
+                few = inputs[:cost_windows]
+                for s in timed:
+                    configure(fc, s)
+                    rep = profile(
+                        fc.target,
+                        run=partial(fc.quantiles, few, ds.prediction_length, batch_size=len(few), seed=seed),
+                        series=len(few),
+                        storage=False,
+                    )
+                    costs[s.label] = {"macs_per_window": rep.macs_per_series, "params": rep.params["total"]}
             subset = inputs[:timing_windows]
             configure(fc, timed[0])
             fc.quantiles(subset[:batch_size], ds.prediction_length, batch_size=batch_size)  # warm-up
@@ -325,6 +342,12 @@ def run(
                     "tokens_per_layer": counts[s.label],
                     "peak_mem_mb": memory[s.label],
                     "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+                    **costs.get(s.label, {}),
+                    **(
+                        {"macs_ratio": costs["unmerged"]["macs_per_window"] / costs[s.label]["macs_per_window"]}
+                        if s.label in costs and costs["unmerged"]["macs_per_window"]
+                        else {}
+                    ),
                 }
             )
     return store.rows
