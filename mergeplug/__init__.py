@@ -2,6 +2,7 @@
 
 from .config import MergeConfig, ratio_for_reduction, schedule_for_reduction
 from .core import apply, remove, settings, token_counts
+from .cost import CostReport, profile
 
 __version__ = "0.1.0"
 
@@ -11,6 +12,8 @@ __all__ = [
     "remove",
     "settings",
     "token_counts",
+    "profile",
+    "CostReport",
     "ratio_for_reduction",
     "schedule_for_reduction",
     "__version__",

@@ -459,6 +459,7 @@ def compare(
     reps: int = 3,
     run: Callable[[], Any] | None = None,
     seed: int = 0,
+    series: int | None = None,
     **kwargs: Any,
 ) -> list[dict[str, Any]]:
     """MACs ratio next to the measured wall-clock ratio, for several merge settings of one model.
@@ -467,12 +468,12 @@ def compare(
         obj: a model or pipeline :func:`mergeplug.apply` accepts.
         settings: label -> keyword arguments of :func:`mergeplug.apply` (``None`` or ``{}``: unmerged).
             The first setting is the reference of the ratios.
-        args / kwargs / run: the call, as for :func:`profile`.
+        args / kwargs / run / series: the call, as for :func:`profile`.
         reps: timed repetitions per setting after one warm-up each, interleaved over settings; medians.
 
     Returns:
-        One row per setting: ``label``, ``macs``, ``macs_ratio`` (reference MACs / these), ``time_s``
-        (median), ``speedup`` (reference time / this), ``token_counts``. The model is left unmerged.
+        One row per setting: ``label``, ``macs``, ``macs_per_series``, ``macs_ratio`` (reference MACs / these),
+        ``time_s`` (median), ``speedup`` (reference time / this), ``token_counts``. The model is left unmerged.
     """
     from .core import apply, remove
 
@@ -497,7 +498,7 @@ def compare(
         for label in labels:
             configure(settings[label])
             torch.manual_seed(seed)
-            reports[label] = profile(obj, *args, run=run, storage=False, **kwargs)
+            reports[label] = profile(obj, *args, run=run, series=series, storage=False, **kwargs)
             call()  # warm-up
         for _ in range(reps):
             for label in labels:
@@ -516,6 +517,7 @@ def compare(
             {
                 "label": label,
                 "macs": reports[label].macs,
+                "macs_per_series": reports[label].macs_per_series,
                 "macs_ratio": reports[ref].macs / max(reports[label].macs, 1),
                 "time_s": t,
                 "speedup": t_ref / t,

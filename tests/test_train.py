@@ -123,6 +123,30 @@ def test_bolt_training_lowers_the_loss_and_exports(tmp_path):
     card = (out / "README.md").read_text()
     assert "m3_yearly" in card and "kernelsynth" in card and "library_name: chronos-forecasting" in card
     assert json.loads((out / "training.json").read_text())["state"]["step"] == 40
+    params = sum(p.numel() for p in pipe.inner_model.parameters())
+    assert f"- Parameters: {params:,} (" in card and "non-zero)" in card and "as bfloat16" in card
+    # re-render with harness results: the card shows the counted MACs per window and the MACs ratio
+    from huggingface_hub import ModelCard
+
+    from mergeplug.train.export import write_card
+
+    res = tmp_path / "res"
+    res.mkdir()
+    rows = [
+        {"dataset": "m3_yearly", "setting": "seasonal-naive", "MASE": 3.0, "WQL": 0.2},
+        {"dataset": "m3_yearly", "setting": "unmerged", "MASE": 2.7, "WQL": 0.15, "speedup": 1.0,
+         "macs_per_window": 2.5e6, "macs_ratio": 1.0, "prediction_length": 6},
+        {"dataset": "m3_yearly", "setting": "k=1,ratio=0.2", "MASE": 2.8, "WQL": 0.16, "speedup": 1.2,
+         "macs_per_window": 1.6e6, "macs_ratio": 1.5625, "prediction_length": 6},
+    ]  # fmt: skip
+    (res / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_card(out, eval_dirs=[str(res)])
+    card = ModelCard.load(out / "README.md")
+    assert card.data.pipeline_tag == "time-series-forecasting" and "mergeplug" in card.data.tags
+    assert "one m3_yearly test window (6 steps): 2.50 M multiply-accumulates" in card.text
+    assert "| m3_yearly | in-domain | k=1,ratio=0.2 | 2.800 | 0.160 | 0.933 | 0.800 | 1.20x | 1.56x |" in card.text
+    with pytest.raises(FileNotFoundError, match="not a directory written by mergeplug-train export"):
+        write_card(tmp_path)
 
 
 def test_chronos_t5_recipe_loss_ignores_missing_targets():

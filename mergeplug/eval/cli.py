@@ -44,6 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     r.add_argument("--no-progress", action="store_true")
 
+    pr = sub.add_parser("profile", help="parameters, storage, MACs by component; MACs ratio vs measured speed-up")
+    pr.add_argument("--model", required=True, help="as for run (random:chronos-t5-small, mergeplug:patchtst, a path)")
+    pr.add_argument("--dataset", default=None, help="use its first --batch test windows (default: synthetic series)")
+    pr.add_argument("--batch", type=int, default=8, help="windows forecast per call")
+    pr.add_argument("--context", type=int, default=512, help="length of the synthetic series")
+    pr.add_argument("--horizon", type=int, default=None, help="forecast length (default: the dataset's, or 64)")
+    pr.add_argument("--merge", action="append", default=[], help="merge setting to compare (repeatable)")
+    pr.add_argument("--reps", type=int, default=3, help="interleaved timing repetitions (median)")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--json", default=None, help="also write the report and comparison as JSON")
+
     rep = sub.add_parser("report", help="regenerate report.md and the plot of a results directory")
     rep.add_argument("directory")
 
@@ -60,6 +71,27 @@ def main(argv: list[str] | None = None) -> int:
             print(write_report(args.directory))
         except FileNotFoundError as exc:
             p.error(str(exc))
+        return 0
+    if args.command == "profile":
+        from .profile_cli import profile_model
+
+        try:
+            print(
+                profile_model(
+                    args.model,
+                    dataset=args.dataset,
+                    batch=args.batch,
+                    context=args.context,
+                    horizon=args.horizon,
+                    merges=args.merge,
+                    reps=args.reps,
+                    seed=args.seed,
+                    out=args.json,
+                )
+            )
+        except (KeyError, ValueError, OfflineError, OSError) as exc:
+            print(f"mergeplug-eval: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+            return 2
         return 0
     tags = {"offline", "competition", "long", "online"}
     datasets = []

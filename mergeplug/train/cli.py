@@ -6,6 +6,7 @@ Examples::
     mergeplug-train chronos-t5 --out runs/t5 --steps 20000
     mergeplug-train status runs/bolt
     mergeplug-train export runs/bolt --out mergeplug/checkpoints/bolt-ref --eval-dir results/bolt
+    mergeplug-train card mergeplug/checkpoints/bolt-ref --eval-dir results/bolt-new
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--name", default=None, help="model name in the card (default: the output directory's name)")
     p.add_argument("--eval-dir", action="append", default=[], help="mergeplug-eval results to put in the card")
+    p = sub.add_parser("card", help="re-render the model card of an exported directory (e.g. with new results)")
+    p.add_argument("directory")
+    p.add_argument("--name", default=None, help="model name in the card (default: the directory's name)")
+    p.add_argument("--eval-dir", action="append", default=[], help="mergeplug-eval results to put in the card")
     return parser
 
 
@@ -92,8 +97,11 @@ def _main(args: argparse.Namespace) -> int:
         for line in log.read_text().splitlines()[-5:]:
             print(line)
         return 0
-    from .export import export
+    from .export import export, write_card
 
+    if args.command == "card":
+        print(write_card(args.directory, name=args.name, eval_dirs=args.eval_dir))
+        return 0
     path = export(args.run, args.out, name=args.name, eval_dirs=args.eval_dir)
     print(path)
     return 0

@@ -2,8 +2,10 @@
 
 The directory holds ``config.json`` + ``model.safetensors`` (``save_pretrained``), ``training.json`` (the
 run's recipe, settings, what was seen and the trainer state) and ``README.md``: a model card generated with
-``huggingface_hub.ModelCard`` listing the training data exactly, steps, samples, wall and CPU time, and
-the accuracy measured by ``mergeplug-eval`` (in-domain and zero-shot, as ratios to seasonal naive).
+``huggingface_hub.ModelCard`` listing the training data exactly, steps, samples, wall and CPU time, the
+cost (parameters and storage counted by :mod:`mergeplug.cost`, MACs per forecast window from the harness
+results), and the accuracy measured by ``mergeplug-eval`` (in-domain and zero-shot, as ratios to seasonal
+naive). :func:`write_card` re-renders the card of an exported directory (e.g. with newer results).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["export", "accuracy_table", "geomean"]
+__all__ = ["export", "write_card", "accuracy_table", "geomean"]
 
 
 def geomean(values: list[float]) -> float:
@@ -30,8 +32,8 @@ def accuracy_table(rows: list[dict[str, Any]], seen: set[str]) -> tuple[str, dic
     """
     naive = {r["dataset"]: r for r in rows if r["setting"] == "seasonal-naive"}
     lines = [
-        "| dataset | split | setting | MASE | WQL | MASE / naive | WQL / naive | speed-up |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| dataset | split | setting | MASE | WQL | MASE / naive | WQL / naive | speed-up | MACs ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     ratios: dict[str, dict[str, list[float]]] = {}
     for r in sorted(rows, key=lambda r: (r["dataset"] not in seen, r["dataset"], r["setting"] != "unmerged")):
@@ -44,9 +46,10 @@ def accuracy_table(rows: list[dict[str, Any]], seen: set[str]) -> tuple[str, dic
         agg.setdefault(f"{split} MASE", []).append(m)
         agg.setdefault(f"{split} WQL", []).append(w)
         speed = f"{r['speedup']:.2f}x" if "speedup" in r else ""
+        macs = f"{r['macs_ratio']:.2f}x" if r.get("macs_ratio") else ""
         lines.append(
             f"| {r['dataset']} | {split} | {r['setting']} | {r['MASE']:.3f} | {r['WQL']:.3f} | {m:.3f} | {w:.3f} "
-            f"| {speed} |"
+            f"| {speed} | {macs} |"
         )
     summary = {s: {k: geomean(v) for k, v in d.items()} for s, d in ratios.items()}
     return "\n".join(lines), summary
@@ -66,7 +69,7 @@ _TEMPLATE = """
 # {name}
 
 A {arch} reference model trained from scratch on CPU by `mergeplug-train` ({params:,} parameters,
-{size_mb:.1f} MB in float32). It exists so that mergeplug can measure the accuracy effect of token merging
+{size_mb:.2f} MB in float32). It exists so that mergeplug can measure the accuracy effect of token merging
 on a model that really forecasts, offline. It is small and trained briefly: it is not a substitute for
 Amazon's pretrained Chronos models.
 
@@ -91,6 +94,10 @@ In the evaluation harness: `mergeplug-eval run --model {short} --datasets ...`.
 | --- | --- | --- | --- |
 {seen}
 
+## Cost (mergeplug.cost)
+
+{cost}
+
 ## Accuracy (mergeplug-eval; ratios to seasonal naive, lower is better)
 
 {accuracy}
@@ -108,41 +115,88 @@ def export(
     run_dir: str | Path, out: str | Path, *, name: str | None = None, eval_dirs: list[str] | None = None
 ) -> Path:
     """Write the run's latest checkpoint to ``out`` as a loadable model with ``training.json`` and a model card."""
-    from huggingface_hub import ModelCard, ModelCardData
-
     from .loop import load_checkpoint_model
 
-    recipe, model, state = load_checkpoint_model(run_dir)
+    _recipe, model, state = load_checkpoint_model(run_dir)
     meta = json.loads((Path(run_dir) / "run.json").read_text())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     (out / "training.json").write_text(json.dumps({**meta, "state": state}, indent=2))
+    write_card(out, name=name, eval_dirs=eval_dirs)
+    return out
+
+
+def _load_exported(directory: Path, kind: str):
+    """The model saved in an exported directory (the inner model for Chronos kinds)."""
+    if kind in ("bolt", "chronos-t5"):
+        from chronos import BaseChronosPipeline
+
+        return BaseChronosPipeline.from_pretrained(str(directory)).inner_model
+    from ..eval.models import _load_supervised
+
+    return _load_supervised(directory)
+
+
+def _cost_section(model, rows: list[dict[str, Any]]) -> str:
+    from ..cost import parameter_counts, storage_bytes
+
+    params, size = parameter_counts(model), storage_bytes(model)
+    lines = [
+        f"- Parameters: {params['total']:,} ({params['nonzero']:,} non-zero).",
+        f"- Storage: {size['fp32'] / 1e6:.2f} MB as float32, {size['bf16'] / 1e6:.2f} MB as bfloat16, "
+        f"{size['serialized'] / 1e6:.2f} MB as serialized (safetensors).",
+    ]
+    counted = [r for r in rows if r.get("macs_per_window") and r["setting"] == "unmerged"]
+    for r in counted:
+        lines.append(
+            f"- Forecasting one {r['dataset']} test window ({r['prediction_length']} steps): "
+            f"{r['macs_per_window'] / 1e6:.2f} M multiply-accumulates (counted by `mergeplug.cost.profile`)."
+        )
+    return "\n".join(lines)
+
+
+def write_card(directory: str | Path, *, name: str | None = None, eval_dirs: list[str] | None = None) -> Path:
+    """(Re)write ``README.md`` of an exported model directory from its ``training.json``, weights and results.
+
+    ``eval_dirs``: ``mergeplug-eval run`` output directories whose rows describe this model (for a model trained
+    on one dataset, only that dataset's rows are used). Returns the card's path.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    out = Path(directory)
+    meta_path = out / "training.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{meta_path} not found: {out} is not a directory written by mergeplug-train export")
+    meta = json.loads(meta_path.read_text())
+    state, recipe_meta = meta["state"], meta["recipe"]
+    kind = recipe_meta["kind"]
+    model = _load_exported(out, kind)
     name = name or out.name
     params = sum(p.numel() for p in model.parameters())
-    is_chronos = recipe.kind in ("bolt", "chronos-t5")
+    is_chronos = kind in ("bolt", "chronos-t5")
     from ..eval.models import checkpoint_dir
 
     shipped = out.resolve().parent == checkpoint_dir().resolve()
     where = f'checkpoint_dir("{out.name}")' if shipped else f'"{out.as_posix()}"'
     imports = "from mergeplug.eval.models import checkpoint_dir\n" if shipped else ""
-    short = f"mergeplug:{name}" if is_chronos else f"mergeplug:{recipe.kind}"
+    short = f"mergeplug:{name}" if is_chronos else f"mergeplug:{kind}"
     if is_chronos:
         usage = (
             "from chronos import BaseChronosPipeline\n"
             f'pipe = BaseChronosPipeline.from_pretrained("{out.as_posix()}")\n'
             "quantiles, mean = pipe.predict_quantiles([context], prediction_length=24)"
         )
-        arch = "Chronos-Bolt" if recipe.kind == "bolt" else "Chronos-T5"
+        arch = "Chronos-Bolt" if kind == "bolt" else "Chronos-T5"
     else:
         cls = type(model).__name__
         usage = f"{imports}from transformers import {cls}\nmodel = {cls}.from_pretrained({where})"
-        arch = f"{cls} ({recipe.dataset})"
+        arch = f"{cls} ({recipe_meta['dataset']})"
     seen_rows = meta.get("seen", [])
     seen = "\n".join(f"| {r['dataset']} | {r['series']} | {r['values']:,} | {r['held_out_last']} |" for r in seen_rows)
     rows = _read_results(eval_dirs or [])
     if not is_chronos:  # one model per dataset: only its own dataset's rows describe it
-        rows = [r for r in rows if r["dataset"] == recipe.dataset]
+        rows = [r for r in rows if r["dataset"] == recipe_meta["dataset"]]
     if rows:
         table, summary = accuracy_table(rows, {r["dataset"] for r in seen_rows})
         summary_md = "\n".join(
@@ -151,21 +205,21 @@ def export(
         )
     else:
         table, summary_md = "Not evaluated yet.", "-"
-    recipe_d = {k: v for k, v in meta["recipe"].items() if k not in ("datasets", "kind")}
+    recipe_d = {k: v for k, v in recipe_meta.items() if k not in ("datasets", "kind")}
     card_data = ModelCardData(
         license="apache-2.0",
         library_name="chronos-forecasting" if is_chronos else "transformers",
         pipeline_tag="time-series-forecasting",
-        tags=["time-series", "forecasting", "mergeplug", recipe.kind],
+        tags=["time-series", "forecasting", "mergeplug", kind],
     )
     content = _TEMPLATE.format(
         name=name,
         arch=arch,
         params=params,
-        size_mb=params * 4 / 2**20,
+        size_mb=params * 4 / 1e6,
         usage=usage,
         short=short,
-        kind=recipe.kind,
+        kind=kind,
         recipe=", ".join(f"{k}={v}" for k, v in recipe_d.items()),
         settings=", ".join(f"{k}={v}" for k, v in meta["settings"].items()),
         step=state["step"],
@@ -174,9 +228,10 @@ def export(
         cpu_h=state["cpu_seconds"] / 3600,
         threads=f"torch threads: {meta['settings'].get('threads') or 'default'}",
         seen=seen,
+        cost=_cost_section(model, rows),
         accuracy=table,
         summary=summary_md,
     )
     card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n{content}")
     card.save(out / "README.md")
-    return out
+    return out / "README.md"
