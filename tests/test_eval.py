@@ -216,3 +216,25 @@ def test_model_specs_with_clear_errors(tmp_path):
     fam = SupervisedForecaster(root=tmp_path, family="patchtst", name="mergeplug:patchtst")
     with pytest.raises(ValueError, match="no patchtst model was trained on 'm3_yearly'.*solar_hourly"):
         fam.for_dataset(load_dataset("m3_yearly"))
+
+
+def test_profile_cli(tmp_path, capsys):
+    """mergeplug-eval profile: the cost report, then MACs ratio vs measured speed-up per merge setting."""
+    out = tmp_path / "p.json"
+    args = ["profile", "--model", "random:chronos-bolt-test", "--batch", "2", "--context", "256", "--reps", "1"]
+    assert main(args + ["--merge", "k=1,ratio=0.3", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "parameters:" in text and "encoder attention-scores" in text and "MACs ratio" in text
+    saved = json.loads(out.read_text())
+    rows = {r["label"]: r for r in saved["comparison"]}
+    assert rows["unmerged"]["macs"] == saved["profile"]["macs"] and rows["k=1,ratio=0.3"]["macs_ratio"] > 1.0
+    assert saved["profile"]["series"] == 2
+    # a dataset's windows for a per-dataset family
+    assert main(["profile", "--model", "mergeplug:patchtst", "--dataset", "taylor_30min", "--batch", "2"]) == 0
+    assert "encoder mlp" in capsys.readouterr().out
+    assert main(["profile", "--model", "mergeplug:patchtst"]) == 2
+    assert "pass --dataset" in capsys.readouterr().err
+    assert main(["profile", "--model", "predictor:gluonts.model.npts.NPTSPredictor", "--dataset", "m3_yearly"]) == 2
+    assert "not a PyTorch model" in capsys.readouterr().err
+    assert main(["profile", "--model", "random:chronos-2-test", "--merge", "k=1,ratio=0.2"]) == 2
+    assert "token merging does not apply" in capsys.readouterr().err
