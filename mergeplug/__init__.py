@@ -3,6 +3,7 @@
 from .config import MergeConfig, ratio_for_reduction, schedule_for_reduction
 from .core import apply, remove, settings, token_counts
 from .cost import CostReport, profile
+from .hub import from_pretrained, push_to_hub, save_pretrained
 
 __version__ = "0.1.0"
 
@@ -13,6 +14,9 @@ __all__ = [
     "settings",
     "token_counts",
     "profile",
+    "save_pretrained",
+    "from_pretrained",
+    "push_to_hub",
     "CostReport",
     "ratio_for_reduction",
     "schedule_for_reduction",

@@ -530,11 +530,12 @@ def compare(
 def format_comparison(rows: Sequence[Mapping[str, Any]]) -> str:
     """A text table of :func:`compare` rows: theoretical (MACs) ratio next to the measured speed-up."""
     out = io.StringIO()
-    out.write(f"{'setting':<34}{'GMACs':>10}{'MACs ratio':>12}{'time s':>10}{'speed-up':>10}  tokens (last)\n")
+    w = max([len("setting")] + [len(r["label"]) for r in rows]) + 2
+    out.write(f"{'setting':<{w}}{'GMACs':>10}{'MACs ratio':>12}{'time s':>10}{'speed-up':>10}  tokens (last)\n")
     for r in rows:
         last = r["token_counts"][-1] if r.get("token_counts") else "-"
         out.write(
-            f"{r['label']:<34}{r['macs'] / 1e9:>10.3f}{r['macs_ratio']:>11.2f}x{r['time_s']:>10.3f}"
+            f"{r['label']:<{w}}{r['macs'] / 1e9:>10.3f}{r['macs_ratio']:>11.2f}x{r['time_s']:>10.3f}"
             f"{r['speedup']:>9.2f}x  {last}\n"
         )
     return out.getvalue().rstrip("\n")

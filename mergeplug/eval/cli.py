@@ -55,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--json", default=None, help="also write the report and comparison as JSON")
 
+    cd = sub.add_parser("card", help="write the model card (README.md) of a mergeplug.save_pretrained directory")
+    cd.add_argument("directory")
+    cd.add_argument("--results", default=None, help="a `mergeplug-eval run` output directory for the measured tables")
+    cd.add_argument("--license", default="apache-2.0")
+    cd.add_argument("--name", default=None, help="card title (default: the directory's name)")
+
     rep = sub.add_parser("report", help="regenerate report.md and the plot of a results directory")
     rep.add_argument("directory")
 
@@ -71,6 +77,18 @@ def main(argv: list[str] | None = None) -> int:
             print(write_report(args.directory))
         except FileNotFoundError as exc:
             p.error(str(exc))
+        return 0
+    if args.command == "card":
+        from ..hub import model_card
+
+        try:
+            card = model_card(args.directory, results=args.results, license=args.license, model_name=args.name)
+        except (ValueError, OSError) as exc:
+            print(f"mergeplug-eval: error: {exc}", file=sys.stderr)
+            return 2
+        path = f"{args.directory.rstrip('/')}/README.md"
+        card.save(path)
+        print(path)
         return 0
     if args.command == "profile":
         from .profile_cli import profile_model

@@ -65,25 +65,12 @@ def _read_results(eval_dirs: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-_TEMPLATE = """
-# {name}
-
-A {arch} reference model trained from scratch on CPU by `mergeplug-train` ({params:,} parameters,
+_DESCRIPTION = """A {arch} reference model trained from scratch on CPU by `mergeplug-train` ({params:,} parameters,
 {size_mb:.2f} MB in float32). It exists so that mergeplug can measure the accuracy effect of token merging
 on a model that really forecasts, offline. It is small and trained briefly: it is not a substitute for
-Amazon's pretrained Chronos models.
+Amazon's pretrained Chronos models. In the evaluation harness: `mergeplug-eval run --model {short} --datasets ...`."""
 
-## Use
-
-```python
-{usage}
-```
-
-In the evaluation harness: `mergeplug-eval run --model {short} --datasets ...`.
-
-## Training
-
-- Recipe `{kind}`: {recipe}
+_TRAINING = """- Recipe `{kind}`: {recipe}
 - Optimisation: {settings}
 - Steps: {step:,} ({samples:,} windows), wall time {wall_h:.2f} h, CPU time {cpu_h:.2f} h ({threads} on a
   2-core CPU machine, sharing it with other jobs at times).
@@ -92,23 +79,16 @@ In the evaluation harness: `mergeplug-eval run --model {short} --datasets ...`.
 
 | source | series | values | held out at the end of every series |
 | --- | --- | --- | --- |
-{seen}
+{seen}"""
 
-## Cost (mergeplug.cost)
-
-{cost}
-
-## Accuracy (mergeplug-eval; ratios to seasonal naive, lower is better)
-
-{accuracy}
+_ACCURACY = """{accuracy}
 
 Geometric means of the ratios:
 
 {summary}
 
 In-domain: test windows after the training cut-off of datasets whose earlier parts were seen.
-Zero-shot: datasets never seen in training.
-"""
+Zero-shot: datasets never seen in training."""
 
 
 def export(
@@ -123,6 +103,9 @@ def export(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     (out / "training.json").write_text(json.dumps({**meta, "state": state}, indent=2))
+    from ..hub import write_config
+
+    write_config(model, out)
     write_card(out, name=name, eval_dirs=eval_dirs)
     return out
 
@@ -138,31 +121,24 @@ def _load_exported(directory: Path, kind: str):
     return _load_supervised(directory)
 
 
-def _cost_section(model, rows: list[dict[str, Any]]) -> str:
-    from ..cost import parameter_counts, storage_bytes
-
-    params, size = parameter_counts(model), storage_bytes(model)
-    lines = [
-        f"- Parameters: {params['total']:,} ({params['nonzero']:,} non-zero).",
-        f"- Storage: {size['fp32'] / 1e6:.2f} MB as float32, {size['bf16'] / 1e6:.2f} MB as bfloat16, "
-        f"{size['serialized'] / 1e6:.2f} MB as serialized (safetensors).",
-    ]
+def _macs_lines(rows: list[dict[str, Any]]) -> str:
     counted = [r for r in rows if r.get("macs_per_window") and r["setting"] == "unmerged"]
-    for r in counted:
-        lines.append(
-            f"- Forecasting one {r['dataset']} test window ({r['prediction_length']} steps): "
-            f"{r['macs_per_window'] / 1e6:.2f} M multiply-accumulates (counted by `mergeplug.cost.profile`)."
-        )
-    return "\n".join(lines)
+    return "\n".join(
+        f"- Forecasting one {r['dataset']} test window ({r['prediction_length']} steps): "
+        f"{r['macs_per_window'] / 1e6:.2f} M multiply-accumulates (counted by `mergeplug.cost.profile`)."
+        for r in counted
+    )
 
 
 def write_card(directory: str | Path, *, name: str | None = None, eval_dirs: list[str] | None = None) -> Path:
     """(Re)write ``README.md`` of an exported model directory from its ``training.json``, weights and results.
 
-    ``eval_dirs``: ``mergeplug-eval run`` output directories whose rows describe this model (for a model trained
-    on one dataset, only that dataset's rows are used). Returns the card's path.
+    The card comes from :func:`mergeplug.hub.model_card` (metadata, use, settings, cost) with the training and
+    accuracy sections added; ``mergeplug_config.json`` is written if missing, so the directory also loads with
+    :func:`mergeplug.from_pretrained`. ``eval_dirs``: ``mergeplug-eval run`` output directories whose rows
+    describe this model (for a model trained on one dataset, only that dataset's rows are used).
     """
-    from huggingface_hub import ModelCard, ModelCardData
+    from ..hub import CONFIG_NAME, model_card, write_config
 
     out = Path(directory)
     meta_path = out / "training.json"
@@ -172,26 +148,19 @@ def write_card(directory: str | Path, *, name: str | None = None, eval_dirs: lis
     state, recipe_meta = meta["state"], meta["recipe"]
     kind = recipe_meta["kind"]
     model = _load_exported(out, kind)
+    if not (out / CONFIG_NAME).exists():
+        write_config(model, out)
     name = name or out.name
     params = sum(p.numel() for p in model.parameters())
     is_chronos = kind in ("bolt", "chronos-t5")
     from ..eval.models import checkpoint_dir
 
     shipped = out.resolve().parent == checkpoint_dir().resolve()
-    where = f'checkpoint_dir("{out.name}")' if shipped else f'"{out.as_posix()}"'
-    imports = "from mergeplug.eval.models import checkpoint_dir\n" if shipped else ""
-    short = f"mergeplug:{name}" if is_chronos else f"mergeplug:{kind}"
+    location = f'checkpoint_dir("{out.name}")' if shipped else repr(out.as_posix())
     if is_chronos:
-        usage = (
-            "from chronos import BaseChronosPipeline\n"
-            f'pipe = BaseChronosPipeline.from_pretrained("{out.as_posix()}")\n'
-            "quantiles, mean = pipe.predict_quantiles([context], prediction_length=24)"
-        )
         arch = "Chronos-Bolt" if kind == "bolt" else "Chronos-T5"
     else:
-        cls = type(model).__name__
-        usage = f"{imports}from transformers import {cls}\nmodel = {cls}.from_pretrained({where})"
-        arch = f"{cls} ({recipe_meta['dataset']})"
+        arch = f"{type(model).__name__} ({recipe_meta['dataset']})"
     seen_rows = meta.get("seen", [])
     seen = "\n".join(f"| {r['dataset']} | {r['series']} | {r['values']:,} | {r['held_out_last']} |" for r in seen_rows)
     rows = _read_results(eval_dirs or [])
@@ -206,19 +175,7 @@ def write_card(directory: str | Path, *, name: str | None = None, eval_dirs: lis
     else:
         table, summary_md = "Not evaluated yet.", "-"
     recipe_d = {k: v for k, v in recipe_meta.items() if k not in ("datasets", "kind")}
-    card_data = ModelCardData(
-        license="apache-2.0",
-        library_name="chronos-forecasting" if is_chronos else "transformers",
-        pipeline_tag="time-series-forecasting",
-        tags=["time-series", "forecasting", "mergeplug", kind],
-    )
-    content = _TEMPLATE.format(
-        name=name,
-        arch=arch,
-        params=params,
-        size_mb=params * 4 / 1e6,
-        usage=usage,
-        short=short,
+    training = _TRAINING.format(
         kind=kind,
         recipe=", ".join(f"{k}={v}" for k, v in recipe_d.items()),
         settings=", ".join(f"{k}={v}" for k, v in meta["settings"].items()),
@@ -228,10 +185,25 @@ def write_card(directory: str | Path, *, name: str | None = None, eval_dirs: lis
         cpu_h=state["cpu_seconds"] / 3600,
         threads=f"torch threads: {meta['settings'].get('threads') or 'default'}",
         seen=seen,
-        cost=_cost_section(model, rows),
-        accuracy=table,
-        summary=summary_md,
     )
-    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n{content}")
+    sections = [("Training", training)]
+    if _macs_lines(rows):
+        sections.append(("Compute per forecast", _macs_lines(rows)))
+    sections.append(
+        ("Accuracy (mergeplug-eval; ratios to seasonal naive, lower is better)",
+         _ACCURACY.format(accuracy=table, summary=summary_md))
+    )  # fmt: skip
+    short = f"mergeplug:{name}" if is_chronos else f"mergeplug:{kind}"
+    description = _DESCRIPTION.format(arch=arch, params=params, size_mb=params * 4 / 1e6, short=short)
+    card = model_card(
+        out,
+        obj=model,
+        model_name=name,
+        extra_sections=sections,
+        tags=[kind, "reference-model"],
+        description=description,
+        location=location,
+        location_import="from mergeplug.eval.models import checkpoint_dir" if shipped else "",
+    )
     card.save(out / "README.md")
     return out / "README.md"

@@ -1,0 +1,435 @@
+"""Save and load merged models the way the Hugging Face ecosystem expects, with generated model cards.
+
+A mergeplug directory (local, or a Hugging Face Hub repository) holds:
+
+* ``mergeplug_config.json``: the format version, the mergeplug version, the model family, how to load the
+  base model (``loader``: ``chronos`` for ``BaseChronosPipeline`` or ``transformers`` with the model class),
+  ``base_model`` (a hub id or path, if known), whether the weights are in the directory, and every merge
+  setting (``merge``: the keyword arguments of :func:`mergeplug.apply`, ``null`` when unmerged);
+* the weights and ``config.json`` as ``save_pretrained`` writes them (``model.safetensors``), unless the
+  directory only *references* its base model (``save_pretrained(..., weights=False)`` with ``base_model``):
+  then loading fetches the base model and applies the settings, like a PEFT adapter without adapter weights;
+* ``README.md``: a model card generated with ``huggingface_hub``'s ``ModelCard`` / ``ModelCardData`` (YAML
+  metadata, how to use it, the settings, the cost counted by :mod:`mergeplug.cost` and, given a
+  ``mergeplug-eval`` results directory, the measured speed-up and accuracy tables).
+
+The weights are always saved from the unpatched classes (the patch is removed for the save and re-applied),
+so the saved model loads with plain ``transformers`` / ``chronos`` too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .config import MergeConfig
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CONFIG_NAME",
+    "save_pretrained",
+    "from_pretrained",
+    "write_config",
+    "read_config",
+    "model_card",
+    "push_to_hub",
+]
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "mergeplug_config.json"
+APPLY_KEYS = ("k", "r", "ratio", "threshold", "causal", "proportional_attention", "input_ratio")
+
+
+# ------------------------------------------------------------------------------------------------ what it is
+def _is_chronos_pipeline(obj: Any) -> bool:
+    try:
+        from chronos import BaseChronosPipeline
+    except ImportError:  # pragma: no cover - chronos-forecasting is a dependency
+        return False
+    return isinstance(obj, BaseChronosPipeline)
+
+
+def _inner(obj: Any) -> nn.Module:
+    """The ``PreTrainedModel`` whose ``save_pretrained`` writes the weights."""
+    if _is_chronos_pipeline(obj):
+        return obj.inner_model
+    if isinstance(obj, nn.Module) and hasattr(obj, "save_pretrained"):
+        return obj
+    raise TypeError(
+        f"mergeplug.save_pretrained: cannot save a {type(obj).__module__}.{type(obj).__qualname__}; give a Chronos "
+        "pipeline (BaseChronosPipeline) or a Hugging Face model (transformers PreTrainedModel)"
+    )
+
+
+def _original_class(module: nn.Module) -> type:
+    cls = type(module)
+    while cls.__module__.startswith("mergeplug"):  # a patched class (mixin, original): the original is its last base
+        cls = cls.__bases__[-1]
+    return cls
+
+
+def _describe(obj: Any) -> dict[str, Any]:
+    """How to load ``obj`` again: ``loader`` (chronos / transformers), ``model_class``, ``pipeline_class``."""
+    inner = _inner(obj)
+    model_class = _original_class(inner).__name__
+    if _is_chronos_pipeline(obj):
+        return {"loader": "chronos", "pipeline_class": type(obj).__name__, "model_class": model_class}
+    if getattr(inner.config, "chronos_config", None):  # a Chronos inner model: loads as a pipeline
+        pipeline = getattr(inner.config, "chronos_pipeline_class", None) or "ChronosPipeline"
+        return {"loader": "chronos", "pipeline_class": pipeline, "model_class": model_class}
+    return {"loader": "transformers", "model_class": model_class}
+
+
+# ------------------------------------------------------------------------------------------------------ save
+def save_pretrained(
+    obj: Any,
+    directory: str | Path,
+    *,
+    base_model: str | None = None,
+    weights: bool = True,
+    results: str | Path | None = None,
+    license: str = "apache-2.0",
+    model_name: str | None = None,
+    card: bool = True,
+) -> Path:
+    """Write ``obj`` (patched by :func:`mergeplug.apply` or not) to ``directory`` with its settings and a model card.
+
+    Args:
+        obj: a Chronos pipeline (Chronos-T5, Chronos-Bolt, Chronos-2) or a Hugging Face ``PreTrainedModel``.
+        directory: created if needed; existing files of the same names are overwritten.
+        base_model: hub id (or path) of the model the weights come from, for the card's metadata and for
+            ``weights=False``.
+        weights: write the weights (``save_pretrained``). ``False`` writes only the settings and the card
+            and needs ``base_model``: :func:`from_pretrained` then loads the base model and applies them.
+        results: a ``mergeplug-eval run`` output directory whose tables go into the card.
+        license: SPDX id for the card's metadata.
+        model_name: title of the card (default: the directory's name).
+        card: write ``README.md`` (callers that write their own card, with :func:`model_card`, pass False).
+
+    Returns:
+        ``directory`` as a ``Path``.
+    """
+    if not weights and not base_model:
+        raise ValueError("weights=False saves only a reference to the base model: pass base_model='<hub id or path>'")
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = write_config(obj, out, base_model=base_model, weights=weights)
+    if weights:
+        from .core import apply, remove
+
+        if meta["merge"] is not None:  # save from the original classes, then patch again with the same settings
+            remove(obj)
+        try:
+            _inner(obj).save_pretrained(out)
+        finally:
+            if meta["merge"] is not None:
+                apply(obj, **meta["merge"])
+    if card:
+        model_card(out, obj=obj, results=results, license=license, model_name=model_name).save(out / "README.md")
+    return out
+
+
+def write_config(obj: Any, directory: str | Path, *, base_model: str | None = None, weights: bool = True) -> dict:
+    """Write (and return) ``mergeplug_config.json`` for ``obj``'s current settings; no weights, no card."""
+    from . import __version__
+    from .core import settings
+
+    info = _describe(obj)
+    try:
+        config = settings(obj)
+    except TypeError:  # a model no family patches: saved as it is
+        config = None
+    family = None
+    if config is not None:
+        from .patches import find_family
+
+        family = find_family(obj).name
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "mergeplug_version": __version__,
+        "family": family,
+        **info,
+        "base_model": base_model,
+        "weights": weights,
+        "merge": None if config is None else {k: v for k, v in config.to_dict().items() if k in APPLY_KEYS},
+        "binarization": None,
+    }
+    Path(directory, CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+# ------------------------------------------------------------------------------------------------------ load
+def read_config(directory_or_hub_id: str | Path) -> tuple[dict[str, Any], Path]:
+    """``mergeplug_config.json`` of a local directory or hub repository (validated) and its local directory."""
+    from . import __version__
+
+    path = Path(directory_or_hub_id)
+    if path.is_dir():
+        cfg_path = path / CONFIG_NAME
+        if not cfg_path.exists():
+            raise FileNotFoundError(
+                f"{path} has no {CONFIG_NAME}: it was not written by mergeplug.save_pretrained. For a plain "
+                "model directory, load it with its own library and call mergeplug.apply(model, ...)."
+            )
+    elif path.exists():
+        raise NotADirectoryError(f"{path} is a file; give the directory mergeplug.save_pretrained wrote")
+    else:
+        cfg_path = _hub_download(str(directory_or_hub_id), CONFIG_NAME)
+        path = cfg_path.parent
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{cfg_path} is not valid JSON ({exc})") from None
+    version = meta.get("format_version")
+    if not isinstance(version, int):
+        raise ValueError(f"{cfg_path} has no integer format_version: not a mergeplug config")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{cfg_path} was written in mergeplug format {version} (by mergeplug {meta.get('mergeplug_version')}); "
+            f"this mergeplug ({__version__}) reads format <= {FORMAT_VERSION}: upgrade mergeplug "
+            "(pip install -U mergeplug)"
+        )
+    family = meta.get("family")
+    if family is not None:
+        from .patches import families
+
+        known = [f.name for f in families()]
+        if family not in known:
+            raise ValueError(
+                f"{cfg_path} names the model family {family!r}, which this mergeplug does not know (known: "
+                f"{', '.join(known)}); upgrade mergeplug or install the package that registers it"
+            )
+    if meta.get("loader") not in ("chronos", "transformers"):
+        raise ValueError(f"{cfg_path}: unknown loader {meta.get('loader')!r} (expected 'chronos' or 'transformers')")
+    return meta, path
+
+
+def _hub_download(repo_id: str, filename: str) -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id, filename))
+    except LocalEntryNotFoundError as exc:
+        raise OSError(
+            f"{repo_id!r} is not a local directory and the Hugging Face Hub cannot be reached (offline?) nor has "
+            f"a cached copy ({type(exc).__name__}). Give the path of a directory written by "
+            "mergeplug.save_pretrained, or go online once to fill the cache."
+        ) from None
+    except (HfHubHTTPError, ValueError) as exc:
+        raise OSError(f"cannot fetch {filename} of {repo_id!r} from the Hugging Face Hub: {exc}") from None
+
+
+def from_pretrained(directory_or_hub_id: str | Path, **kwargs: Any) -> Any:
+    """Load what :func:`save_pretrained` wrote, with the same merge settings applied.
+
+    Args:
+        directory_or_hub_id: a local directory or a Hugging Face Hub repository id.
+        kwargs: passed to the loader (``BaseChronosPipeline.from_pretrained`` or the model class's
+            ``from_pretrained``), e.g. ``device_map`` or ``dtype``.
+
+    Returns:
+        The pipeline or model, patched as it was when saved (unpatched if it was saved unmerged).
+
+    Raises:
+        FileNotFoundError: the directory has no ``mergeplug_config.json``.
+        ValueError: a newer format version, or a family / loader this mergeplug does not know.
+        OSError: a hub id while offline (nothing cached), or a base model that cannot be loaded.
+    """
+    from .core import apply
+
+    meta, path = read_config(directory_or_hub_id)
+    if meta.get("weights", True):
+        source = str(path) if Path(directory_or_hub_id).is_dir() else str(directory_or_hub_id)
+    else:
+        source = meta.get("base_model")
+        if not source:
+            raise ValueError(f"{path / CONFIG_NAME}: weights=false but no base_model to load them from")
+    try:
+        if meta["loader"] == "chronos":
+            from chronos import BaseChronosPipeline
+
+            obj = BaseChronosPipeline.from_pretrained(source, **kwargs)
+        else:
+            import transformers
+
+            cls = getattr(transformers, meta["model_class"], None)
+            if cls is None:
+                raise ValueError(f"transformers has no class {meta['model_class']!r}: upgrade transformers")
+            obj = cls.from_pretrained(source, **kwargs).eval()
+    except OSError as exc:
+        raise OSError(
+            f"could not load the model of {directory_or_hub_id} from {source!r} ({exc}). A hub id needs internet "
+            "or a filled cache."
+        ) from exc
+    if meta.get("merge"):
+        merge = MergeConfig(**meta["merge"])  # validates
+        apply(obj, **{k: getattr(merge, k) for k in APPLY_KEYS})
+    return obj
+
+
+# ------------------------------------------------------------------------------------------------------ card
+_USAGE = """```python
+import mergeplug
+{imports}
+model = mergeplug.from_pretrained({location})   # {what}, with the settings below applied
+```
+
+or, on the base model with plain `mergeplug.apply`:
+
+```python
+{plain}
+```"""
+
+
+def _plain_usage(meta: dict[str, Any], location: str) -> str:
+    """``location``: Python expression of the directory (used when the weights are in it)."""
+    base = repr(meta["base_model"]) if meta.get("base_model") else location
+    if meta["loader"] == "chronos":
+        load = f"from chronos import BaseChronosPipeline\nmodel = BaseChronosPipeline.from_pretrained({base})"
+    else:
+        cls = meta["model_class"]
+        load = f"from transformers import {cls}\nmodel = {cls}.from_pretrained({base})"
+    merge = meta.get("merge")
+    if not merge:
+        return f"import mergeplug\n{load}\n# saved unmerged: mergeplug.apply(model, k=1, ratio=0.2) to merge"
+    defaults = MergeConfig()
+    args = ", ".join(
+        f"{k}={v!r}" for k, v in merge.items() if k == "k" or (k in APPLY_KEYS and v != getattr(defaults, k))
+    )
+    return f"import mergeplug\n{load}\nmergeplug.apply(model, {args})"
+
+
+def _settings_table(meta: dict[str, Any]) -> str:
+    merge = meta.get("merge")
+    if not merge:
+        return "Token merging: not applied (saved unmerged)."
+    rows = ["| setting | value |", "| --- | --- |"]
+    rows += [f"| `{k}` | `{v!r}` |" for k, v in merge.items()]
+    rows.append(f"| family | `{meta.get('family')}` |")
+    note = (
+        "\n\n`k` is the locality (merge only with tokens at most `k` positions away; `None` = global), "
+        "`r` / `ratio` the tokens merged per layer, `input_ratio` the share merged before the first block."
+    )
+    return "\n".join(rows) + note
+
+
+def _cost_lines(obj: Any) -> str:
+    from .cost import parameter_counts, storage_bytes
+
+    p, s = parameter_counts(obj), storage_bytes(obj)
+    return (
+        f"- Parameters: {p['total']:,} ({p['nonzero']:,} non-zero).\n"
+        f"- Storage: {s['fp32'] / 1e6:.2f} MB as float32, {s['bf16'] / 1e6:.2f} MB as bfloat16, "
+        f"{s['serialized'] / 1e6:.2f} MB as serialized (safetensors)."
+    )
+
+
+def _results_section(results: str | Path) -> str:
+    from .eval.report import load_rows, markdown
+
+    rows = load_rows(results)
+    text = (
+        f"Measured with `mergeplug-eval` ({len({r['dataset'] for r in rows})} datasets; speed-up = unmerged time / "
+        "merged time, interleaved repetitions, medians; MACs ratio counted by `mergeplug.cost`):\n\n" + markdown(rows)
+    )
+    precheck = Path(results) / "precheck.md"
+    if precheck.exists():
+        text += "\n\n### Spectral pre-check\n\n" + precheck.read_text().strip()
+    return text
+
+
+def model_card(
+    directory: str | Path,
+    *,
+    obj: Any = None,
+    results: str | Path | None = None,
+    license: str = "apache-2.0",
+    model_name: str | None = None,
+    extra_sections: Sequence[tuple[str, str]] = (),
+    tags: Sequence[str] = (),
+    description: str | None = None,
+    location: str | None = None,
+    location_import: str = "",
+):
+    """The ``huggingface_hub.ModelCard`` of a mergeplug directory (``mergeplug_config.json`` must exist).
+
+    ``obj``: the loaded model or pipeline, for the cost section (loaded from ``directory`` when omitted and the
+    weights are there). ``results``: a ``mergeplug-eval`` results directory for the measured tables (and its
+    ``precheck.md``, if present). ``extra_sections``: (title, markdown) pairs appended to the card;
+    ``description`` replaces the opening paragraph; ``location``: the Python expression shown as the argument
+    of ``mergeplug.from_pretrained`` (default: the directory path as a string; use the repo id once pushed), with
+    ``location_import`` the import line it needs.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    meta, path = read_config(directory)
+    name = model_name or path.resolve().name
+    if obj is None and meta.get("weights", True):
+        obj = from_pretrained(path)
+    is_chronos = meta["loader"] == "chronos"
+    base = meta.get("base_model")
+    data = ModelCardData(
+        license=license,
+        library_name="chronos-forecasting" if is_chronos else "transformers",
+        pipeline_tag="time-series-forecasting",
+        base_model=base if base and not Path(base).exists() else None,
+        tags=list(
+            dict.fromkeys(
+                ["time-series", "forecasting", "mergeplug"]
+                + (["token-merging"] if meta.get("merge") else [])
+                + (["chronos"] if is_chronos else [])
+                + ([meta["family"]] if meta.get("family") else [])
+                + list(tags)
+            )
+        ),
+    )
+    what = f"a {meta.get('pipeline_class') or meta['model_class']}"
+    location = location or repr(path.as_posix())
+    sections = [
+        (
+            "Use",
+            _USAGE.format(
+                location=location,
+                imports=location_import + "\n" if location_import else "",
+                what=what,
+                plain=_plain_usage(meta, location),
+            ),
+        ),
+        ("Merge and compression settings", _settings_table(meta) + "\n\nBinary / sparse projections: none."),
+    ]
+    if obj is not None:
+        sections.append(("Cost (mergeplug.cost)", _cost_lines(obj)))
+    if results is not None:
+        sections.append(("Measured speed and accuracy", _results_section(results)))
+    sections += list(extra_sections)
+    intro = description or (
+        f"{what[2:]} saved with mergeplug {meta['mergeplug_version']} (format {meta['format_version']})"
+        + (f", based on `{base}`" if base else "")
+        + "."
+    )
+    body = f"# {name}\n\n{intro}\n\n" + "\n\n".join(f"## {t}\n\n{b.strip()}" for t, b in sections) + "\n"
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def push_to_hub(
+    directory: str | Path, repo_id: str, *, token: str | None = None, private: bool = False, commit_message: str = ""
+) -> str:
+    """Upload a directory written by :func:`save_pretrained` to the Hugging Face Hub; returns the commit URL.
+
+    A thin call to ``huggingface_hub.HfApi``: ``create_repo(exist_ok=True)`` then ``upload_folder``. It needs
+    network access and a token (``token=`` or ``huggingface-cli login``).
+    """
+    from huggingface_hub import HfApi
+
+    read_config(directory)  # refuse directories that are not mergeplug's
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    info = api.upload_folder(
+        folder_path=str(directory), repo_id=repo_id, commit_message=commit_message or "Upload with mergeplug"
+    )
+    return str(info)
