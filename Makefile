@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.mergeplug-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test bench eval-quick eval-full train-supervised clean
+.PHONY: install demo test bench profile eval-quick eval-full train-supervised clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ test: $(STAMP)
 # The README's benchmark table (Chronos-T5 small dims; takes ~30 minutes on 2 cores).
 bench: $(STAMP)
 	$(BIN)/mergeplug-bench --size small --batch 8 --reps 3 --k 1,global --schedule constant,front,front-input --out results/bench_t5_small.json
+
+# Cost accounting vs measured speed for Chronos-T5 / Bolt / Chronos-2 / PatchTST / TST (benchmarks/cost/, ~7 min).
+profile: $(STAMP)
+	BIN=$(BIN) scripts/profile_models.sh
 
 # Quick offline evaluation with the harness: accuracy (MASE, WQL vs seasonal naive) and speed of the shipped
 # trained PatchTST models, unmerged and merged, on three real series (about 1 minute).

@@ -279,29 +279,46 @@ import mergeplug
 model = mergeplug.from_pretrained({location})   # {what}, with the settings below applied
 ```
 
-or, on the base model with plain `mergeplug.apply`:
+or load it with its own library (and patch it with plain `mergeplug.apply`):
 
 ```python
 {plain}
 ```"""
 
 
-def _plain_usage(meta: dict[str, Any], location: str) -> str:
+def _plain_usage(meta: dict[str, Any], location: str, location_import: str = "", mergeable: bool = True) -> str:
     """``location``: Python expression of the directory (used when the weights are in it)."""
     base = repr(meta["base_model"]) if meta.get("base_model") else location
+    if location_import and base == location:
+        base_import = location_import + "\n"
+    else:
+        base_import = ""
     if meta["loader"] == "chronos":
-        load = f"from chronos import BaseChronosPipeline\nmodel = BaseChronosPipeline.from_pretrained({base})"
+        load = (
+            f"{base_import}from chronos import BaseChronosPipeline\nmodel = BaseChronosPipeline.from_pretrained({base})"
+        )
     else:
         cls = meta["model_class"]
-        load = f"from transformers import {cls}\nmodel = {cls}.from_pretrained({base})"
+        load = f"{base_import}from transformers import {cls}\nmodel = {cls}.from_pretrained({base})"
     merge = meta.get("merge")
     if not merge:
+        if not mergeable:
+            return f"{load}\n# no mergeplug family patches {meta['model_class']} yet: mergeplug.apply would raise"
         return f"import mergeplug\n{load}\n# saved unmerged: mergeplug.apply(model, k=1, ratio=0.2) to merge"
     defaults = MergeConfig()
     args = ", ".join(
         f"{k}={v!r}" for k, v in merge.items() if k == "k" or (k in APPLY_KEYS and v != getattr(defaults, k))
     )
     return f"import mergeplug\n{load}\nmergeplug.apply(model, {args})"
+
+
+def _mergeable(obj: Any) -> bool:
+    """Does a registered family patch ``obj`` (True when unknown)?"""
+    if obj is None:
+        return True
+    from .patches import families
+
+    return any(f.matches(obj) for f in families())
 
 
 def _settings_table(meta: dict[str, Any]) -> str:
@@ -397,7 +414,7 @@ def model_card(
                 location=location,
                 imports=location_import + "\n" if location_import else "",
                 what=what,
-                plain=_plain_usage(meta, location),
+                plain=_plain_usage(meta, location, location_import, _mergeable(obj)),
             ),
         ),
         ("Merge and compression settings", _settings_table(meta) + "\n\nBinary / sparse projections: none."),

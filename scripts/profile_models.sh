@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Cost accounting vs measured speed (issue 5): for each model, the counted MACs by component and, per merge
 # setting, the MACs ratio next to the measured wall-clock speed-up (interleaved repetitions, medians).
-# Writes benchmarks/cost/<name>.txt and .json. Takes about 15 minutes on 2 cores.
+# Writes benchmarks/cost/<name>.txt and .json. Took about 7 minutes on 2 cores (2026-11-25).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}

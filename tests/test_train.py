@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import mergeplug
 from mergeplug.eval.data import load_dataset
 from mergeplug.train.data import WindowSampler, _usable, training_series
 from mergeplug.train.kernelsynth import kernelsynth
@@ -256,3 +257,21 @@ def test_cli_reports_bad_input_clearly(tmp_path, capsys):
     )
     assert main(["export", str(tmp_path / "c"), "--out", str(tmp_path / "d")]) == 2
     assert "no checkpoint yet" in capsys.readouterr().err
+    assert main(["card", str(tmp_path / "c")]) == 2
+    assert "not a directory written by mergeplug-train export" in capsys.readouterr().err
+
+
+def test_shipped_reference_models_load_with_mergeplug_from_pretrained():
+    """Every shipped checkpoint carries mergeplug_config.json and a card from mergeplug.hub's generator."""
+    from huggingface_hub import ModelCard
+
+    from mergeplug.eval.models import checkpoint_dir
+
+    dirs = sorted(p for p in checkpoint_dir().iterdir() if (p / "config.json").exists())
+    assert len(dirs) >= 6
+    for d in dirs:
+        model = mergeplug.from_pretrained(d)
+        assert type(model).__name__ in ("PatchTSTForPrediction", "TimeSeriesTransformerForPrediction")
+        card = ModelCard.load(d / "README.md")
+        assert card.data.pipeline_tag == "time-series-forecasting" and "reference-model" in card.data.tags
+        assert "## Cost (mergeplug.cost)" in card.text and "multiply-accumulates" in card.text, d.name
