@@ -276,7 +276,8 @@ def from_pretrained(directory_or_hub_id: str | Path, **kwargs: Any) -> Any:
 _USAGE = """```python
 import mergeplug
 {imports}
-model = mergeplug.from_pretrained({location})   # {what}, with the settings below applied
+# {what}, with the settings below applied
+model = mergeplug.from_pretrained({location})
 ```
 
 or load it with its own library (and patch it with plain `mergeplug.apply`):
@@ -287,29 +288,35 @@ or load it with its own library (and patch it with plain `mergeplug.apply`):
 
 
 def _plain_usage(meta: dict[str, Any], location: str, location_import: str = "", mergeable: bool = True) -> str:
-    """``location``: Python expression of the directory (used when the weights are in it)."""
-    base = repr(meta["base_model"]) if meta.get("base_model") else location
-    if location_import and base == location:
-        base_import = location_import + "\n"
-    else:
-        base_import = ""
+    """Code that loads the model without mergeplug's loader (formatted as ``ruff format`` would).
+
+    ``location``: Python expression of the directory (used when the weights are in it, with ``location_import``).
+    """
+    base = json.dumps(meta["base_model"]) if meta.get("base_model") else location
+    imports = [location_import] if location_import and base == location else []
     if meta["loader"] == "chronos":
-        load = (
-            f"{base_import}from chronos import BaseChronosPipeline\nmodel = BaseChronosPipeline.from_pretrained({base})"
-        )
+        imports.append("from chronos import BaseChronosPipeline")
+        code = [f"model = BaseChronosPipeline.from_pretrained({base})"]
     else:
         cls = meta["model_class"]
-        load = f"{base_import}from transformers import {cls}\nmodel = {cls}.from_pretrained({base})"
+        imports.append(f"from transformers import {cls}")
+        code = [f"model = {cls}.from_pretrained({base})"]
     merge = meta.get("merge")
-    if not merge:
-        if not mergeable:
-            return f"{load}\n# no mergeplug family patches {meta['model_class']} yet: mergeplug.apply would raise"
-        return f"import mergeplug\n{load}\n# saved unmerged: mergeplug.apply(model, k=1, ratio=0.2) to merge"
-    defaults = MergeConfig()
-    args = ", ".join(
-        f"{k}={v!r}" for k, v in merge.items() if k == "k" or (k in APPLY_KEYS and v != getattr(defaults, k))
-    )
-    return f"import mergeplug\n{load}\nmergeplug.apply(model, {args})"
+    if not merge and not mergeable:
+        code.append(f"# no mergeplug family patches {meta['model_class']} yet: mergeplug.apply would raise")
+    elif not merge:
+        imports.insert(0, "import mergeplug")
+        code.append("mergeplug.apply(model, k=1, ratio=0.2)  # saved unmerged: this merges")
+    else:
+        defaults = MergeConfig()
+        args = ", ".join(
+            f"{k}={v!r}"
+            for k, v in merge.items()
+            if k == "k" or (k in APPLY_KEYS and v is not None and v != getattr(defaults, k))
+        )
+        imports.insert(0, "import mergeplug")
+        code.append(f"mergeplug.apply(model, {args})")
+    return "\n".join(imports) + "\n\n" + "\n".join(code)
 
 
 def _mergeable(obj: Any) -> bool:
@@ -406,7 +413,7 @@ def model_card(
         ),
     )
     what = f"a {meta.get('pipeline_class') or meta['model_class']}"
-    location = location or repr(path.as_posix())
+    location = location or json.dumps(path.as_posix())
     sections = [
         (
             "Use",
