@@ -4,6 +4,7 @@ from .config import MergeConfig, ratio_for_reduction, schedule_for_reduction
 from .core import apply, remove, settings, token_counts
 from .cost import CostReport, profile
 from .hub import from_pretrained, push_to_hub, save_pretrained
+from .precheck import precheck
 
 __version__ = "0.1.0"
 
@@ -17,6 +18,7 @@ __all__ = [
     "save_pretrained",
     "from_pretrained",
     "push_to_hub",
+    "precheck",
     "CostReport",
     "ratio_for_reduction",
     "schedule_for_reduction",

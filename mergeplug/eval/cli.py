@@ -55,6 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--json", default=None, help="also write the report and comparison as JSON")
 
+    pc = sub.add_parser("precheck", help="spectral statistics of data and the expected accuracy change of merging")
+    pc.add_argument("--datasets", nargs="+", required=True, help="registry names, file:PATH, or a tag")
+    pc.add_argument("--prediction-length", type=int, default=None, help="horizon for file:PATH datasets")
+    pc.add_argument("--context", type=int, default=None, help="model context (default: the calibration's)")
+    pc.add_argument("--stride", type=int, default=None, help="time steps per token (1 Chronos-T5, 16 Bolt)")
+    pc.add_argument("--tolerance", type=float, default=0.01, help="allowed relative WQL change (0.01 = 1%%)")
+    pc.add_argument("--calibration", default=None, help="a precheck_calibration.json (default: the shipped one)")
+    pc.add_argument("--out", default=None, help="write precheck.md (and .json) into this results directory")
+
+    pv = sub.add_parser("precheck-validate", help="measure merging on datasets + variants, score the statistics")
+    pv.add_argument("--out", default="benchmarks/precheck")
+    pv.add_argument("--model", default="mergeplug:patchtst")
+    pv.add_argument("--no-progress", action="store_true")
+
     cd = sub.add_parser("card", help="write the model card (README.md) of a mergeplug.save_pretrained directory")
     cd.add_argument("directory")
     cd.add_argument("--results", default=None, help="a `mergeplug-eval run` output directory for the measured tables")
@@ -78,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         except FileNotFoundError as exc:
             p.error(str(exc))
         return 0
+    if args.command in ("precheck", "precheck-validate"):
+        try:
+            return _precheck(args)
+        except (KeyError, ValueError, OfflineError, OSError) as exc:
+            print(f"mergeplug-eval: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+            return 2
     if args.command == "card":
         from ..hub import model_card
 
@@ -139,6 +159,44 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(write_report(args.out))
     print(f"\nresults: {args.out}/results.jsonl, {args.out}/report.md, {args.out}/speed_vs_accuracy.png")
+    return 0
+
+
+def _precheck(args: argparse.Namespace) -> int:
+    import json
+    import time
+    from pathlib import Path
+
+    from ..precheck import precheck
+    from .data import load_dataset
+
+    if args.command == "precheck-validate":
+        from .precheck_study import validate
+
+        cal = validate(args.out, model=args.model, progress=not args.no_progress)
+        print((Path(args.out) / "report.md").read_text())
+        print(f"calibration: {args.out}/precheck_calibration.json (statistic {cal['statistic']})")
+        return 0
+    tags = {"offline", "competition", "long", "online"}
+    names: list[str] = []
+    for item in args.datasets:
+        names += [s.name for s in list_datasets(item)] if item in tags else [item]
+    texts, saved = [], {}
+    for name in names:
+        ds = load_dataset(name, prediction_length=args.prediction_length)
+        start = time.perf_counter()
+        res = precheck(
+            ds, context=args.context, stride=args.stride, tolerance=args.tolerance, calibration=args.calibration
+        )
+        took = time.perf_counter() - start
+        texts.append(f"### {name} ({len(ds)} series, {took * 1000:.0f} ms)\n\n{res.to_markdown()}")
+        saved[name] = {"stats": res.stats, "predictions": res.predictions, "recommended": res.recommended}
+    text = "\n\n".join(texts)
+    print(text)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "precheck.md").write_text(text + "\n")
+        (Path(args.out) / "precheck.json").write_text(json.dumps(saved, indent=1))
     return 0
 
 

@@ -52,6 +52,7 @@ class EvalDataset:
         windows: rolling test windows per series (the last ``H * windows`` values are test data).
         season: seasonal period (MASE scaling, seasonal-naive baseline).
         source: where the data comes from.
+        base: for a variant made by :func:`variant`, the dataset it was made from (per-dataset models use it).
     """
 
     name: str
@@ -62,6 +63,7 @@ class EvalDataset:
     season: int = 1
     source: str = ""
     skipped: int = 0
+    base: str = ""
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -347,3 +349,53 @@ def _season(freq: str) -> int:
     except Exception:
         season = 1
     return max(season, 1) if not math.isnan(season) else 1
+
+
+VARIANTS = ("noise", "smooth", "aggregate")
+
+
+def variant(ds: EvalDataset, kind: str, level: float, *, seed: int = 0) -> EvalDataset:
+    """A copy of ``ds`` with a different spectrum, for studying how merging depends on the data.
+
+    Args:
+        ds: the dataset.
+        kind: ``"noise"``: add white Gaussian noise of standard deviation ``level`` x the series' standard
+            deviation (more high-frequency energy); ``"smooth"``: trailing moving average over ``int(level)``
+            steps (less); ``"aggregate"``: sum of ``int(level)`` consecutive steps, i.e. a lower sampling rate
+            (the horizon and the number of windows stay, so each window spans ``level`` times longer).
+        level: the strength, as above.
+        seed: noise seed (per series ``seed + i``).
+
+    The whole series is transformed (history and test windows alike); ``name`` becomes ``"<name>~<kind><level>"``
+    and ``base`` keeps the original name.
+    """
+    if kind not in VARIANTS:
+        raise ValueError(f"unknown variant kind {kind!r}; choose one of {', '.join(VARIANTS)}")
+    if kind == "noise" and not level > 0:
+        raise ValueError(f"noise level must be > 0 (a multiple of the series' standard deviation), got {level}")
+    if kind in ("smooth", "aggregate") and int(level) < 2:
+        raise ValueError(f"{kind} needs an integer level >= 2 (steps), got {level}")
+    entries, freq = [], ds.freq
+    for i, e in enumerate(ds.entries):
+        x = np.asarray(e["target"], dtype=np.float64)
+        if kind == "noise":
+            rng = np.random.default_rng(seed + i)
+            x = x + rng.normal(0.0, level * np.nanstd(x), size=x.shape)
+        elif kind == "smooth":
+            w = int(level)
+            x = pd.Series(x).rolling(w, min_periods=1).mean().to_numpy()
+        else:
+            f = int(level)
+            n = (len(x) // f) * f
+            x = x[len(x) - n :].reshape(-1, f).sum(axis=1)
+        start = e["start"]
+        if kind == "aggregate":
+            freq = (pd.tseries.frequencies.to_offset(ds.freq) * int(level)).freqstr
+            start = pd.Period(e["start"].to_timestamp() + (len(e["target"]) % int(level)) * e["start"].freq, freq)
+        entries.append({**e, "target": x.astype(np.float32), "start": start})
+    h, w = ds.prediction_length, ds.windows
+    entries = [e for e in entries if len(e["target"]) >= h * w + h]
+    if not entries:
+        raise ValueError(f"{ds.name} {kind}{level}: no series is long enough after the transform")
+    name = f"{ds.base or ds.name}~{kind}{level:g}"
+    return EvalDataset(name, entries, freq, h, w, _season(freq), ds.source, ds.skipped, base=ds.base or ds.name)

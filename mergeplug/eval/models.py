@@ -206,7 +206,7 @@ class SupervisedForecaster(Forecaster):
     def for_dataset(self, ds: EvalDataset) -> SupervisedForecaster:
         if not self.family:
             return self
-        path = self.root / f"{self.family}-{ds.name}"
+        path = self.root / f"{self.family}-{ds.base or ds.name}"  # a variant uses its base dataset's model
         if not path.exists():
             have = sorted(p.name[len(self.family) + 1 :] for p in self.root.glob(f"{self.family}-*"))
             raise ValueError(

@@ -214,7 +214,7 @@ class PeakMemory:
 
 def run(
     model: str | Forecaster,
-    datasets: Sequence[str],
+    datasets: Sequence[str | EvalDataset],
     merges: Sequence[str] = (),
     *,
     out: str | Path = "results/eval",
@@ -230,13 +230,15 @@ def run(
 ) -> list[dict[str, Any]]:
     """Evaluate the seasonal-naive baseline, the unmerged model and each merge setting on each dataset.
 
-    ``model``: a spec for :func:`~mergeplug.eval.models.load_model` (``"seasonal-naive"`` scores only the
-    baseline) or a :class:`~mergeplug.eval.models.Forecaster`. Per setting it records MASE, WQL, their change
-    vs unmerged, median time over ``reps`` interleaved repetitions on ``timing_windows`` windows, throughput,
-    encoder tokens per layer, peak memory (``peak_mem_mb``: resident memory above the level before that
-    setting's forecasts) and the cost counted by :func:`mergeplug.cost.profile` on ``cost_windows`` windows
-    (``macs_per_window``, ``macs_ratio`` = unmerged / this, ``params``). Returns all rows of the results
-    directory (finished cells of an earlier run included).
+    ``datasets``: registry names / ``file:PATH`` or :class:`~mergeplug.eval.data.EvalDataset` objects (e.g.
+    from :func:`~mergeplug.eval.data.variant`). ``model``: a spec for :func:`~mergeplug.eval.models.load_model`
+    (``"seasonal-naive"`` scores only the baseline) or a :class:`~mergeplug.eval.models.Forecaster`.
+    Per setting it records MASE, WQL, their change vs unmerged, median time over ``reps`` interleaved
+    repetitions on ``timing_windows`` windows, throughput, encoder tokens per layer, peak memory
+    (``peak_mem_mb``: resident memory above the level before that setting's forecasts) and the cost counted
+    by :func:`mergeplug.cost.profile` on ``cost_windows`` windows (``macs_per_window``, ``macs_ratio`` =
+    unmerged / this, ``params``). Returns all rows of the results directory (finished cells of an earlier run
+    included).
     """
     import mergeplug
 
@@ -268,8 +270,9 @@ def run(
         else:
             mergeplug.apply(fc.target, **s.kwargs)
 
-    for ds_name in tqdm(datasets, desc="datasets", disable=not progress):
-        ds = load_dataset(ds_name, max_series=max_series)
+    for item in tqdm(datasets, desc="datasets", disable=not progress):
+        ds = item if isinstance(item, EvalDataset) else load_dataset(item, max_series=max_series)
+        ds_name = ds.name
         base = {"dataset": ds_name, "series": len(ds), "skipped_series": ds.skipped, "windows": ds.windows}
         base["prediction_length"] = ds.prediction_length
         if not store.done(ds_name, "seasonal-naive"):

@@ -1,0 +1,281 @@
+"""Validation of the spectral pre-check: does a statistic of the data predict the accuracy change of merging?
+
+``validate`` measures the relative WQL change (merged vs unmerged) of fixed merge settings with the harness
+on the datasets that have a reference model and on variants of them with other spectra (added noise,
+smoothing, a lower sampling rate), computes the statistics of :mod:`mergeplug.precheck` on the same contexts,
+and scores them:
+
+* descriptive: Spearman rank correlation of each statistic with the measured change, per setting, on all points;
+* predictive: leave-one-dataset-out. For each base dataset, its original and all its variants are held out;
+  on the other datasets the statistic with the largest mean |rho| over settings is chosen and a robust
+  (Theil-Sen) line change ~ statistic is fitted per setting; the held-out points are predicted. Spearman rho (with its
+  p-value) and the mean absolute error are computed on the pooled held-out predictions, per setting.
+
+The final calibration (statistic chosen on all datasets, one line per setting, the held-out figures) is
+written to ``<out>/precheck_calibration.json``; copy it to ``mergeplug/data/`` to ship it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..precheck import STATISTICS, spectral_stats
+from .data import EvalDataset, load_dataset, variant
+from .run import run
+
+__all__ = ["DEFAULT_BASES", "DEFAULT_VARIANTS", "DEFAULT_MERGES", "validate"]
+
+DEFAULT_BASES = ("electricity_hourly", "wind_hourly", "traffic_volume_hourly", "bikesharing_hourly", "taylor_30min")
+# noise adds high-frequency power, a 4-step average removes the fastest part, a 48-step (two-day) average removes
+# the daily cycle too (nearly all power below the merge cut-offs), aggregation halves the sampling rate
+DEFAULT_VARIANTS = (("noise", 0.1), ("noise", 0.3), ("smooth", 4), ("smooth", 48), ("aggregate", 2))
+DEFAULT_MERGES = ("k=1,reduction=0.25", "k=1,reduction=0.5", "k=1,reduction=0.75", "k=global,reduction=0.75")
+
+
+def _reduction(label: str) -> float:
+    m = re.search(r"reduction=([0-9.]+)", label)
+    if m is None:
+        raise ValueError(f"precheck validation needs merge settings given as reduction=...; got {label!r}")
+    return float(m.group(1))
+
+
+def _k(label: str) -> int | None:
+    m = re.search(r"k=([a-z0-9]+)", label)
+    return None if m is None or m.group(1) in ("global", "none") else int(m.group(1))
+
+
+def _spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return float("nan"), float("nan")
+    res = spearmanr(x[ok], y[ok])
+    return float(res.statistic), float(res.pvalue)
+
+
+def _stat_names(reductions: Sequence[float]) -> list[str]:
+    return [s for s in STATISTICS if s != "high_share"] + ["high_share"]
+
+
+def _value(stats: dict[str, float], name: str, reduction: float) -> float:
+    return stats[f"high_share@r{reduction:g}"] if name == "high_share" else stats[name]
+
+
+def _choose(points: list[dict[str, Any]], settings: list[str], names: list[str]) -> tuple[str, float]:
+    """The statistic with the largest mean |Spearman rho| over settings on ``points``."""
+    best, best_score = names[0], -1.0
+    for name in names:
+        rhos = []
+        for s in settings:
+            pts = [p for p in points if p["setting"] == s]
+            rho, _ = _spearman([_value(p["stats"], name, p["reduction"]) for p in pts], [p["change"] for p in pts])
+            rhos.append(abs(rho) if np.isfinite(rho) else 0.0)
+        score = float(np.mean(rhos))
+        if score > best_score:
+            best, best_score = name, score
+    return best, best_score
+
+
+def _fit(points: list[dict[str, Any]], name: str) -> tuple[float, float]:
+    """Theil-Sen line change ~ statistic (robust: one fragile model must not set the slope for all)."""
+    from scipy.stats import theilslopes
+
+    x = np.array([_value(p["stats"], name, p["reduction"]) for p in points])
+    y = np.array([p["change"] for p in points])
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 2 or np.ptp(x[ok]) == 0:
+        return 0.0, float(np.median(y[ok])) if ok.any() else 0.0
+    res = theilslopes(y[ok], x[ok])
+    return float(res.slope), float(res.intercept)
+
+
+def validate(
+    out: str | Path = "benchmarks/precheck",
+    *,
+    model: str = "mergeplug:patchtst",
+    bases: Sequence[str] = DEFAULT_BASES,
+    variants: Sequence[tuple[str, float]] = DEFAULT_VARIANTS,
+    merges: Sequence[str] = DEFAULT_MERGES,
+    context: int = 512,
+    stride: int = 8,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Measure, score and calibrate the pre-check; writes ``report.md``, a plot and the calibration into ``out``.
+
+    The harness results go to ``<out>/eval`` (a rerun resumes). Returns the calibration dict.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    datasets: list[EvalDataset] = []
+    for b in bases:
+        ds = load_dataset(b)
+        datasets += [ds] + [variant(ds, kind, level) for kind, level in variants]
+    run(model, datasets, list(merges), out=out / "eval", reps=1, timing_windows=8, cost_windows=0, progress=progress)
+    rows = [json.loads(line) for line in (out / "eval" / "results.jsonl").read_text().splitlines() if line.strip()]
+    by = {(r["dataset"], r["setting"]): r for r in rows}
+    reductions = sorted({_reduction(m) for m in merges})
+    settings = [m.replace(" ", "") for m in merges]
+    names = _stat_names(reductions)
+    points: list[dict[str, Any]] = []
+    stats_by_ds: dict[str, dict[str, float]] = {}
+    for ds in datasets:
+        stats_by_ds[ds.name] = spectral_stats(ds, context=context, stride=stride, reductions=reductions)
+        for s in settings:
+            r = by.get((ds.name, s))
+            if r is None:
+                continue
+            points.append(
+                {
+                    "dataset": ds.name,
+                    "base": ds.base or ds.name,
+                    "setting": s,
+                    "reduction": _reduction(s),
+                    "change": r["WQL_change"],
+                    "stats": stats_by_ds[ds.name],
+                }
+            )
+    # descriptive: every statistic vs the measured change, per setting
+    descriptive = {
+        name: {
+            s: _spearman(
+                [_value(p["stats"], name, p["reduction"]) for p in points if p["setting"] == s],
+                [p["change"] for p in points if p["setting"] == s],
+            )
+            for s in settings
+        }
+        for name in names
+    }
+    # predictive: leave one base dataset (with its variants) out
+    heldout: list[dict[str, Any]] = []
+    folds = []
+    for b in bases:
+        train = [p for p in points if p["base"] != b]
+        test = [p for p in points if p["base"] == b]
+        name, score = _choose(train, settings, names)
+        folds.append({"held_out": b, "statistic": name, "train_mean_abs_rho": score})
+        for s in settings:
+            slope, intercept = _fit([p for p in train if p["setting"] == s], name)
+            for p in test:
+                if p["setting"] == s:
+                    pred = intercept + slope * _value(p["stats"], name, p["reduction"])
+                    heldout.append({**p, "predicted": pred, "statistic": name})
+    per_setting = {}
+    for s in settings:
+        hs = [h for h in heldout if h["setting"] == s]
+        rho, pval = _spearman([h["predicted"] for h in hs], [h["change"] for h in hs])
+        mae = float(np.mean([abs(h["predicted"] - h["change"]) for h in hs])) if hs else float("nan")
+        per_setting[s] = {"rho": rho, "p": pval, "mae": mae, "n": len(hs)}
+    pooled_rho, pooled_p = _spearman([h["predicted"] for h in heldout], [h["change"] for h in heldout])
+    # final calibration on all datasets
+    name, _ = _choose(points, settings, names)
+    # within one dataset (one model): do its variants rank as the statistic says?
+    within = {}
+    for s in settings:
+        rhos = []
+        for b in bases:
+            pts = [p for p in points if p["setting"] == s and p["base"] == b]
+            rho, _ = _spearman([_value(p["stats"], name, p["reduction"]) for p in pts], [p["change"] for p in pts])
+            if np.isfinite(rho):
+                rhos.append(rho)
+        within[s] = float(np.mean(rhos)) if rhos else float("nan")
+    calibration = {
+        "model": model,
+        "context": context,
+        "stride": stride,
+        "statistic": name,
+        "target": "relative WQL change (merged / unmerged - 1)",
+        "points": len(points),
+        "datasets": [d.name for d in datasets],
+        "heldout_rho": float(np.nanmean([v["rho"] for v in per_setting.values()])),
+        "heldout_per_setting": per_setting,
+        "heldout_pooled": {"rho": pooled_rho, "p": pooled_p},
+        "within_dataset_rho": within,
+        "folds": folds,
+        "settings": {},
+    }
+    for s in settings:
+        slope, intercept = _fit([p for p in points if p["setting"] == s], name)
+        calibration["settings"][s] = {"k": _k(s), "reduction": _reduction(s), "slope": slope, "intercept": intercept}
+    (out / "precheck_calibration.json").write_text(json.dumps(calibration, indent=1) + "\n")
+    (out / "report.md").write_text(_report(points, descriptive, folds, per_setting, calibration, settings, names))
+    _plot(points, name, settings, out / "precheck_vs_change.png")
+    return calibration
+
+
+def _report(points, descriptive, folds, per_setting, cal, settings, names) -> str:
+    lines = [
+        f"# Spectral pre-check validation ({cal['model']}, {cal['points']} points)",
+        "",
+        "Measured relative WQL change (merged vs unmerged) per dataset and setting, and the statistics:",
+        "",
+        "| dataset | " + " | ".join(settings) + " | " + " | ".join(names[:-1]) + " | high_share@r0.75 |",
+        "|" + "---|" * (1 + len(settings) + len(names)),
+    ]
+    for ds in dict.fromkeys(p["dataset"] for p in points):
+        pts = {p["setting"]: p for p in points if p["dataset"] == ds}
+        st = next(iter(pts.values()))["stats"]
+        changes = " | ".join(f"{pts[s]['change']:+.1%}" if s in pts else "" for s in settings)
+        vals = " | ".join(f"{st[n]:.3f}" for n in names[:-1])
+        lines.append(f"| {ds} | {changes} | {vals} | {st.get('high_share@r0.75', float('nan')):.3f} |")
+    lines += ["", "Spearman rho of each statistic with the measured change, all points (descriptive):", ""]
+    lines += ["| statistic | " + " | ".join(settings) + " |", "|" + "---|" * (1 + len(settings))]
+    for n in names:
+        cells = " | ".join(f"{descriptive[n][s][0]:+.2f} (p={descriptive[n][s][1]:.3f})" for s in settings)
+        lines.append(f"| {n} | {cells} |")
+    lines += ["", "Leave-one-dataset-out: statistic chosen on the other datasets:", ""]
+    lines += ["| held out | chosen statistic | mean abs rho (training) |", "|---|---|---|"]
+    lines += [f"| {f['held_out']} | {f['statistic']} | {f['train_mean_abs_rho']:.2f} |" for f in folds]
+    lines += ["", "Held-out predictions vs measured change:", ""]
+    lines += ["| setting | points | Spearman rho | p-value | MAE (WQL change) |", "|---|---|---|---|---|"]
+    for s in settings:
+        v = per_setting[s]
+        lines.append(f"| {s} | {v['n']} | {v['rho']:+.2f} | {v['p']:.3g} | {v['mae']:.1%} |")
+    pooled = cal["heldout_pooled"]
+    lines += [
+        "",
+        f"Pooled over settings: rho {pooled['rho']:+.2f} (p={pooled['p']:.3g}). Final calibration: statistic "
+        f"`{cal['statistic']}` (chosen on all points), one line per setting:",
+        "",
+        "| setting | slope | intercept |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {s} | {v['slope']:+.4f} | {v['intercept']:+.4f} |" for s, v in cal["settings"].items()]
+    lines += [
+        "",
+        f"Within one dataset (one model; its original and variants), mean Spearman rho of `{cal['statistic']}` "
+        "with the change: " + ", ".join(f"{s} {v:+.2f}" for s, v in cal["within_dataset_rho"].items()) + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(points, name: str, settings: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(settings), figsize=(4 * len(settings), 3.6), sharey=False, squeeze=False)
+    bases = list(dict.fromkeys(p["base"] for p in points))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, s in zip(axes[0], settings, strict=True):
+        for i, b in enumerate(bases):
+            pts = [p for p in points if p["setting"] == s and p["base"] == b]
+            x = [_value(p["stats"], name, p["reduction"]) for p in pts]
+            ax.scatter(x, [100 * p["change"] for p in pts], color=colors[i % len(colors)], label=b, s=22)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_yscale("symlog", linthresh=10)  # a fragile model's +300% must not flatten the rest
+        ax.set_title(s, fontsize=9)
+        ax.set_xlabel(name)
+    axes[0][0].set_ylabel("WQL change vs unmerged (%)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

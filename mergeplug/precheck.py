@@ -1,0 +1,246 @@
+"""Spectral pre-check: from the data alone, how much token merging a dataset can take.
+
+The statistics (per context window, then the median over windows and series):
+
+1. The window is the last ``context`` points the model sees (before each test window for a registered
+   dataset; the end of each series for raw arrays). Missing values are filled by linear interpolation.
+2. A least-squares line is removed and the window is scaled to unit variance (level, trend and scale do
+   not change what merging does), then tapered with a Hann window; the power spectrum is ``|rfft|^2`` without
+   the zero-frequency bin; frequencies are in cycles per time step (0 < f <= 0.5).
+3. ``entropy``: spectral entropy normalised to [0, 1] (0: one sinusoid, 1: white noise); ``flatness``:
+   geometric / arithmetic mean of the power; ``centroid``: power-weighted mean frequency; ``rolloff``: the
+   frequency below which 85% of the power lies; ``lag1``: lag-1 autocorrelation of the detrended window.
+4. ``high_share``: the share of power above the frequency that merged tokens still resolve. A token covers
+   ``stride`` time steps (1 for Chronos-T5, the patch stride for patch models: 8 for the reference PatchTST,
+   16 for Chronos-Bolt); after removing the fraction ``reduction`` of the tokens, one token stands for
+   ``stride / (1 - reduction)`` steps, which resolves frequencies up to ``f_c = (1 - reduction) / (2 stride)``
+   (its Nyquist frequency). Merging averages away what lies above ``f_c``.
+
+:func:`precheck` turns a statistic into an expected accuracy change (relative WQL change, merged vs unmerged)
+for each calibrated merge setting with a linear map fitted by ``mergeplug-eval precheck-validate`` on measured
+changes (shipped in ``mergeplug/data/precheck_calibration.json`` with its validation figures), and names the
+most aggressive setting expected to stay within a tolerance. The calibration holds for the model it was
+measured on (the shipped PatchTST reference models); for another model, rerun the validation with it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["STATISTICS", "window_stats", "spectral_stats", "cutoff", "precheck", "PrecheckResult", "load_calibration"]
+
+STATISTICS = ("entropy", "flatness", "centroid", "rolloff", "lag1", "high_share")
+CALIBRATION = "precheck_calibration.json"
+
+
+def cutoff(stride: int, reduction: float) -> float:
+    """Highest frequency (cycles / step) a token still resolves after removing ``reduction`` of the tokens."""
+    if stride < 1:
+        raise ValueError(f"stride (time steps per token) must be >= 1, got {stride}")
+    if not 0.0 <= reduction < 1.0:
+        raise ValueError(f"reduction must be in [0, 1), got {reduction}")
+    return (1.0 - reduction) / (2.0 * stride)
+
+
+def _fill(x: np.ndarray) -> np.ndarray:
+    """Linear interpolation of NaNs along the last axis (rows without any value stay NaN)."""
+    x = np.array(x, dtype=np.float64)
+    bad = ~np.isfinite(x)
+    if not bad.any():
+        return x
+    idx = np.arange(x.shape[-1])
+    for row in np.flatnonzero(bad.any(axis=-1)):
+        ok = ~bad[row]
+        if ok.any():
+            x[row] = np.interp(idx, idx[ok], x[row, ok])
+    return x
+
+
+def window_stats(windows: np.ndarray, cutoffs: Sequence[float] = ()) -> dict[str, np.ndarray]:
+    """Spectral statistics of each row of ``windows``.
+
+    Args:
+        windows: (N, L) context windows, L >= 8 (NaN = missing).
+        cutoffs: frequencies f_c (cycles / step) for ``high_share@f_c``.
+
+    Returns:
+        ``{name: (N,) array}`` for every name in :data:`STATISTICS` except ``high_share``, plus
+        ``high_share@<f_c>`` per cutoff; NaN for rows that are constant or empty.
+    """
+    x = _fill(np.atleast_2d(windows))
+    n, length = x.shape
+    if length < 8:
+        raise ValueError(f"windows need at least 8 points for a spectrum, got {length}")
+    t = np.arange(length, dtype=np.float64)
+    tc = t - t.mean()
+    slope = (x - x.mean(axis=1, keepdims=True)) @ tc / (tc @ tc)
+    resid = x - x.mean(axis=1, keepdims=True) - slope[:, None] * tc[None, :]
+    sd = resid.std(axis=1)
+    valid = np.isfinite(sd) & (sd > 1e-12 * np.maximum(np.abs(x).max(axis=1, initial=0.0), 1.0))
+    z = np.where(valid[:, None], resid / np.where(valid, sd, 1.0)[:, None], 0.0)
+    power = np.abs(np.fft.rfft(z * np.hanning(length)[None, :], axis=1)) ** 2
+    power, freq = power[:, 1:], np.fft.rfftfreq(length)[1:]
+    total = power.sum(axis=1, keepdims=True)
+    p = power / np.where(total > 0, total, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -(np.where(p > 0, p * np.log(p), 0.0)).sum(axis=1) / math.log(p.shape[1])
+        flatness = np.exp(np.log(power + 1e-300).mean(axis=1)) / power.mean(axis=1)
+    cum = np.cumsum(p, axis=1)
+    out = {
+        "entropy": entropy,
+        "flatness": flatness,
+        "centroid": p @ freq,
+        "rolloff": freq[np.minimum((cum < 0.85).sum(axis=1), len(freq) - 1)],
+        "lag1": (z[:, 1:] * z[:, :-1]).sum(axis=1) / np.maximum((z * z).sum(axis=1), 1e-300),
+    }
+    for fc in cutoffs:
+        out[f"high_share@{fc:.6g}"] = p[:, freq > fc].sum(axis=1)
+    return {k: np.where(valid, v, np.nan) for k, v in out.items()}
+
+
+def _contexts(data: Any, context: int) -> np.ndarray:
+    """(N, context) windows from a dataset name, an EvalDataset, a 1-D / 2-D array or a list of series."""
+    from .eval.data import EvalDataset, load_dataset
+
+    if isinstance(data, str):
+        data = load_dataset(data)
+    if isinstance(data, EvalDataset):
+        rows = []
+        for e in data.entries:
+            x = np.asarray(e["target"], dtype=np.float64)
+            for w in range(data.windows):  # the history before each test window, as the harness cuts it
+                end = len(x) - data.prediction_length * (data.windows - w)
+                rows.append(x[max(0, end - context) : end])
+    elif isinstance(data, np.ndarray) and data.ndim == 2:
+        rows = list(data[:, -context:].astype(np.float64))
+    elif isinstance(data, np.ndarray) and data.ndim == 1:
+        rows = [data[-context:].astype(np.float64)]
+    elif isinstance(data, Sequence) and len(data) and not np.isscalar(data[0]):
+        rows = [np.asarray(s, dtype=np.float64)[-context:] for s in data]
+    elif isinstance(data, Sequence):
+        rows = [np.asarray(data, dtype=np.float64)[-context:]]
+    else:
+        raise TypeError(f"precheck: unsupported data of type {type(data).__name__}; give a series, an array of "
+                        "series, a list of series, a dataset name or an EvalDataset")  # fmt: skip
+    rows = [r for r in rows if np.isfinite(r).sum() >= 8]
+    if not rows:
+        raise ValueError("precheck: no series has 8 or more observed values; the spectrum needs a longer context")
+    length = min(context, max(len(r) for r in rows))
+    out = np.full((len(rows), length), np.nan)
+    for i, r in enumerate(rows):  # shorter series are left-padded with their first value
+        r = r[-length:]
+        out[i, length - len(r) :] = r
+        out[i, : length - len(r)] = r[np.isfinite(r)][0]
+    return out
+
+
+def spectral_stats(
+    data: Any, *, context: int = 512, stride: int = 8, reductions: Sequence[float] = (0.25, 0.5, 0.75)
+) -> dict[str, float]:
+    """Median spectral statistics of ``data`` (see the module docstring); ``high_share@r<reduction>`` per reduction.
+
+    ``data``: a 1-D series, an (N, T) array, a list of series, a registered dataset name or an ``EvalDataset``.
+    """
+    cut = {r: cutoff(stride, r) for r in reductions}
+    stats = window_stats(_contexts(data, context), list(cut.values()))
+    out = {k: float(np.nanmedian(stats[k])) for k in STATISTICS if k != "high_share"}
+    for r, fc in cut.items():
+        out[f"high_share@r{r:g}"] = float(np.nanmedian(stats[f"high_share@{fc:.6g}"]))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- predicting
+def load_calibration(path: str | Path | None = None) -> dict[str, Any]:
+    """The calibration written by ``mergeplug-eval precheck-validate`` (default: the shipped one)."""
+    p = Path(path) if path is not None else Path(str(resources.files("mergeplug"))) / "data" / CALIBRATION
+    if not p.exists():
+        raise FileNotFoundError(f"{p} not found: run `mergeplug-eval precheck-validate` to calibrate the pre-check")
+    return json.loads(p.read_text())
+
+
+def _stat_value(stats: Mapping[str, float], statistic: str, reduction: float) -> float:
+    return stats[f"high_share@r{reduction:g}"] if statistic == "high_share" else stats[statistic]
+
+
+@dataclass
+class PrecheckResult:
+    """Statistics of the data, the expected WQL change per calibrated setting, and the recommendation.
+
+    Attributes:
+        stats: :func:`spectral_stats` of the data.
+        predictions: setting label -> expected relative WQL change (0.05 = 5% worse than unmerged).
+        recommended: the setting with the largest token reduction whose expected change is within
+            ``tolerance`` (None if none is).
+        tolerance: the allowed relative WQL change.
+        calibration: statistic, model and validation figures of the calibration used.
+    """
+
+    stats: dict[str, float]
+    predictions: dict[str, float] = field(default_factory=dict)
+    recommended: str | None = None
+    tolerance: float = 0.01
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    def to_markdown(self) -> str:
+        lines = ["| statistic | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.4g} |" for k, v in self.stats.items()]
+        if self.predictions:
+            cal = self.calibration
+            lines += [
+                "",
+                f"Expected WQL change vs unmerged (calibrated on {cal.get('model')} with `{cal.get('statistic')}`; "
+                f"held-out Spearman rho {cal.get('heldout_rho', float('nan')):.2f}):",
+                "",
+                "| setting | expected WQL change |",
+                "| --- | --- |",
+            ]
+            lines += [f"| {s} | {v:+.1%} |" for s, v in self.predictions.items()]
+            lines += ["", f"Most aggressive setting within {self.tolerance:.0%}: {self.recommended or 'none'}"]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+
+def precheck(
+    data: Any,
+    *,
+    context: int | None = None,
+    stride: int | None = None,
+    tolerance: float = 0.01,
+    calibration: str | Path | Mapping[str, Any] | None = None,
+) -> PrecheckResult:
+    """Spectral statistics of ``data`` and the expected accuracy change of each calibrated merge setting.
+
+    Args:
+        data: a 1-D series, an (N, T) array, a list of series, a registered dataset name or an ``EvalDataset``.
+        context / stride: context length and time steps per token of the target model (default: those of the
+            calibration's model).
+        tolerance: allowed relative WQL change for the recommendation (0.01 = 1%).
+        calibration: a path or dict from ``mergeplug-eval precheck-validate`` (default: the shipped one).
+
+    Returns:
+        A :class:`PrecheckResult`; ``print(result)`` shows the statistics and the predictions.
+    """
+    cal = dict(calibration) if isinstance(calibration, Mapping) else load_calibration(calibration)
+    context = context or int(cal.get("context", 512))
+    stride = stride or int(cal.get("stride", 8))
+    settings = cal["settings"]
+    reductions = sorted({float(s["reduction"]) for s in settings.values()})
+    stats = spectral_stats(data, context=context, stride=stride, reductions=reductions)
+    preds: dict[str, float] = {}
+    for label, s in settings.items():
+        value = _stat_value(stats, cal["statistic"], float(s["reduction"]))
+        preds[label] = float(s["intercept"] + s["slope"] * value)
+    ok = [label for label, v in preds.items() if v <= tolerance]
+    best = max(ok, key=lambda lb: (settings[lb]["reduction"], -preds[lb]), default=None)
+    info = {k: v for k, v in cal.items() if k != "settings"}
+    return PrecheckResult(stats, preds, best, tolerance, info)

@@ -1,0 +1,151 @@
+"""Spectral pre-check (mergeplug/precheck.py): statistics on signals with known spectra, predictions, validation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mergeplug.eval.cli import main
+from mergeplug.eval.data import load_dataset, variant
+from mergeplug.precheck import cutoff, load_calibration, precheck, spectral_stats, window_stats
+
+L = 512
+
+
+def _sine(period: float, n: int = 1) -> np.ndarray:
+    t = np.arange(L)
+    return np.stack([np.sin(2 * np.pi * t / period + i) for i in range(n)])
+
+
+def _white(n: int = 200) -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(n, L))
+
+
+def test_pure_sine():
+    s = window_stats(_sine(32), cutoffs=[1 / 64, 1 / 16])
+    assert s["centroid"][0] == pytest.approx(1 / 32, abs=1.5 / L)
+    assert s["rolloff"][0] == pytest.approx(1 / 32, abs=1.5 / L)
+    assert s["entropy"][0] < 0.3 and s["flatness"][0] < 1e-3
+    assert s["lag1"][0] == pytest.approx(np.cos(2 * np.pi / 32), abs=0.01)
+    assert s["high_share@0.015625"][0] > 0.99  # all power above 1/64
+    assert s["high_share@0.0625"][0] < 0.01  # none above 1/16
+
+
+def test_white_noise():
+    s = {k: np.median(v) for k, v in window_stats(_white(), cutoffs=[0.1, 0.25]).items()}
+    assert s["entropy"] > 0.9 and s["flatness"] > 0.4
+    assert s["centroid"] == pytest.approx(0.25, abs=0.02) and abs(s["lag1"]) < 0.05
+    assert s["high_share@0.1"] == pytest.approx(0.8, abs=0.05)  # flat spectrum: share = (0.5 - f_c) / 0.5
+    assert s["high_share@0.25"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_random_walk_is_red():
+    walk = _white().cumsum(axis=1)
+    s = {k: np.median(v) for k, v in window_stats(walk, cutoffs=[cutoff(8, 0.75)]).items()}
+    assert s["centroid"] < 0.03 and s["lag1"] > 0.9 and s["entropy"] < 0.5
+    assert s[f"high_share@{cutoff(8, 0.75):.6g}"] < 0.2
+
+
+def test_level_trend_and_scale_do_not_matter_and_bad_input():
+    x = _white(3)
+    t = np.arange(L)
+    moved = 5.0 + 0.3 * t + 7.0 * x
+    a, b = window_stats(x, [0.2]), window_stats(moved, [0.2])
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-9, atol=1e-12)
+    gappy = x.copy()
+    gappy[:, 100:110] = np.nan
+    assert np.isfinite(window_stats(gappy)["entropy"]).all()
+    assert np.isnan(window_stats(np.ones((1, L)))["entropy"][0])  # a constant window has no spectrum
+    with pytest.raises(ValueError, match="at least 8 points"):
+        window_stats(np.ones((1, 5)))
+    with pytest.raises(ValueError, match="8 or more observed"):
+        spectral_stats([1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="reduction must be in"):
+        cutoff(8, 1.0)
+    assert cutoff(8, 0.75) == pytest.approx(1 / 64)
+
+
+def test_spectral_stats_inputs_agree():
+    x = _white(4).cumsum(axis=1)
+    a = spectral_stats(x)
+    assert spectral_stats(list(x)) == a and set(a) >= {"entropy", "high_share@r0.75"}
+    one = spectral_stats(x[0])
+    assert one["lag1"] == pytest.approx(window_stats(x[:1])["lag1"][0])
+
+
+def test_variants_change_the_spectrum_as_intended():
+    ds = load_dataset("traffic_volume_hourly")
+    base = spectral_stats(ds)
+    noisy = spectral_stats(variant(ds, "noise", 0.3))
+    smooth = spectral_stats(variant(ds, "smooth", 4))
+    assert noisy["high_share@r0.75"] > base["high_share@r0.75"] > smooth["high_share@r0.75"]
+    agg = variant(ds, "aggregate", 2)
+    assert agg.freq != ds.freq and len(agg.entries[0]["target"]) == len(ds.entries[0]["target"]) // 2
+    assert agg.base == "traffic_volume_hourly" and agg.name == "traffic_volume_hourly~aggregate2"
+    with pytest.raises(ValueError, match="unknown variant kind"):
+        variant(ds, "jitter", 1)
+    with pytest.raises(ValueError, match="integer level >= 2"):
+        variant(ds, "smooth", 1)
+
+
+def test_predictor_direction_and_recommendation():
+    """With a calibration in which power above the merge cut-off costs accuracy (the sign measured for
+    reductions >= 0.5, see benchmarks/precheck), a smooth series predicts less damage than white noise."""
+    cal = {
+        "model": "test",
+        "context": 512,
+        "stride": 8,
+        "statistic": "high_share",
+        "settings": {
+            "k=1,reduction=0.5": {"k": 1, "reduction": 0.5, "slope": 0.05, "intercept": -0.01},
+            "k=1,reduction=0.75": {"k": 1, "reduction": 0.75, "slope": 0.12, "intercept": -0.04},
+        },
+    }
+    smooth = _white(50).cumsum(axis=1)  # a random walk: almost all power at low frequencies
+    p_smooth, p_noise = precheck(smooth, calibration=cal), precheck(_white(50), calibration=cal)
+    for label in cal["settings"]:
+        assert p_smooth.predictions[label] < p_noise.predictions[label], label
+    assert p_smooth.recommended == "k=1,reduction=0.75" and p_noise.recommended is None
+    text = str(p_smooth)
+    assert "expected WQL change" in text and "Most aggressive setting within 1%: k=1,reduction=0.75" in text
+
+
+def test_shipped_calibration_is_complete():
+    cal = load_calibration()
+    assert cal["points"] >= 12 and cal["statistic"] in ("entropy", "flatness", "centroid", "rolloff", "lag1",
+                                                        "high_share")  # fmt: skip
+    assert {"rho", "p", "mae", "n"} <= set(next(iter(cal["heldout_per_setting"].values())))
+    res = precheck("taylor_30min")
+    assert set(res.predictions) == set(cal["settings"]) and np.isfinite(list(res.predictions.values())).all()
+    with pytest.raises(FileNotFoundError, match="precheck-validate"):
+        load_calibration("/nonexistent/calibration.json")
+
+
+def test_precheck_cli_writes_a_card_section(tmp_path, capsys):
+    assert main(["precheck", "--datasets", "taylor_30min", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "### taylor_30min" in out and "| entropy |" in out
+    saved = json.loads((tmp_path / "precheck.json").read_text())
+    assert set(saved["taylor_30min"]["predictions"]) == set(load_calibration()["settings"])
+    assert (tmp_path / "precheck.md").read_text().startswith("### taylor_30min")
+    assert main(["precheck", "--datasets", "nope"]) == 2
+    assert "unknown dataset" in capsys.readouterr().err
+
+
+def test_validation_study_end_to_end(tmp_path):
+    from mergeplug.eval.precheck_study import validate
+
+    cal = validate(
+        tmp_path,
+        bases=("taylor_30min", "traffic_volume_hourly"),
+        variants=(("noise", 0.3),),
+        merges=("k=1,reduction=0.5",),
+        progress=False,
+    )
+    assert cal["points"] == 4 and cal["heldout_per_setting"]["k=1,reduction=0.5"]["n"] == 4
+    assert [f["held_out"] for f in cal["folds"]] == ["taylor_30min", "traffic_volume_hourly"]
+    assert (tmp_path / "report.md").exists() and (tmp_path / "precheck_vs_change.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "precheck_calibration.json").read_text())["statistic"] == cal["statistic"]
