@@ -183,6 +183,21 @@ def test_supervised_recipes_train_and_forecast(tmp_path, cls):
         supervised_quantiles(model, inputs, 48)
 
 
+def test_global_patchtst_recipe_trains_on_several_datasets(tmp_path):
+    recipe = PatchTSTRecipe(
+        d_model=16, d_ff=32, heads=2, encoder_layers=1, context_length=48,
+        train_on=["solar_hourly", "taylor_30min", "m4_hourly_sample"],
+    )  # fmt: skip
+    assert recipe.dataset == "global" and recipe.horizon == 48  # the longest horizon of the three
+    batch = recipe.sampler(0, None).batch(0, 64)
+    assert batch.context.shape == (64, 48) and batch.target.shape == (64, 48)
+    train(recipe, TrainSettings(steps=3, batch_size=8, warmup=1, threads=1), tmp_path, progress=False)
+    _, model, _ = load_checkpoint_model(tmp_path)
+    assert model.config.mergeplug_dataset == "global:solar_hourly,taylor_30min,m4_hourly_sample"
+    with pytest.raises(ValueError, match="PatchTST-only"):
+        TSTRecipe(train_on=["solar_hourly"])
+
+
 def test_time_features_follow_the_calendar():
     import pandas as pd
 

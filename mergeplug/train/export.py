@@ -153,18 +153,20 @@ def write_card(directory: str | Path, *, name: str | None = None, eval_dirs: lis
     name = name or out.name
     params = sum(p.numel() for p in model.parameters())
     is_chronos = kind in ("bolt", "chronos-t5")
+    per_dataset = not is_chronos and not recipe_meta.get("train_on")  # one model per dataset
     from ..eval.models import checkpoint_dir
 
     shipped = out.resolve().parent == checkpoint_dir().resolve()
-    location = f'checkpoint_dir("{out.name}")' if shipped else repr(out.as_posix())
+    location = f'checkpoint_dir("{out.name}")' if shipped else json.dumps(out.as_posix())
     if is_chronos:
         arch = "Chronos-Bolt" if kind == "bolt" else "Chronos-T5"
     else:
-        arch = f"{type(model).__name__} ({recipe_meta['dataset']})"
+        trained = recipe_meta["dataset"] if per_dataset else f"one model for {len(recipe_meta['train_on'])} datasets"
+        arch = f"{type(model).__name__} ({trained})"
     seen_rows = meta.get("seen", [])
     seen = "\n".join(f"| {r['dataset']} | {r['series']} | {r['values']:,} | {r['held_out_last']} |" for r in seen_rows)
     rows = _read_results(eval_dirs or [])
-    if not is_chronos:  # one model per dataset: only its own dataset's rows describe it
+    if per_dataset:  # one model per dataset: only its own dataset's rows describe it
         rows = [r for r in rows if r["dataset"] == recipe_meta["dataset"]]
     if rows:
         table, summary = accuracy_table(rows, {r["dataset"] for r in seen_rows})
@@ -193,7 +195,7 @@ def write_card(directory: str | Path, *, name: str | None = None, eval_dirs: lis
         ("Accuracy (mergeplug-eval; ratios to seasonal naive, lower is better)",
          _ACCURACY.format(accuracy=table, summary=summary_md))
     )  # fmt: skip
-    short = f"mergeplug:{name}" if is_chronos else f"mergeplug:{kind}"
+    short = f"mergeplug:{kind}" if per_dataset else f"mergeplug:{name}"
     description = _DESCRIPTION.format(arch=arch, params=params, size_mb=params * 4 / 1e6, short=short)
     card = model_card(
         out,

@@ -54,17 +54,20 @@ class _Supervised(Recipe):
     mix: tuple[float, float, float] = (1.0, 0.0, 0.0)
     num_samples: int = 100
     distribution: str = "student_t"  # student_t | normal | mse (a point forecast: every quantile equal)
+    train_on: list[str] = field(default_factory=list)  # one global model on these datasets (then dataset="global")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.distribution not in ("student_t", "normal", "mse"):
             raise ValueError(f"distribution must be student_t, normal or mse, got {self.distribution!r}")
-        ds = load_dataset(self.dataset)
+        if self.train_on:
+            self.dataset = "global"
+        dss = [load_dataset(n) for n in (self.train_on or [self.dataset])]
         if self.horizon == 0:
-            self.horizon = ds.prediction_length
-        self.datasets = [self.dataset]
-        self._start = ds.entries[0]["start"]
-        self._freq = ds.freq
+            self.horizon = max(d.prediction_length for d in dss)
+        self.datasets = list(self.train_on) or [self.dataset]
+        self._start = dss[0].entries[0]["start"]
+        self._freq = dss[0].freq
 
     def past_length(self) -> int:
         return self.context_length
@@ -72,7 +75,7 @@ class _Supervised(Recipe):
     def sampler(self, seed: int, cache_dir: Any) -> WindowSampler:
         if self._sampler is None:
             self._data = training_series(self.datasets)
-            if len(self._data.series[0]) != 1:
+            if not self.train_on and len(self._data.series[0]) != 1:
                 raise ValueError(f"supervised recipes train on one long series; {self.dataset} has several")
             self._sampler = WindowSampler(
                 self._data,
@@ -122,7 +125,7 @@ class PatchTSTRecipe(_Supervised):
             scaling="std",
             num_parallel_samples=self.num_samples,
         )
-        config.mergeplug_dataset = self.dataset
+        config.mergeplug_dataset = self.dataset if not self.train_on else "global:" + ",".join(self.train_on)
         return PatchTSTForPrediction(config)
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -149,6 +152,8 @@ class TSTRecipe(_Supervised):
     def __post_init__(self) -> None:
         if self.distribution == "mse":
             raise ValueError("TimeSeriesTransformer is trained by likelihood: use distribution student_t or normal")
+        if self.train_on:
+            raise ValueError("TimeSeriesTransformer uses one dataset's calendar features: train_on is PatchTST-only")
         super().__post_init__()
 
     def past_length(self) -> int:
