@@ -4,6 +4,7 @@ from .config import MergeConfig, ratio_for_reduction, schedule_for_reduction
 from .core import apply, remove, settings, token_counts
 from .cost import CostReport, profile
 from .hub import from_pretrained, push_to_hub, save_pretrained
+from .patches.chronos_sampling import fast_sampling
 from .precheck import precheck
 
 __version__ = "0.1.0"
@@ -19,6 +20,7 @@ __all__ = [
     "from_pretrained",
     "push_to_hub",
     "precheck",
+    "fast_sampling",
     "CostReport",
     "ratio_for_reduction",
     "schedule_for_reduction",

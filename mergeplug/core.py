@@ -70,11 +70,12 @@ def apply(
 
 
 def remove(obj: T) -> T:
-    """Undo :func:`apply`: original classes, no hooks; outputs are bitwise those of a never-patched model."""
+    """Undo :func:`apply` (and :func:`mergeplug.fast_sampling`): original classes, no hooks; outputs are bitwise
+    those of a never-patched model."""
     family = find_family(obj)
-    record = find_record(family.modules(obj))
-    if record is not None:
-        restore(record)
+    for aux in (False, True):  # token merging, then auxiliary patches (fast sampling)
+        while (record := find_record(family.modules(obj), aux=aux)) is not None:
+            restore(record)
     return obj
 
 

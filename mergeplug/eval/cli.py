@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pv = sub.add_parser("precheck-validate", help="measure merging on datasets + variants, score the statistics")
     pv.add_argument("--out", default="benchmarks/precheck")
-    pv.add_argument("--model", default="mergeplug:patchtst")
+    pv.add_argument("--model", default="mergeplug:patchtst_global")
     pv.add_argument("--no-progress", action="store_true")
 
     cd = sub.add_parser("card", help="write the model card (README.md) of a mergeplug.save_pretrained directory")

@@ -18,6 +18,7 @@ from torch.utils.hooks import RemovableHandle
 from ..config import MergeConfig
 
 RECORD_ATTR = "_mergeplug_record"
+AUX_ATTR = "_mergeplug_aux_record"  # auxiliary patches live beside the merging record, never replace it
 
 __all__ = ["Family", "PatchRecord", "register", "families", "find_family", "find_record", "swap_class", "restore"]
 
@@ -33,6 +34,9 @@ class PatchRecord:
         hooks: forward-hook handles.
         hints: family-specific facts for the shared T5 code (e.g. ``protect_ids``, ``protect_last``).
         scratch: per-forward scratch space (captured attention keys, the last merged encoder output).
+        aux: an auxiliary patch that is not token merging (e.g. fast sampling); ``apply`` and ``settings``
+            ignore such records, ``remove`` undoes them too.
+        undo: callbacks run (last first) by :func:`restore`, for changes other than class swaps and hooks.
     """
 
     family: str
@@ -41,6 +45,8 @@ class PatchRecord:
     hooks: list[RemovableHandle] = field(default_factory=list)
     hints: dict[str, Any] = field(default_factory=dict)
     scratch: dict[str, Any] = field(default_factory=dict)
+    aux: bool = False
+    undo: list[Callable[[], None]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -92,12 +98,17 @@ def find_family(obj: Any) -> Family:
     )
 
 
-def find_record(mods: list[nn.Module]) -> PatchRecord | None:
-    """The record of an earlier ``apply`` on any of ``mods`` (or their submodules), if any."""
+def find_record(mods: list[nn.Module], *, aux: bool = False, family: str | None = None) -> PatchRecord | None:
+    """The record of an earlier patch on any of ``mods`` (or their submodules), if any.
+
+    ``aux=False``: token-merging records (``apply``); ``aux=True``: auxiliary ones (e.g. fast sampling).
+    ``family``: only records of that family.
+    """
+    attr = AUX_ATTR if aux else RECORD_ATTR
     for root in mods:
         for m in root.modules():
-            rec = m.__dict__.get(RECORD_ATTR)
-            if rec is not None:
+            rec = m.__dict__.get(attr)
+            if rec is not None and (family is None or rec.family == family):
                 return rec
     return None
 
@@ -124,12 +135,15 @@ def mark(module: nn.Module, record: PatchRecord) -> None:
 
 def restore(record: PatchRecord) -> None:
     """Undo everything in ``record``: original classes back, hooks removed, record attributes deleted."""
+    for undo in reversed(record.undo):
+        undo()
     for handle in record.hooks:
         handle.remove()
     for module, orig in reversed(record.swapped):
         module.__class__ = orig
-        for key in [key for key in module.__dict__ if key.startswith("_mergeplug")]:
+        for key in [key for key in module.__dict__ if key.startswith("_mergeplug") and key != AUX_ATTR]:
             del module.__dict__[key]
+    record.undo.clear()
     record.hooks.clear()
     record.swapped.clear()
     record.scratch.clear()

@@ -1,0 +1,131 @@
+"""Chronos-T5 sampling benchmark: stock ``generate`` vs the fast path vs the fast path + token merging.
+
+``python -m mergeplug.bench_sampling`` builds Chronos-T5 with the published dimensions (random weights: speed
+only), then times ``pipe.predict`` (context 512, horizon 64, 20 samples, float32) for each batch size: a
+warm-up per setting, then ``--reps`` repetitions that run every setting once in turn (interleaved), medians.
+It also reports the peak resident memory above the starting level of each setting's calls, and checks that the
+fast path gives the same samples as stock for the same seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import apply, fast_sampling, remove
+from .bench import synthetic_context
+from .config import schedule_for_reduction
+from .eval.run import PeakMemory
+from .models import chronos_t5
+
+__all__ = ["run", "main"]
+
+
+def run(
+    *,
+    size: str = "small",
+    batches: tuple[int, ...] = (8, 32),
+    context: int = 512,
+    horizon: int = 64,
+    samples: int = 20,
+    reps: int = 3,
+    merge: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per (batch, setting): median seconds, speed-up vs stock, peak memory, same samples as stock."""
+    pipe = chronos_t5(size, context_length=context, prediction_length=horizon, num_samples=samples)
+    merge = merge or {"k": 1, **schedule_for_reduction(0.75, pipe.model.model.config.num_layers)}
+    settings = {"stock": (False, None), "fast": (True, None), "fast + merging": (True, merge)}
+
+    def configure(fast: bool, m: dict[str, Any] | None) -> None:
+        remove(pipe)
+        if m:
+            apply(pipe, **m)
+        if fast:
+            fast_sampling(pipe)
+
+    rows = []
+    for batch in batches:
+        ctx = synthetic_context(batch, context)
+
+        def predict(ctx: torch.Tensor = ctx) -> torch.Tensor:
+            torch.manual_seed(0)
+            with torch.inference_mode():
+                return pipe.predict(ctx, prediction_length=horizon, num_samples=samples)
+
+        times: dict[str, list[float]] = {k: [] for k in settings}
+        mem: dict[str, float] = {}
+        outs: dict[str, torch.Tensor] = {}
+        for label, (fast, m) in settings.items():  # warm-up, memory, outputs
+            configure(fast, m)
+            with PeakMemory() as pm:
+                outs[label] = predict()
+            mem[label] = pm.extra_mb
+        for _ in range(reps):
+            for label, (fast, m) in settings.items():
+                configure(fast, m)
+                start = time.perf_counter()
+                predict()
+                times[label].append(time.perf_counter() - start)
+        remove(pipe)
+        ref = statistics.median(times["stock"])
+        for label in settings:
+            t = statistics.median(times[label])
+            rows.append(
+                {
+                    "batch": batch,
+                    "setting": label,
+                    "time_s": t,
+                    "speedup": ref / t,
+                    "peak_mem_mb": mem[label],
+                    "same_samples_as_stock": bool(torch.equal(outs[label], outs["stock"])) if label == "fast" else None,
+                    "merge": merge if settings[label][1] else None,
+                }
+            )
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'batch':>5}  {'setting':<16}{'time s':>9}{'speed-up':>10}{'peak MB':>9}  same samples"]
+    for r in rows:
+        same = "" if r["same_samples_as_stock"] is None else str(r["same_samples_as_stock"])
+        lines.append(
+            f"{r['batch']:>5}  {r['setting']:<16}{r['time_s']:>9.2f}{r['speedup']:>9.2f}x"
+            f"{r['peak_mem_mb']:>9.0f}  {same}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mergeplug.bench_sampling", description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", default="small")
+    p.add_argument("--batches", default="8,32")
+    p.add_argument("--context", type=int, default=512)
+    p.add_argument("--horizon", type=int, default=64)
+    p.add_argument("--samples", type=int, default=20)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--out", default=None, help="also write the rows as JSON")
+    a = p.parse_args(argv)
+    rows = run(
+        size=a.size,
+        batches=tuple(int(b) for b in a.batches.split(",")),
+        context=a.context,
+        horizon=a.horizon,
+        samples=a.samples,
+        reps=a.reps,
+    )
+    print(format_table(rows))
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

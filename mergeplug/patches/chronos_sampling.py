@@ -1,0 +1,196 @@
+"""Fast Chronos-T5 sampling: cross-attention shared by the samples of a series and a static decoder cache.
+
+Stock ``ChronosPipeline.predict`` calls ``generate(num_return_sequences=S)``, which copies each series' encoder
+states S times and then recomputes the cross-attention keys and values of every copy (for Chronos-T5 small
+at context 512 that alone is ~40% of the MACs of a forecast), reads S copies at every step, grows the
+self-attention cache by concatenation and pays ``generate``'s general-purpose loop at every step.
+
+:func:`fast_sampling` gives the pipeline's ``ChronosModel`` an instance-level ``forward`` (recorded, undone by
+``mergeplug.remove``; independent of the class swaps of token merging) that runs :func:`sample_tokens`:
+
+* the encoder runs once per series (merged, if ``mergeplug.apply`` merged it);
+* each decoder layer's cross-attention keys / values are computed once per series, (B, H, L, d_kv), and the
+  S samples of a series attend to them together as S query rows;
+* the self-attention keys / values go into a preallocated (B*S, H, T, d_kv) cache; T5's relative position bias
+  is computed once for all T steps;
+* the logits are processed by ``transformers``' own processors in ``generate``'s order (EOS suppressed until
+  ``min_new_tokens``; temperature, top-k, top-p) and sampled with one ``torch.multinomial`` per step, as
+  ``generate`` does, so a seed gives the same samples wherever the arithmetic rounds alike.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+from chronos import ChronosPipeline
+from chronos.chronos import ChronosModel
+from torch import nn
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    MinNewTokensLengthLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from ..config import MergeConfig
+from .base import AUX_ATTR, PatchRecord, find_record, restore
+
+__all__ = ["fast_sampling", "sample_tokens", "FAMILY"]
+
+FAMILY = "chronos-t5-sampling"
+
+
+def _processors(
+    t_generated: int, min_new: int, eos: int, temperature: float, top_k: int | None, top_p: float | None
+) -> LogitsProcessorList:
+    """``generate``'s processors for Chronos' sampling settings, in ``generate``'s order."""
+    procs = LogitsProcessorList([MinNewTokensLengthLogitsProcessor(t_generated, min_new, eos)])
+    if temperature is not None and temperature != 1.0:
+        procs.append(TemperatureLogitsWarper(temperature))
+    if top_k is not None and top_k != 0:
+        procs.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
+    if top_p is not None and top_p < 1.0:
+        procs.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
+    return procs
+
+
+def _cross_bias(enc: Any, attention_mask: torch.Tensor, dtype: torch.dtype, record: PatchRecord | None):
+    """(B, 1, 1, L) additive bias for cross-attention over the encoder output (merged or not)."""
+    if hasattr(enc, "attention_bias") and getattr(enc, "token_sizes", None) is not None:
+        proportional = record.config.proportional_attention if record is not None else True
+        return enc.attention_bias(dtype, proportional)
+    return torch.where(attention_mask.bool(), 0.0, torch.finfo(dtype).min).to(dtype)[:, None, None, :]
+
+
+@torch.no_grad()
+def sample_tokens(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    prediction_length: int,
+    num_samples: int,
+    temperature: float = 1.0,
+    top_k: int | None = 50,
+    top_p: float | None = 1.0,
+    eos_token_id: int = 1,
+    merge_record: PatchRecord | None = None,
+) -> torch.Tensor:
+    """Sample ``num_samples`` token paths per series from a ``T5ForConditionalGeneration``.
+
+    Args:
+        model: the T5 model (possibly with a merged encoder).
+        input_ids: (B, N) context tokens; attention_mask: (B, N), 0 for padding / missing values.
+        prediction_length: T, tokens per path (no EOS before T, as Chronos asks ``generate``).
+        num_samples: S paths per series.
+
+    Returns:
+        (B, S, T) long tokens; rows ``b`` are series ``b`` (the order of ``generate``'s
+        ``num_return_sequences``).
+    """
+    cfg = model.config
+    n_b, s, t_len = input_ids.shape[0], num_samples, prediction_length
+    enc = model.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+    memory = enc.last_hidden_state  # (B, L, C)
+    dtype = memory.dtype
+    cross_bias = _cross_bias(enc, attention_mask, dtype, merge_record)  # (B, 1, 1, L)
+    dec = model.decoder
+    heads, d_kv = cfg.num_heads, cfg.d_kv
+    cross_kv = []
+    for block in dec.block:  # once per series, not once per sample
+        ca = block.layer[1].EncDecAttention
+        k = ca.k(memory).view(n_b, -1, heads, d_kv).transpose(1, 2)  # (B, H, L, d_kv)
+        v = ca.v(memory).view(n_b, -1, heads, d_kv).transpose(1, 2)
+        cross_kv.append((k, v))
+    rows = n_b * s
+    cache_k = [memory.new_zeros(rows, heads, t_len, d_kv) for _ in dec.block]
+    cache_v = [memory.new_zeros(rows, heads, t_len, d_kv) for _ in dec.block]
+    self_bias = dec.block[0].layer[0].SelfAttention.compute_bias(t_len, t_len, device=memory.device).to(dtype)
+    tokens = torch.full((rows,), cfg.decoder_start_token_id, dtype=torch.long, device=memory.device)
+    seq = torch.empty(rows, t_len + 1, dtype=torch.long, device=memory.device)  # start token + sampled tokens
+    seq[:, 0] = tokens
+    scale = cfg.d_model**-0.5 if getattr(cfg, "scale_decoder_outputs", False) else None
+    procs = _processors(1, t_len, eos_token_id, temperature, top_k, top_p)
+    for t in range(t_len):
+        x = dec.embed_tokens(tokens)[:, None, :]  # (B*S, 1, C)
+        for i, block in enumerate(dec.block):
+            sa = block.layer[0]
+            h = sa.layer_norm(x)
+            att = sa.SelfAttention
+            q = att.q(h).view(rows, heads, 1, d_kv)
+            cache_k[i][:, :, t] = att.k(h).view(rows, heads, d_kv)
+            cache_v[i][:, :, t] = att.v(h).view(rows, heads, d_kv)
+            scores = q @ cache_k[i][:, :, : t + 1].transpose(-1, -2) + self_bias[:, :, t : t + 1, : t + 1]
+            a = torch.softmax(scores.float(), dim=-1).to(dtype) @ cache_v[i][:, :, : t + 1]  # (B*S, H, 1, d_kv)
+            x = x + att.o(a.reshape(rows, 1, heads * d_kv))
+            ca = block.layer[1]
+            h = ca.layer_norm(x)
+            q = ca.EncDecAttention.q(h).view(n_b, s, heads, d_kv).transpose(1, 2)  # (B, H, S, d_kv)
+            k, v = cross_kv[i]
+            scores = q @ k.transpose(-1, -2) + cross_bias  # (B, H, S, L): the S samples share one K/V
+            a = torch.softmax(scores.float(), dim=-1).to(dtype) @ v  # (B, H, S, d_kv)
+            x = x + ca.EncDecAttention.o(a.transpose(1, 2).reshape(rows, 1, heads * d_kv))
+            x = block.layer[2](x)
+        h = dec.final_layer_norm(x)
+        if scale is not None:
+            h = h * scale
+        logits = model.lm_head(h)[:, 0, :].float()  # (B*S, V)
+        scores = procs(seq[:, : t + 1], logits)
+        tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        seq[:, t + 1] = tokens
+    return seq[:, 1:].reshape(n_b, s, t_len)
+
+
+def _fast_forward(self: ChronosModel, input_ids, attention_mask, prediction_length=None, num_samples=None,
+                  temperature=None, top_k=None, top_p=None):  # fmt: skip
+    """``ChronosModel.forward`` with seq2seq forecasts sampled by :func:`sample_tokens`."""
+    if self.config.model_type != "seq2seq":  # decoder-only Chronos: the class's own (stock) path
+        return type(self).forward(self, input_ids, attention_mask, prediction_length, num_samples, temperature,
+                                  top_k, top_p)  # fmt: skip
+    c = self.config
+    return sample_tokens(
+        self.model,
+        input_ids,
+        attention_mask,
+        prediction_length=prediction_length if prediction_length is not None else c.prediction_length,
+        num_samples=num_samples if num_samples is not None else c.num_samples,
+        temperature=temperature if temperature is not None else c.temperature,
+        top_k=top_k if top_k is not None else c.top_k,
+        top_p=top_p if top_p is not None else c.top_p,
+        eos_token_id=c.eos_token_id,
+        merge_record=find_record([self.model]),
+    )
+
+
+def _chronos_model(obj: Any) -> ChronosModel:
+    if isinstance(obj, ChronosPipeline):
+        return obj.model
+    if isinstance(obj, ChronosModel):
+        return obj
+    raise TypeError(
+        f"fast_sampling works on a ChronosPipeline (Chronos-T5) or its ChronosModel, not {type(obj).__name__}; "
+        "Chronos-Bolt and Chronos-2 predict quantiles directly and do not sample"
+    )
+
+
+def fast_sampling(obj: Any, enable: bool = True) -> Any:
+    """Switch Chronos-T5 sampling to the fast path (``enable=False``, or ``mergeplug.remove``, switches back).
+
+    Works with and without ``mergeplug.apply`` (in any order); returns ``obj``.
+    """
+    cm = _chronos_model(obj)
+    record = find_record([cm], aux=True, family=FAMILY)
+    if not enable:
+        if record is not None:
+            restore(record)
+        return obj
+    if record is None:
+        # an instance attribute, not a class swap: token merging swaps ChronosModel's class independently
+        record = PatchRecord(family=FAMILY, config=MergeConfig(r=0), aux=True)
+        cm.__dict__["forward"] = types.MethodType(_fast_forward, cm)
+        cm.__dict__[AUX_ATTR] = record
+        record.undo += [lambda: cm.__dict__.pop("forward", None), lambda: cm.__dict__.pop(AUX_ATTR, None)]
+    return obj
