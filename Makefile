@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.mergeplug-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test bench profile eval-quick eval-full train-supervised clean
+.PHONY: install demo test bench bench-sampling profile eval-quick eval-full train-supervised clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ test: $(STAMP)
 # The README's benchmark table (Chronos-T5 small dims; takes ~30 minutes on 2 cores).
 bench: $(STAMP)
 	$(BIN)/mergeplug-bench --size small --batch 8 --reps 3 --k 1,global --schedule constant,front,front-input --out results/bench_t5_small.json
+
+# Chronos-T5 sampling: stock generate() vs the fast path vs fast path + merging (small dims, batch 8 and 32).
+bench-sampling: $(STAMP)
+	$(BIN)/python -m mergeplug.bench_sampling --batches 8,32 --reps 3 --out results/bench_sampling.json
 
 # Cost accounting vs measured speed for Chronos-T5 / Bolt / Chronos-2 / PatchTST / TST (benchmarks/cost/, ~7 min).
 profile: $(STAMP)

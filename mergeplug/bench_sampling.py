@@ -36,12 +36,21 @@ def run(
     horizon: int = 64,
     samples: int = 20,
     reps: int = 3,
-    merge: dict[str, Any] | None = None,
+    merges: dict[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (batch, setting): median seconds, speed-up vs stock, peak memory, same samples as stock."""
+    """One row per (batch, setting): median seconds, speed-up vs stock, peak memory, same samples as stock.
+
+    ``merges``: label -> ``mergeplug.apply`` arguments for the "fast + merging" rows (default: k=1 removing 75%
+    of the encoder tokens with a constant schedule, and 90% with the front-input schedule).
+    """
     pipe = chronos_t5(size, context_length=context, prediction_length=horizon, num_samples=samples)
-    merge = merge or {"k": 1, **schedule_for_reduction(0.75, pipe.model.model.config.num_layers)}
-    settings = {"stock": (False, None), "fast": (True, None), "fast + merging": (True, merge)}
+    layers = pipe.model.model.config.num_layers
+    merges = merges or {
+        "k=1, 75%": {"k": 1, **schedule_for_reduction(0.75, layers)},
+        "k=1, 90% front-input": {"k": 1, **schedule_for_reduction(0.9, layers, "front-input")},
+    }
+    settings = {"stock": (False, None), "fast": (True, None)}
+    settings.update({f"fast + {label}": (True, m) for label, m in merges.items()})
 
     def configure(fast: bool, m: dict[str, Any] | None) -> None:
         remove(pipe)
@@ -85,18 +94,18 @@ def run(
                     "speedup": ref / t,
                     "peak_mem_mb": mem[label],
                     "same_samples_as_stock": bool(torch.equal(outs[label], outs["stock"])) if label == "fast" else None,
-                    "merge": merge if settings[label][1] else None,
+                    "merge": settings[label][1],
                 }
             )
     return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'batch':>5}  {'setting':<16}{'time s':>9}{'speed-up':>10}{'peak MB':>9}  same samples"]
+    lines = [f"{'batch':>5}  {'setting':<28}{'time s':>9}{'speed-up':>10}{'peak MB':>9}  same samples"]
     for r in rows:
         same = "" if r["same_samples_as_stock"] is None else str(r["same_samples_as_stock"])
         lines.append(
-            f"{r['batch']:>5}  {r['setting']:<16}{r['time_s']:>9.2f}{r['speedup']:>9.2f}x"
+            f"{r['batch']:>5}  {r['setting']:<28}{r['time_s']:>9.2f}{r['speedup']:>9.2f}x"
             f"{r['peak_mem_mb']:>9.0f}  {same}"
         )
     return "\n".join(lines)

@@ -102,9 +102,10 @@ def sample_tokens(
     cross_kv = []
     for block in dec.block:  # once per series, not once per sample
         ca = block.layer[1].EncDecAttention
-        k = ca.k(memory).view(n_b, -1, heads, d_kv).transpose(1, 2)  # (B, H, L, d_kv)
-        v = ca.v(memory).view(n_b, -1, heads, d_kv).transpose(1, 2)
-        cross_kv.append((k, v))
+        # contiguous once here, so that no step copies them again: K^T (B, H, d_kv, L), V (B, H, L, d_kv)
+        k_t = ca.k(memory).view(n_b, -1, heads, d_kv).permute(0, 2, 3, 1).contiguous()
+        v = ca.v(memory).view(n_b, -1, heads, d_kv).transpose(1, 2).contiguous()
+        cross_kv.append((k_t, v))
     rows = n_b * s
     cache_k = [memory.new_zeros(rows, heads, t_len, d_kv) for _ in dec.block]
     cache_v = [memory.new_zeros(rows, heads, t_len, d_kv) for _ in dec.block]
@@ -129,8 +130,8 @@ def sample_tokens(
             ca = block.layer[1]
             h = ca.layer_norm(x)
             q = ca.EncDecAttention.q(h).view(n_b, s, heads, d_kv).transpose(1, 2)  # (B, H, S, d_kv)
-            k, v = cross_kv[i]
-            scores = q @ k.transpose(-1, -2) + cross_bias  # (B, H, S, L): the S samples share one K/V
+            k_t, v = cross_kv[i]
+            scores = q @ k_t + cross_bias  # (B, H, S, L): the S samples of a series share one K/V
             a = torch.softmax(scores.float(), dim=-1).to(dtype) @ v  # (B, H, S, d_kv)
             x = x + ca.EncDecAttention.o(a.transpose(1, 2).reshape(rows, 1, heads * d_kv))
             x = block.layer[2](x)
