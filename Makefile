@@ -17,10 +17,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
 	touch $(STAMP)
 
-# Main job: merged vs unmerged Chronos-T5 (tiny dims, random weights), speed and output difference, then a
-# quick offline evaluation with the harness: the shipped, trained PatchTST models, unmerged and merged, on real data.
+# Main job: merged vs unmerged Chronos-T5 (tiny dims, random weights), speed and output difference; stock vs fast
+# sampling (identical samples); then a quick offline evaluation with the harness: the shipped, trained PatchTST
+# models, unmerged and merged, on real data.
 demo: $(STAMP)
 	$(BIN)/mergeplug-bench --size tiny --batch 4 --reps 3 --reductions 0.5,0.9 --k 1,global --schedule constant,front-input
+	$(BIN)/python -m mergeplug.bench_sampling --size tiny --batches 4 --reps 1
 	$(MAKE) --no-print-directory eval-quick
 
 test: $(STAMP)
