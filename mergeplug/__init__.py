@@ -5,6 +5,7 @@ from .core import apply, remove, settings, token_counts
 from .cost import CostReport, profile
 from .hub import from_pretrained, push_to_hub, save_pretrained
 from .patches.chronos_sampling import fast_sampling
+from .patches.generic import register_patch
 from .precheck import precheck
 
 __version__ = "0.1.0"
@@ -21,6 +22,7 @@ __all__ = [
     "push_to_hub",
     "precheck",
     "fast_sampling",
+    "register_patch",
     "CostReport",
     "ratio_for_reduction",
     "schedule_for_reduction",

@@ -2,6 +2,7 @@
 
 from . import (
     chronos,  # noqa: E402,F401  (registers "chronos-t5", "chronos-bolt")
+    generic,  # noqa: E402,F401  (registers "torch-transformer-encoder"; provides register_patch)
     patchtst,  # noqa: E402,F401  (registers "patchtst")
     t5,  # noqa: E402,F401  (registers "t5")
 )

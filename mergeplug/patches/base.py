@@ -73,9 +73,17 @@ class Family:
 _FAMILIES: list[Family] = []
 
 
-def register(family: Family) -> Family:
-    """Add a family; families registered earlier are tried first (register specific before generic)."""
-    _FAMILIES.append(family)
+def register(family: Family, *, first: bool = False) -> Family:
+    """Add a family; families registered earlier are tried first (register specific before generic).
+
+    ``first=True`` puts it before every registered family (user models, see ``mergeplug.register_patch``).
+    A family registered again under the same name replaces the old one.
+    """
+    _FAMILIES[:] = [f for f in _FAMILIES if f.name != family.name]
+    if first:
+        _FAMILIES.insert(0, family)
+    else:
+        _FAMILIES.append(family)
     return family
 
 

@@ -1,0 +1,225 @@
+"""Token merging between the blocks of any stack: plain PyTorch ``nn.TransformerEncoder`` and user models.
+
+The blocks are treated as black boxes that map hidden states (B, T, C) (or (T, B, C)) to the same shape:
+forward hooks merge tokens *between* blocks, so every later block runs on the shorter sequence, and after the
+last block the tokens are copied back (``unmerge``; ``causal_unmerge`` in the causal modes) so that the rest
+of the model sees every position. The similarity is the cosine of the hidden states leaving the block.
+
+* ``causal=True``: merged tokens sit at their latest member; when the blocks receive a causal mask (``is_causal``
+  / ``src_mask`` of ``nn.TransformerEncoderLayer``), it is rebuilt from the merged tokens' positions (a token
+  sees the tokens at or before its position). With ``threshold`` (strict mode) every output at position p
+  depends only on inputs at positions <= p; with ``r`` / ``ratio`` the *choice* of merges can depend on later
+  inputs (good for a prefill whose only used output is the last position).
+* Padding masks cannot follow merged tokens through a black-box block: a block that receives one raises.
+* Proportional attention needs access to the attention logits, which a black box does not give: it is not
+  applied here (model-specific families such as ``t5`` and ``patchtst`` do apply it).
+
+:func:`register_patch` adds a user model in one call (the README shows one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import MergeConfig
+from ..merge import MergeState, causal_unmerge, match, merge_step, unmerge
+from .base import Family, PatchRecord, mark, register
+
+__all__ = ["register_patch", "inject_blocks"]
+
+
+def _get(obj: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+def _replace_first(out: Any, x: torch.Tensor) -> Any:
+    if isinstance(out, torch.Tensor):
+        return x
+    return (x, *out[1:]) if isinstance(out, tuple) else type(out)([x, *out[1:]])
+
+
+def _causal_mask(pos: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(T, T) float mask: query i sees key j iff pos_j <= pos_i (rows share positions: uses row 0)."""
+    p = pos[0]
+    allowed = p[None, :] <= p[:, None]
+    return torch.zeros(allowed.shape, dtype=like.dtype, device=like.device).masked_fill(~allowed, float("-inf"))
+
+
+def inject_blocks(
+    blocks: nn.ModuleList,
+    record: PatchRecord,
+    *,
+    seq_dim: int = 1,
+    mask_kwargs: tuple[str, ...] = (),
+    padding_kwargs: tuple[str, ...] = (),
+) -> None:
+    """Hook ``blocks`` so that tokens merge between them (see the module docstring).
+
+    Args:
+        blocks: the stack, run in order by its parent with the hidden states as first argument.
+        record: the patch record (settings are read at run time).
+        seq_dim: the token dimension of the hidden states (1 for (B, T, C), 0 for (T, B, C)).
+        mask_kwargs: keyword arguments holding an attention mask; a causal one is rebuilt for the merged
+            tokens, any other raises.
+        padding_kwargs: keyword arguments holding a padding mask; a block receiving one raises.
+    """
+    n_layers = len(blocks)
+    if n_layers == 0:
+        raise ValueError("inject_blocks: the block list is empty")
+    scratch = record.scratch
+
+    def to_btc(x: torch.Tensor) -> torch.Tensor:
+        return x if seq_dim == 1 else x.transpose(0, 1)
+
+    def pre(i: int, block: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        cfg: MergeConfig = record.config
+        if cfg.is_noop(n_layers):
+            return None
+        for key in padding_kwargs:
+            if kwargs.get(key) is not None:
+                raise NotImplementedError(
+                    f"{type(block).__name__} received a padding mask ({key}); merged tokens cannot carry it through "
+                    "a black-box block. Run without a padding mask, or write a model family in mergeplug/patches/."
+                )
+        x = to_btc(args[0])
+        if i == 0:  # a new forward: fresh state, optional merging of the input tokens
+            n_b, n, _ = x.shape
+            state = MergeState.init(n_b, n, causal=cfg.causal, device=x.device, dtype=x.dtype)
+            scratch["state"], scratch["token_counts"] = state, [n]
+            r_in = cfg.input_merges(n)
+            if r_in > 0:
+                dst, t_new = match(x, state, r=r_in, k=cfg.k)
+                if t_new < n:
+                    x = merge_step(x, state, dst, t_new)
+                    args = (x if seq_dim == 1 else x.transpose(0, 1), *args[1:])
+                    scratch["token_counts"][0] = t_new
+        state: MergeState = scratch["state"]
+        n = state.source.shape[1]
+        for key in mask_kwargs:
+            mask = kwargs.get(key)
+            if mask is None or state.length == n:
+                continue
+            if not kwargs.get("is_causal"):
+                raise NotImplementedError(
+                    f"{type(block).__name__} received an attention mask ({key}) not flagged is_causal=True; only a "
+                    "causal mask can be rebuilt for merged tokens. Pass is_causal=True with a causal mask, run "
+                    "without a mask, or write a model family in mergeplug/patches/."
+                )
+            if not cfg.causal:
+                raise ValueError(
+                    f"{type(block).__name__} runs causally (is_causal=True) but merging is bidirectional: "
+                    "use mergeplug.apply(..., causal=True)"
+                )
+            kwargs = {**kwargs, key: _causal_mask(state.pos, x)}
+        return args, kwargs
+
+    def post(i: int, block: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
+        cfg: MergeConfig = record.config
+        if cfg.is_noop(n_layers):
+            return None
+        state: MergeState = scratch["state"]
+        h = to_btc(_first_tensor(out))
+        r = cfg.merges_at(i, state.length)
+        if i < n_layers - 1 and (r > 0 or cfg.threshold is not None):
+            strict = cfg.threshold is not None
+            dst, t_new = match(h, state, r=None if strict else r, threshold=cfg.threshold, k=cfg.k)
+            if t_new < state.length:
+                h = merge_step(h, state, dst, t_new)
+        scratch["token_counts"].append(state.length)
+        if i == n_layers - 1:  # back to every position for the rest of the model
+            h = causal_unmerge(h, state) if state.causal else unmerge(h, state)
+            scratch.pop("state", None)
+        return _replace_first(out, h if seq_dim == 1 else h.transpose(0, 1))
+
+    for i, block in enumerate(blocks):
+        mark(block, record)
+        record.hooks.append(block.register_forward_pre_hook(lambda m, a, kw, i=i: pre(i, m, a, kw), with_kwargs=True))
+        record.hooks.append(
+            block.register_forward_hook(lambda m, a, kw, o, i=i: post(i, m, a, kw, o), with_kwargs=True)
+        )
+
+
+def register_patch(
+    match_: type | Callable[[Any], bool],
+    *,
+    blocks: str,
+    seq_dim: int | Callable[[Any], int] = 1,
+    name: str | None = None,
+    description: str = "",
+    mask_kwargs: tuple[str, ...] = (),
+    padding_kwargs: tuple[str, ...] = (),
+) -> Family:
+    """Make ``mergeplug.apply`` work on your own model: tokens merge between the blocks of ``obj.<blocks>``.
+
+    Args:
+        match_: the model class (instances of it and of subclasses match) or a predicate.
+        blocks: attribute path of the ``nn.ModuleList`` of blocks (e.g. ``"layers"``, ``"encoder.layer"``).
+        seq_dim: token dimension of the hidden states the blocks exchange (or a function of the model).
+        name: family name (default: the class name).
+        mask_kwargs / padding_kwargs: see :func:`inject_blocks`.
+
+    Returns:
+        The registered :class:`~mergeplug.patches.base.Family` (registered before the built-in generic ones).
+    """
+    if isinstance(match_, type):
+        cls = match_
+
+        def matches(obj: Any) -> bool:
+            return isinstance(obj, cls)
+
+        label = name or cls.__name__
+    else:
+        matches, label = match_, name or getattr(match_, "__name__", "custom")
+
+    def inject(obj: Any, record: PatchRecord) -> None:
+        try:
+            stack = _get(obj, blocks)
+        except AttributeError:
+            raise TypeError(
+                f"{type(obj).__name__} has no attribute path {blocks!r} (the blocks to merge between)"
+            ) from None
+        if not isinstance(stack, (nn.ModuleList, nn.Sequential)):
+            raise TypeError(f"{type(obj).__name__}.{blocks} is a {type(stack).__name__}, not an nn.ModuleList")
+        dim = seq_dim(obj) if callable(seq_dim) else seq_dim
+        inject_blocks(stack, record, seq_dim=dim, mask_kwargs=mask_kwargs, padding_kwargs=padding_kwargs)
+
+    family = Family(
+        name=label,
+        description=description or f"{label}: tokens merge between the blocks of .{blocks}",
+        matches=matches,
+        inject=inject,
+        modules=lambda obj: [obj],
+    )
+    return register(family, first=True)  # user families win over the built-in ones
+
+
+def _encoder_seq_dim(enc: nn.TransformerEncoder) -> int:
+    first = enc.layers[0]
+    return 1 if getattr(first.self_attn, "batch_first", False) else 0
+
+
+register(
+    Family(
+        name="torch-transformer-encoder",
+        description="torch.nn.TransformerEncoder (batch_first or not; tokens merge between its layers)",
+        matches=lambda obj: isinstance(obj, nn.TransformerEncoder),
+        inject=lambda obj, record: inject_blocks(
+            obj.layers,
+            record,
+            seq_dim=_encoder_seq_dim(obj),
+            mask_kwargs=("src_mask",),
+            padding_kwargs=("src_key_padding_mask",),
+        ),
+        modules=lambda obj: [obj],
+    )
+)

@@ -1,0 +1,112 @@
+"""Merging between blocks of plain PyTorch Transformers and user models (mergeplug/patches/generic.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import mergeplug
+
+
+def _encoder(batch_first: bool = True, norm_first: bool = False) -> nn.TransformerEncoder:
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=batch_first, norm_first=norm_first)
+    return nn.TransformerEncoder(layer, 4, enable_nested_tensor=False).eval()
+
+
+def _x(batch_first: bool = True, n: int = 40) -> torch.Tensor:
+    torch.manual_seed(1)
+    x = torch.randn(2, n, 32).cumsum(1) / 4
+    return x if batch_first else x.transpose(0, 1).contiguous()
+
+
+@pytest.mark.parametrize("batch_first,norm_first", [(True, False), (False, True)])
+def test_r0_remove_and_merged_shapes(batch_first, norm_first):
+    enc, x = _encoder(batch_first, norm_first), _x(batch_first)
+    with torch.inference_mode():
+        ref = enc(x)
+        mergeplug.apply(enc, k=1, r=0)
+        assert torch.equal(enc(x), ref)  # nothing merges: the original computation, bitwise
+        mergeplug.apply(enc, k=1, ratio=0.3)
+        merged = enc(x)
+        assert merged.shape == ref.shape and not torch.equal(merged, ref)
+        assert mergeplug.token_counts(enc) == [40, 28, 20, 14, 14]  # merges between the 4 layers
+        mergeplug.remove(enc)
+        assert torch.equal(enc(x), ref) and not enc.layers[0]._forward_hooks
+
+
+def test_global_band_equals_global_merging():
+    enc, x = _encoder(), _x()
+    with torch.inference_mode():
+        mergeplug.apply(enc, k=None, r=6)
+        glob = enc(x)
+        mergeplug.apply(enc, k=200, r=6)  # a band wider than the sequence is global merging
+        assert torch.equal(enc(x), glob)
+
+
+def test_strict_causal_mode_never_sees_the_future():
+    enc, x = _encoder(), _x()
+    mask = nn.Transformer.generate_square_subsequent_mask(40)
+    mergeplug.apply(enc, k=1, causal=True, threshold=0.0)
+    with torch.inference_mode():
+        ref = enc(x, mask=mask, is_causal=True)
+        assert mergeplug.token_counts(enc)[-1] < 40  # tokens do merge
+        for t in (0, 7, 20, 31, 38):
+            x2 = x.clone()
+            x2[:, t + 1 :] += torch.randn(2, 39 - t, 32)
+            out = enc(x2, mask=mask, is_causal=True)
+            assert torch.equal(out[:, : t + 1], ref[:, : t + 1]), t  # exactly: no output at <= t moves
+            assert not torch.equal(out[:, t + 1 :], ref[:, t + 1 :])
+
+
+def test_masks_that_cannot_follow_merged_tokens_raise():
+    enc, x = _encoder(), _x()
+    mergeplug.apply(enc, k=1, ratio=0.3)
+    pad = torch.zeros(2, 40, dtype=torch.bool)
+    pad[0, :5] = True
+    with pytest.raises(NotImplementedError, match="padding mask"), torch.inference_mode():
+        enc(x, src_key_padding_mask=pad)
+    mask = nn.Transformer.generate_square_subsequent_mask(40)
+    with pytest.raises(ValueError, match="causal=True"), torch.inference_mode():
+        enc(x, mask=mask, is_causal=True)  # a causal model with bidirectional merging
+    mergeplug.apply(enc, k=1, causal=True, r=4)
+    with pytest.raises(NotImplementedError, match="is_causal=True"), torch.inference_mode():
+        enc(x, mask=torch.zeros(40, 40), is_causal=False)
+
+
+class TinyNet(nn.Module):
+    """A user's own Transformer: embedding, a list of blocks, a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(1, 16)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True) for _ in range(3)
+        )
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T)
+        h = self.embed(x[..., None])
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h)[..., 0]
+
+
+def test_register_patch_for_a_custom_model():
+    mergeplug.register_patch(TinyNet, blocks="blocks")
+    torch.manual_seed(0)
+    net = TinyNet().eval()
+    x = torch.randn(3, 50).cumsum(1)
+    with torch.inference_mode():
+        ref = net(x)
+        mergeplug.apply(net, k=1, ratio=0.25)
+        out = net(x)
+        assert out.shape == ref.shape and mergeplug.token_counts(net) == [50, 37, 28, 28]
+        mergeplug.remove(net)
+        assert torch.equal(net(x), ref)
+    with pytest.raises(TypeError, match="no attribute path 'layers'"):
+        mergeplug.register_patch(TinyNet, blocks="layers", name="tiny-bad")
+        mergeplug.apply(TinyNet(), k=1, r=1)
+    mergeplug.register_patch(TinyNet, blocks="blocks")  # registering again replaces the family
+    assert sum(f.name == "TinyNet" for f in mergeplug.patches.families()) == 1
