@@ -62,6 +62,8 @@ def inject_blocks(
     seq_dim: int = 1,
     mask_kwargs: tuple[str, ...] = (),
     padding_kwargs: tuple[str, ...] = (),
+    causal_flag: str = "is_causal",
+    unsupported_kwargs: tuple[str, ...] = (),
 ) -> None:
     """Hook ``blocks`` so that tokens merge between them (see the module docstring).
 
@@ -72,6 +74,9 @@ def inject_blocks(
         mask_kwargs: keyword arguments holding an attention mask; a causal one is rebuilt for the merged
             tokens, any other raises.
         padding_kwargs: keyword arguments holding a padding mask; a block receiving one raises.
+        causal_flag: the keyword argument that says a mask is causal (``tgt_is_causal`` for decoder layers).
+        unsupported_kwargs: keyword arguments that must be None (e.g. a decoder's ``memory_mask``, whose query
+            axis would have to follow the merged tokens).
     """
     n_layers = len(blocks)
     if n_layers == 0:
@@ -85,11 +90,12 @@ def inject_blocks(
         cfg: MergeConfig = record.config
         if cfg.is_noop(n_layers):
             return None
-        for key in padding_kwargs:
+        for key in padding_kwargs + unsupported_kwargs:
             if kwargs.get(key) is not None:
                 raise NotImplementedError(
-                    f"{type(block).__name__} received a padding mask ({key}); merged tokens cannot carry it through "
-                    "a black-box block. Run without a padding mask, or write a model family in mergeplug/patches/."
+                    f"{type(block).__name__} received {key}, which cannot follow merged tokens through a black-box "
+                    "block (padding mask or per-query mask). Run without it, or write a model family in "
+                    "mergeplug/patches/."
                 )
         x = to_btc(args[0])
         if i == 0:  # a new forward: fresh state, optional merging of the input tokens
@@ -109,15 +115,15 @@ def inject_blocks(
             mask = kwargs.get(key)
             if mask is None or state.length == n:
                 continue
-            if not kwargs.get("is_causal"):
+            if not kwargs.get(causal_flag):
                 raise NotImplementedError(
-                    f"{type(block).__name__} received an attention mask ({key}) not flagged is_causal=True; only a "
+                    f"{type(block).__name__} received an attention mask ({key}) not flagged {causal_flag}=True; only a "
                     "causal mask can be rebuilt for merged tokens. Pass is_causal=True with a causal mask, run "
                     "without a mask, or write a model family in mergeplug/patches/."
                 )
             if not cfg.causal:
                 raise ValueError(
-                    f"{type(block).__name__} runs causally (is_causal=True) but merging is bidirectional: "
+                    f"{type(block).__name__} runs causally ({causal_flag}=True) but merging is bidirectional: "
                     "use mergeplug.apply(..., causal=True)"
                 )
             kwargs = {**kwargs, key: _causal_mask(state.pos, x)}
@@ -219,6 +225,30 @@ register(
             seq_dim=_encoder_seq_dim(obj),
             mask_kwargs=("src_mask",),
             padding_kwargs=("src_key_padding_mask",),
+        ),
+        modules=lambda obj: [obj],
+    )
+)
+
+
+def _decoder_seq_dim(dec: nn.TransformerDecoder) -> int:
+    first = dec.layers[0]
+    return 1 if getattr(first.self_attn, "batch_first", False) else 0
+
+
+register(
+    Family(
+        name="torch-transformer-decoder",
+        description="torch.nn.TransformerDecoder (target tokens merge between its layers; causal masks follow them)",
+        matches=lambda obj: isinstance(obj, nn.TransformerDecoder),
+        inject=lambda obj, record: inject_blocks(
+            obj.layers,
+            record,
+            seq_dim=_decoder_seq_dim(obj),
+            mask_kwargs=("tgt_mask",),
+            padding_kwargs=("tgt_key_padding_mask",),
+            causal_flag="tgt_is_causal",
+            unsupported_kwargs=("memory_mask",),
         ),
         modules=lambda obj: [obj],
     )
