@@ -149,3 +149,44 @@ def test_register_patch_for_a_custom_model():
         mergeplug.apply(TinyNet(), k=1, r=1)
     mergeplug.register_patch(TinyNet, blocks="blocks")  # registering again replaces the family
     assert sum(f.name == "TinyNet" for f in mergeplug.patches.families()) == 1
+
+
+def _mamba():
+    from transformers import MambaConfig, MambaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MambaConfig(vocab_size=100, hidden_size=32, state_size=8, num_hidden_layers=4, expand=2, conv_kernel=4)
+    return MambaForCausalLM(cfg).eval()
+
+
+def test_mamba_causal_merging_between_blocks():
+    m = _mamba()
+    ids = torch.randint(0, 100, (2, 60), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref = m(ids, use_cache=False).logits
+        mergeplug.apply(m, k=1, causal=True, r=0)
+        assert torch.equal(m(ids, use_cache=False).logits, ref)
+        mergeplug.apply(m, k=1, causal=True, r=8)
+        out = m(ids, use_cache=False).logits
+        assert out.shape == ref.shape and mergeplug.token_counts(m) == [60, 52, 44, 36, 36]
+        gen = m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False)
+        assert gen.shape == (2, 64)  # decoding continues from the state of the merged prefill
+        mergeplug.apply(m, k=1, causal=True, threshold=0.0)  # strict: the past never sees the future
+        strict = m(ids, use_cache=False).logits
+        assert mergeplug.token_counts(m)[-1] < 60
+        for t in (0, 10, 30, 50):
+            ids2 = ids.clone()
+            ids2[:, t + 1 :] = (ids2[:, t + 1 :] + 1) % 100
+            out2 = m(ids2, use_cache=False).logits
+            assert (out2[:, : t + 1] - strict[:, : t + 1]).abs().max() <= 1e-5, t
+            assert (out2[:, t + 1 :] - strict[:, t + 1 :]).abs().max() > 1e-3, t
+        mergeplug.remove(m)
+        assert torch.equal(m(ids, use_cache=False).logits, ref)
+    with pytest.raises(ValueError, match="Mamba is causal"):
+        mergeplug.apply(m, k=1, r=3)
+    mergeplug.apply(m, k=1, causal=True, r=3)
+    pad = torch.ones_like(ids)
+    pad[0, :5] = 0
+    with pytest.raises(NotImplementedError, match="attention_mask"), torch.inference_mode():
+        m(ids, attention_mask=pad, use_cache=False)
+    mergeplug.remove(m)

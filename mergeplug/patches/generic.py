@@ -64,6 +64,7 @@ def inject_blocks(
     padding_kwargs: tuple[str, ...] = (),
     causal_flag: str = "is_causal",
     unsupported_kwargs: tuple[str, ...] = (),
+    no_padding: Callable[[torch.Tensor], bool] | None = None,
 ) -> None:
     """Hook ``blocks`` so that tokens merge between them (see the module docstring).
 
@@ -77,6 +78,8 @@ def inject_blocks(
         causal_flag: the keyword argument that says a mask is causal (``tgt_is_causal`` for decoder layers).
         unsupported_kwargs: keyword arguments that must be None (e.g. a decoder's ``memory_mask``, whose query
             axis would have to follow the merged tokens).
+        no_padding: tells a padding mask that pads nothing (e.g. all ones); such a mask is dropped instead of
+            raising (``generate`` passes one).
     """
     n_layers = len(blocks)
     if n_layers == 0:
@@ -90,6 +93,10 @@ def inject_blocks(
         cfg: MergeConfig = record.config
         if cfg.is_noop(n_layers):
             return None
+        for key in padding_kwargs:
+            mask = kwargs.get(key)
+            if mask is not None and no_padding is not None and no_padding(mask):
+                kwargs = {**kwargs, key: None}
         for key in padding_kwargs + unsupported_kwargs:
             if kwargs.get(key) is not None:
                 raise NotImplementedError(
@@ -251,5 +258,43 @@ register(
             unsupported_kwargs=("memory_mask",),
         ),
         modules=lambda obj: [obj],
+    )
+)
+
+
+def _mamba_blocks(obj: nn.Module) -> nn.ModuleList:
+    return obj.backbone.layers if hasattr(obj, "backbone") else obj.layers
+
+
+def _is_mamba(obj: Any) -> bool:
+    try:
+        from transformers import MambaForCausalLM, MambaModel
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    return isinstance(obj, (MambaModel, MambaForCausalLM))
+
+
+def _check_mamba(config: MergeConfig) -> None:
+    if not config.causal:
+        raise ValueError(
+            "Mamba is causal: merge with causal=True (add threshold=... for the strict mode in which no output "
+            "depends on later inputs)"
+        )
+
+
+register(
+    Family(
+        name="mamba",
+        description="Hugging Face MambaModel / MambaForCausalLM (causal merging between Mamba blocks)",
+        matches=_is_mamba,
+        inject=lambda obj, record: inject_blocks(
+            _mamba_blocks(obj),
+            record,
+            seq_dim=1,
+            padding_kwargs=("attention_mask",),
+            no_padding=lambda mask: bool(mask.bool().all()),
+        ),
+        modules=lambda obj: [obj],
+        check=_check_mamba,
     )
 )
