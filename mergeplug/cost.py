@@ -18,6 +18,9 @@ What is counted, and the conventions (the same as PyTorch's ``torch.utils.flop_c
   module's MACs by the weight's density (exact for linear layers: every row meets the same weights).
 * Binary layers: a module with ``_mergeplug_binary = True`` (±α weights) reports its non-zero MACs as
   additions (``binary_adds``) and one multiplication per output (``binary_mults``, the α scale).
+* ``nn.TransformerEncoderLayer`` / ``nn.MultiheadAttention`` have a fused inference fast path whose products
+  no counter can see; :func:`profile` switches it off while counting (``torch.backends.mha``), which gives the
+  same products as the fused kernel computes.
 * Components: every product is attributed to the innermost modules running it and classified by module
   path into a part (``encoder`` / ``decoder`` / ``other``) and a kind (``attention`` projections,
   ``attention-scores`` for the products inside attention that are not a linear layer, ``mlp``,
@@ -429,6 +432,8 @@ def profile(
         nn.modules.module.register_module_forward_pre_hook(counter.pre),
         nn.modules.module.register_module_forward_hook(counter.post, always_call=True),
     ]
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # fused nn.Transformer*Layer kernels hide their products
     try:
         with torch.inference_mode(), counter:
             if run is not None:
@@ -436,6 +441,7 @@ def profile(
             else:
                 _default_run(obj, args, kwargs)
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         for h in hooks:
             h.remove()
     rep = counter.report

@@ -189,3 +189,12 @@ def test_profile_errors():
         profile(object())
     with pytest.raises(ValueError, match="reps must be >= 1"):
         compare(nn.Linear(2, 2), {"a": None}, torch.randn(1, 2), reps=0)
+
+
+def test_fused_transformer_layers_are_counted():
+    """nn.TransformerEncoderLayer's fused inference path hides its products; profile counts them anyway."""
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True).eval()
+    b, n = 3, 10
+    rep = profile(layer, torch.randn(b, n, 16))
+    expected = b * n * 16 * 48 + b * n * 16 * 16 + 2 * b * n * 16 * 32 + b * 2 * n * n * 8 * 2
+    assert rep.macs == expected and torch.backends.mha.get_fastpath_enabled()

@@ -1,0 +1,147 @@
+"""Merged vs unmerged forward time for every supported family, at a realistic size and a long context.
+
+``python -m mergeplug.bench_families`` builds each model from a config (random weights: speed only), then uses
+:func:`mergeplug.cost.compare` (warm-up, interleaved repetitions, medians) for the unmerged model and two merge
+settings that remove 75% of the tokens by the last layer, local (k=1) and global, and reports the MACs ratio,
+the measured speed-up, the tokens at the last layer and the relative L2 change of the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import apply, remove
+from .config import schedule_for_reduction
+from .cost import compare
+
+__all__ = ["CASES", "run", "main"]
+
+
+def _torch_encoder(n: int) -> tuple[nn.Module, Callable[[], Any], int, dict]:
+    layer = nn.TransformerEncoderLayer(512, 8, 2048, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, 6, enable_nested_tensor=False).eval()
+    x = torch.randn(4, n, 512)
+    return model, lambda: model(x), 5, {}  # merges happen between the 6 layers: 5 merge points
+
+
+def _torch_decoder(n: int) -> tuple[nn.Module, Callable[[], Any], int, dict]:
+    layer = nn.TransformerDecoderLayer(512, 8, 2048, dropout=0.0, batch_first=True)
+    model = nn.TransformerDecoder(layer, 6).eval()
+    tgt, mem = torch.randn(4, n, 512), torch.randn(4, 512, 512)
+    mask = nn.Transformer.generate_square_subsequent_mask(n)
+    return model, lambda: model(tgt, mem, tgt_mask=mask, tgt_is_causal=True), 5, {"causal": True}
+
+
+def _mamba(n: int) -> tuple[nn.Module, Callable[[], Any], int, dict]:
+    from transformers import MambaConfig, MambaForCausalLM
+
+    cfg = MambaConfig(vocab_size=4096, hidden_size=256, state_size=16, num_hidden_layers=8, expand=2)
+    model = MambaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 4096, (2, n))
+    return model, lambda: model(ids, use_cache=False).logits, 7, {"causal": True}
+
+
+def _patchtst(n: int) -> tuple[nn.Module, Callable[[], Any], int, dict]:
+    from transformers import PatchTSTConfig, PatchTSTForPrediction
+
+    cfg = PatchTSTConfig(num_input_channels=1, context_length=n, prediction_length=64, patch_length=16,
+                         patch_stride=8, d_model=256, num_attention_heads=8, num_hidden_layers=4, ffn_dim=512,
+                         loss="mse")  # fmt: skip
+    model = PatchTSTForPrediction(cfg).eval()
+    x = torch.randn(16, n, 1).cumsum(1)
+    return model, lambda: model(past_values=x).prediction_outputs, 4, {}
+
+
+def _t5_encoder(n: int) -> tuple[nn.Module, Callable[[], Any], int, dict]:
+    from transformers import T5EncoderModel
+
+    from .models import t5_config
+
+    model = T5EncoderModel(t5_config("small", vocab_size=4096)).eval()
+    ids = torch.randint(2, 4096, (4, n))
+
+    def call() -> torch.Tensor:  # a merged encoder returns its shorter sequence: copy tokens back to compare
+        out = model(ids)
+        return out.unmerged() if getattr(out, "token_source", None) is not None else out.last_hidden_state
+
+    return model, call, 6, {}
+
+
+CASES: dict[str, Callable[[int], tuple[nn.Module, Callable[[], Any], int, dict]]] = {
+    "t5 (Chronos-T5 small encoder)": _t5_encoder,
+    "patchtst (d 256, 4 layers)": _patchtst,
+    "torch-transformer-encoder (d 512, 6 layers)": _torch_encoder,
+    "torch-transformer-decoder (d 512, 6 layers, causal)": _torch_decoder,
+    "mamba (hidden 256, 8 layers)": _mamba,
+}
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def run(context: int = 2048, reps: int = 3, cases: list[str] | None = None) -> list[dict[str, Any]]:
+    """One row per (family, setting)."""
+    rows = []
+    for name, build in CASES.items():
+        if cases and not any(c in name for c in cases):
+            continue
+        torch.manual_seed(0)
+        model, call, merge_points, extra = build(context)
+        sched = schedule_for_reduction(0.75, merge_points)
+        settings = {
+            "unmerged": None,
+            "k=1, 75%": {"k": 1, **sched, **extra},
+            "global, 75%": {"k": None, **sched, **extra},
+        }
+        with torch.inference_mode():
+            ref = call()
+            diffs = {}
+            for label, kw in settings.items():
+                if kw:
+                    apply(model, **kw)
+                    diffs[label] = _rel(call(), ref)
+                    remove(model)
+        for r in compare(model, settings, run=call, reps=reps):
+            rows.append({"family": name, "context": context, **r, "output_rel_diff": diffs.get(r["label"], 0.0)})
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{'family':<54}{'setting':<14}{'MACs ratio':>11}{'time s':>9}{'speed-up':>10}{'tokens':>8}{'rel diff':>10}"
+    ]
+    for r in rows:
+        last = r["token_counts"][-1] if r.get("token_counts") else "-"
+        lines.append(
+            f"{r['family']:<54}{r['label']:<14}{r['macs_ratio']:>10.2f}x{r['time_s']:>9.3f}{r['speedup']:>9.2f}x"
+            f"{last!s:>8}{r['output_rel_diff']:>10.2e}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mergeplug.bench_families", description=__doc__.split("\n\n")[0])
+    p.add_argument("--context", type=int, default=2048)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--cases", nargs="*", default=None, help="substrings of the family names to run")
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+    rows = run(a.context, a.reps, a.cases)
+    print(format_table(rows))
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
