@@ -190,3 +190,61 @@ def test_mamba_causal_merging_between_blocks():
     with pytest.raises(NotImplementedError, match="attention_mask"), torch.inference_mode():
         m(ids, attention_mask=pad, use_cache=False)
     mergeplug.remove(m)
+
+
+def _hf_ts(kind: str, **kw):
+    from transformers import (
+        AutoformerConfig,
+        AutoformerForPrediction,
+        InformerConfig,
+        InformerForPrediction,
+        TimeSeriesTransformerConfig,
+        TimeSeriesTransformerForPrediction,
+    )
+
+    cfg_cls, model_cls = {
+        "tst": (TimeSeriesTransformerConfig, TimeSeriesTransformerForPrediction),
+        "informer": (InformerConfig, InformerForPrediction),
+        "autoformer": (AutoformerConfig, AutoformerForPrediction),
+    }[kind]
+    torch.manual_seed(0)
+    cfg = cfg_cls(prediction_length=8, context_length=48, lags_sequence=[1, 2, 3], num_time_features=1, d_model=16,
+                  encoder_layers=3, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                  encoder_ffn_dim=32, decoder_ffn_dim=32, dropout=0.0, **kw)  # fmt: skip
+    return model_cls(cfg).eval()
+
+
+def _ts_batch():
+    g = torch.Generator().manual_seed(0)
+    past = torch.randn(2, 51, generator=g).cumsum(1)
+    return dict(
+        past_values=past,
+        past_time_features=torch.linspace(0, 1, 51).expand(2, 51)[..., None],
+        past_observed_mask=torch.ones(2, 51),
+        future_values=torch.randn(2, 8, generator=g),
+        future_time_features=torch.linspace(1, 1.2, 8).expand(2, 8)[..., None],
+    )
+
+
+@pytest.mark.parametrize("kind,kw", [("tst", {}), ("informer", {"distil": False})])
+def test_hf_time_series_encoders_merge_and_restore(kind, kw):
+    model, batch = _hf_ts(kind, **kw), _ts_batch()
+    with torch.inference_mode():
+        ref = model(**batch).loss
+        mergeplug.apply(model, k=1, r=0)
+        assert torch.equal(model(**batch).loss, ref)
+        mergeplug.apply(model, k=1, ratio=0.3)
+        merged = model(**batch).loss
+        assert torch.isfinite(merged) and not torch.equal(merged, ref)
+        assert mergeplug.token_counts(model) == [48, 34, 24, 24]  # merges after encoder layers 0 and 1
+        mergeplug.remove(model)
+        assert torch.equal(model(**batch).loss, ref)
+    with pytest.raises(ValueError, match="bidirectional"):
+        mergeplug.apply(model, k=1, causal=True, r=2)
+
+
+def test_hf_time_series_unsupported_structures_say_why():
+    with pytest.raises(NotImplementedError, match="Autoformer is not supported"):
+        mergeplug.apply(_hf_ts("autoformer"), k=1, r=2)
+    with pytest.raises(NotImplementedError, match="distil=False"):
+        mergeplug.apply(_hf_ts("informer", distil=True), k=1, r=2)

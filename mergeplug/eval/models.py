@@ -200,7 +200,7 @@ class SupervisedForecaster(Forecaster):
 
     def mergeable(self) -> bool:
         if self.model is None:  # a family: its models share one class
-            return self.family == "patchtst"
+            return self.family in ("patchtst", "tst")
         return super().mergeable()
 
     def for_dataset(self, ds: EvalDataset) -> SupervisedForecaster:

@@ -65,6 +65,7 @@ def inject_blocks(
     causal_flag: str = "is_causal",
     unsupported_kwargs: tuple[str, ...] = (),
     no_padding: Callable[[torch.Tensor], bool] | None = None,
+    padding_args: tuple[int, ...] = (),
 ) -> None:
     """Hook ``blocks`` so that tokens merge between them (see the module docstring).
 
@@ -80,6 +81,7 @@ def inject_blocks(
             axis would have to follow the merged tokens).
         no_padding: tells a padding mask that pads nothing (e.g. all ones); such a mask is dropped instead of
             raising (``generate`` passes one).
+        padding_args: positions (in ``args``) of padding / attention masks, handled like ``padding_kwargs``.
     """
     n_layers = len(blocks)
     if n_layers == 0:
@@ -97,6 +99,16 @@ def inject_blocks(
             mask = kwargs.get(key)
             if mask is not None and no_padding is not None and no_padding(mask):
                 kwargs = {**kwargs, key: None}
+        for pos in padding_args:
+            mask = args[pos] if len(args) > pos else None
+            if mask is None:
+                continue
+            if no_padding is None or not no_padding(mask):
+                raise NotImplementedError(
+                    f"{type(block).__name__} received a padding / attention mask, which cannot follow merged tokens "
+                    "through a black-box block. Run without padding, or write a model family in mergeplug/patches/."
+                )
+            args = (*args[:pos], None, *args[pos + 1 :])
         for key in padding_kwargs + unsupported_kwargs:
             if kwargs.get(key) is not None:
                 raise NotImplementedError(
@@ -296,5 +308,64 @@ register(
         ),
         modules=lambda obj: [obj],
         check=_check_mamba,
+    )
+)
+
+
+def _hf_ts_encoder_layers(obj: nn.Module) -> nn.ModuleList:
+    """The encoder layers of a Hugging Face time-series Transformer, or a clear error for the unsupported ones."""
+    name = type(obj).__name__
+    if name.startswith("Autoformer"):
+        raise NotImplementedError(
+            "Autoformer is not supported: its series decomposition and auto-correlation work on the regular time "
+            "grid (moving averages and period-based delays over positions), which merged tokens no longer form. "
+            "Use TimeSeriesTransformer, Informer (distil=False) or PatchTST."
+        )
+    if name.startswith("Informer") and getattr(obj.config, "distil", False):
+        raise NotImplementedError(
+            "Informer with distil=True halves the sequence between its encoder layers with convolutions, which "
+            "cannot run on merged tokens; build it with distil=False to merge."
+        )
+    base = obj.model if hasattr(obj, "model") else obj
+    return base.encoder.layers
+
+
+def _is_hf_ts(obj: Any) -> bool:
+    try:
+        from transformers import (
+            AutoformerForPrediction,
+            AutoformerModel,
+            InformerForPrediction,
+            InformerModel,
+            TimeSeriesTransformerForPrediction,
+            TimeSeriesTransformerModel,
+        )
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    classes = (TimeSeriesTransformerForPrediction, TimeSeriesTransformerModel, InformerForPrediction, InformerModel,
+               AutoformerForPrediction, AutoformerModel)  # fmt: skip
+    return isinstance(obj, classes)
+
+
+def _check_hf_ts(config: MergeConfig) -> None:
+    if config.causal:
+        raise ValueError("the encoder of a time-series Transformer is bidirectional: use causal=False")
+
+
+def _no_mask(mask: torch.Tensor) -> bool:
+    return bool((mask == 0).all()) if mask.is_floating_point() else bool(mask.bool().all())
+
+
+register(
+    Family(
+        name="hf-time-series",
+        description="Hugging Face TimeSeriesTransformer / Informer (distil=False) models: merging between encoder "
+        "layers, every position restored before the decoder (Autoformer raises NotImplementedError)",
+        matches=_is_hf_ts,
+        inject=lambda obj, record: inject_blocks(
+            _hf_ts_encoder_layers(obj), record, seq_dim=1, padding_args=(1,), no_padding=_no_mask
+        ),
+        modules=lambda obj: [obj],
+        check=_check_hf_ts,
     )
 )
