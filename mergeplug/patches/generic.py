@@ -228,49 +228,38 @@ def register_patch(
     return register(family, first=True)  # user families win over the built-in ones
 
 
-def _encoder_seq_dim(enc: nn.TransformerEncoder) -> int:
-    first = enc.layers[0]
-    return 1 if getattr(first.self_attn, "batch_first", False) else 0
+def _register_torch_stack(cls: type, name: str, description: str, **block_options: Any) -> None:
+    """A family for a ``torch.nn`` stack whose ``layers`` exchange (B, T, C) or (T, B, C) hidden states."""
 
+    def seq_dim(stack: nn.Module) -> int:
+        return 1 if getattr(stack.layers[0].self_attn, "batch_first", False) else 0
 
-register(
-    Family(
-        name="torch-transformer-encoder",
-        description="torch.nn.TransformerEncoder (batch_first or not; tokens merge between its layers)",
-        matches=lambda obj: isinstance(obj, nn.TransformerEncoder),
-        inject=lambda obj, record: inject_blocks(
-            obj.layers,
-            record,
-            seq_dim=_encoder_seq_dim(obj),
-            mask_kwargs=("src_mask",),
-            padding_kwargs=("src_key_padding_mask",),
-        ),
-        modules=lambda obj: [obj],
+    register(
+        Family(
+            name=name,
+            description=description,
+            matches=lambda obj: isinstance(obj, cls),
+            inject=lambda obj, record: inject_blocks(obj.layers, record, seq_dim=seq_dim(obj), **block_options),
+            modules=lambda obj: [obj],
+        )
     )
+
+
+_register_torch_stack(
+    nn.TransformerEncoder,
+    "torch-transformer-encoder",
+    "torch.nn.TransformerEncoder (batch_first or not; tokens merge between its layers)",
+    mask_kwargs=("src_mask",),
+    padding_kwargs=("src_key_padding_mask",),
 )
-
-
-def _decoder_seq_dim(dec: nn.TransformerDecoder) -> int:
-    first = dec.layers[0]
-    return 1 if getattr(first.self_attn, "batch_first", False) else 0
-
-
-register(
-    Family(
-        name="torch-transformer-decoder",
-        description="torch.nn.TransformerDecoder (target tokens merge between its layers; causal masks follow them)",
-        matches=lambda obj: isinstance(obj, nn.TransformerDecoder),
-        inject=lambda obj, record: inject_blocks(
-            obj.layers,
-            record,
-            seq_dim=_decoder_seq_dim(obj),
-            mask_kwargs=("tgt_mask",),
-            padding_kwargs=("tgt_key_padding_mask",),
-            causal_flag="tgt_is_causal",
-            unsupported_kwargs=("memory_mask",),
-        ),
-        modules=lambda obj: [obj],
-    )
+_register_torch_stack(
+    nn.TransformerDecoder,
+    "torch-transformer-decoder",
+    "torch.nn.TransformerDecoder (target tokens merge between its layers; causal masks follow them)",
+    mask_kwargs=("tgt_mask",),
+    padding_kwargs=("tgt_key_padding_mask",),
+    causal_flag="tgt_is_causal",
+    unsupported_kwargs=("memory_mask",),
 )
 
 
