@@ -12,6 +12,23 @@ from .run import MERGE_KEYS, run
 QUICK = ["m3_monthly", "tourism_quarterly", "electricity_hourly"]
 
 
+TAGS = ("offline", "competition", "long", "online")
+
+
+def _expand(items: list[str]) -> list[str]:
+    """Dataset names, with a tag (offline, competition, long, online) standing for all its datasets."""
+    out: list[str] = []
+    for item in items:
+        out += [s.name for s in list_datasets(item)] if item in TAGS else [item]
+    return out
+
+
+def _fail(exc: Exception) -> int:
+    """Print a clear one-line error and return the CLI's error status."""
+    print(f"mergeplug-eval: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mergeplug-eval", description="Speed-up and accuracy change of token merging.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -96,16 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return _precheck(args)
         except (KeyError, ValueError, OfflineError, OSError) as exc:
-            print(f"mergeplug-eval: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
-            return 2
+            return _fail(exc)
     if args.command == "card":
         from ..hub import model_card
 
         try:
             card = model_card(args.directory, results=args.results, license=args.license, model_name=args.name)
         except (ValueError, OSError) as exc:
-            print(f"mergeplug-eval: error: {exc}", file=sys.stderr)
-            return 2
+            return _fail(exc)
         path = f"{args.directory.rstrip('/')}/README.md"
         card.save(path)
         print(path)
@@ -128,13 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         except (KeyError, ValueError, OfflineError, OSError) as exc:
-            print(f"mergeplug-eval: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
-            return 2
+            return _fail(exc)
         return 0
-    tags = {"offline", "competition", "long", "online"}
-    datasets = []
-    for item in args.datasets:
-        datasets += [s.name for s in list_datasets(item)] if item in tags else [item]
+    datasets = _expand(args.datasets)
     try:
         run(
             args.model,
@@ -151,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
         )
     except (KeyError, ValueError, OfflineError, OSError) as exc:
-        print(f"mergeplug-eval: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
-        return 2
+        return _fail(exc)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:
@@ -177,10 +187,7 @@ def _precheck(args: argparse.Namespace) -> int:
         print((Path(args.out) / "report.md").read_text())
         print(f"calibration: {args.out}/precheck_calibration.json (statistic {cal['statistic']})")
         return 0
-    tags = {"offline", "competition", "long", "online"}
-    names: list[str] = []
-    for item in args.datasets:
-        names += [s.name for s in list_datasets(item)] if item in tags else [item]
+    names = _expand(args.datasets)
     texts, saved = [], {}
     for name in names:
         ds = load_dataset(name, prediction_length=args.prediction_length)
