@@ -14,7 +14,16 @@ from chronos.chronos import ChronosConfig, ChronosModel
 from chronos.chronos_bolt import ChronosBoltModelForForecasting
 from transformers import T5Config, T5ForConditionalGeneration
 
-__all__ = ["SIZES", "t5_config", "chronos_t5_config", "chronos_bolt_config", "chronos_t5", "chronos_bolt", "chronos2"]
+__all__ = [
+    "SIZES",
+    "t5_config",
+    "chronos_t5_config",
+    "chronos_bolt_config",
+    "chronos_t5",
+    "chronos_causal",
+    "chronos_bolt",
+    "chronos2",
+]
 
 Size = Literal["test", "tiny", "mini", "small", "base"]
 
@@ -101,6 +110,45 @@ def chronos_t5(
     config.chronos_config = chronos_kwargs
     torch.manual_seed(seed)
     inner = T5ForConditionalGeneration(config).eval()
+    chronos_config = ChronosConfig(**chronos_kwargs)
+    return ChronosPipeline(
+        tokenizer=chronos_config.create_tokenizer(), model=ChronosModel(config=chronos_config, model=inner)
+    )
+
+
+def chronos_causal(
+    size: Size = "small",
+    *,
+    backbone: Literal["gpt2", "llama"] = "gpt2",
+    context_length: int = 512,
+    prediction_length: int = 64,
+    num_samples: int = 20,
+    seed: int = 0,
+) -> ChronosPipeline:
+    """A decoder-only Chronos (``model_type="causal"``) with random weights, in eval mode, float32.
+
+    The backbone has the width of ``size`` and as many blocks as its encoder and decoder together: GPT-2
+    (absolute positions, as in the Chronos paper's decoder-only model) or Llama (rotary positions).
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
+    if backbone not in ("gpt2", "llama"):
+        raise ValueError(f"unknown backbone {backbone!r}; choose 'gpt2' or 'llama'")
+    chronos_kwargs = {**chronos_t5_config(context_length, prediction_length, num_samples), "model_type": "causal"}
+    d_model, d_ff, heads, layers, _ = SIZES[size]
+    n_positions = context_length + prediction_length + 1
+    special = dict(vocab_size=4096, pad_token_id=0, eos_token_id=1, bos_token_id=None)
+    if backbone == "gpt2":
+        config = GPT2Config(n_embd=d_model, n_inner=d_ff, n_head=heads, n_layer=2 * layers, n_positions=n_positions,
+                            **special)  # fmt: skip
+    else:
+        config = LlamaConfig(hidden_size=d_model, intermediate_size=d_ff, num_attention_heads=heads,
+                             num_hidden_layers=2 * layers, max_position_embeddings=n_positions, **special)  # fmt: skip
+    config.chronos_config = chronos_kwargs
+    torch.manual_seed(seed)
+    inner = (GPT2LMHeadModel if backbone == "gpt2" else LlamaForCausalLM)(config).eval()
     chronos_config = ChronosConfig(**chronos_kwargs)
     return ChronosPipeline(
         tokenizer=chronos_config.create_tokenizer(), model=ChronosModel(config=chronos_config, model=inner)

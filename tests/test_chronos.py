@@ -287,11 +287,3 @@ def test_unsupported_objects_raise_type_error():
         mergeplug.apply(nn.Linear(3, 3), r=1)
     with pytest.raises(TypeError, match="does not support"):
         mergeplug.remove("not a model")
-
-
-def test_decoder_only_chronos_is_rejected_clearly():
-    pipe = chronos_t5("test")
-    pipe.model.config.model_type = "causal"
-    with pytest.raises(TypeError, match="decoder-only"):
-        mergeplug.apply(pipe, r=2)
-    _assert_pristine(pipe)

@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from .base import Family, PatchRecord, register, swap_class
+from .causal_lm import check_causal_lm_config, inject_causal_lm
 from .t5 import MergedEncoderOutput, check_encoder_config, inject_encoder, inject_seq2seq
 
 try:  # chronos-forecasting is a dependency, but keep the import error readable
@@ -66,13 +67,11 @@ class _MergingBolt:
 
 
 def _chronos_t5_model(obj: Any) -> ChronosModel:
-    model = obj.model if isinstance(obj, ChronosPipeline) else obj
-    if model.config.model_type != "seq2seq":
-        raise TypeError(
-            f"Chronos with model_type={model.config.model_type!r} (decoder-only) is not supported yet: "
-            "mergeplug merges the T5 encoder of seq2seq Chronos models"
-        )
-    return model
+    return obj.model if isinstance(obj, ChronosPipeline) else obj
+
+
+def _is_chronos(obj: Any, model_type: str) -> bool:
+    return isinstance(obj, (ChronosPipeline, ChronosModel)) and _chronos_t5_model(obj).config.model_type == model_type
 
 
 def _inject_chronos_t5(obj: Any, record: PatchRecord) -> None:
@@ -105,7 +104,7 @@ register(
     Family(
         name="chronos-t5",
         description="chronos.ChronosPipeline (Chronos-T5, seq2seq) or its ChronosModel",
-        matches=lambda obj: isinstance(obj, (ChronosPipeline, ChronosModel)),
+        matches=lambda obj: _is_chronos(obj, "seq2seq"),
         inject=_inject_chronos_t5,
         check=check_encoder_config,
         modules=_modules(lambda obj: obj.model if isinstance(obj, ChronosPipeline) else obj),
@@ -119,5 +118,16 @@ register(
         inject=_inject_bolt,
         check=check_encoder_config,
         modules=_modules(_bolt_model),
+    )
+)
+register(
+    Family(
+        name="chronos-causal",
+        description="chronos.ChronosPipeline / ChronosModel with model_type='causal' (a decoder-only LM: causal "
+        "merging in the prefill of the context, see mergeplug.patches.causal_lm)",
+        matches=lambda obj: _is_chronos(obj, "causal"),
+        inject=lambda obj, record: inject_causal_lm(_chronos_t5_model(obj).model, record),
+        check=check_causal_lm_config,
+        modules=_modules(lambda obj: _chronos_t5_model(obj).model),
     )
 )

@@ -1,0 +1,276 @@
+"""Causal local merging in decoder-only Transformers: Hugging Face causal LMs and decoder-only Chronos.
+
+Supported: GPT-2-style models (absolute position embeddings added before the blocks ``.h``; e.g.
+``GPT2LMHeadModel`` / ``GPT2Model``) and Llama-style models (rotary position embeddings handed to every block
+of ``.layers``; e.g. ``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM``), and Chronos with
+``model_type="causal"`` (``ChronosPipeline`` / ``ChronosModel`` around such a causal LM).
+
+**Prefill** (a forward with an empty or no KV cache): tokens merge *between* blocks, causally (a token merges
+only into a later one, and a merged token sits at its latest member), so every later block runs on the shorter
+sequence. Each merged block gets
+
+* an attention mask rebuilt from the tokens' positions (query i sees key j iff pos_j <= pos_i; padding and
+  empty slots never), plus ``log(size)`` of every key (proportional attention, unless turned off);
+* rotary embeddings gathered at the merged tokens' positions (the latest member's; the original cos/sin,
+  which already account for left padding, are reused), so RoPE follows the merged tokens. GPT-2 adds its
+  position embeddings before the first block, so nothing is needed there.
+
+After the last block every position gets an output again (:func:`~mergeplug.merge.causal_unmerge`), so the
+LM head sees the full sequence. The first block always sees every token, so the cache length that ``generate``
+reads (the first layer's) and the positions it derives stay right.
+
+**Decoding** after a merged prefill: the KV cache of block ``i`` holds the ``T_i`` tokens that entered it.
+Every later step builds, for each block, the mask over its own cached tokens (sizes and empty slots kept from
+the prefill) plus the new ones, so ``generate()`` (greedy, sampling, beam search: the per-row cache facts are
+reordered with the cache) continues from the merged prefill.
+
+Guarantees: with ``threshold`` (strict mode) every output at position p depends only on inputs at positions
+<= p; with ``r`` / ``ratio`` the choice of merges can depend on later inputs, which is fine for a prefill whose
+only used output is the last position (forecasting, generation).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import MergeConfig
+from ..merge import MergeState, causal_unmerge, match, merge_step
+from .base import Family, PatchRecord, mark, register, swap_class
+
+__all__ = ["inject_causal_lm", "find_stack", "check_causal_lm_config"]
+
+
+def find_stack(obj: nn.Module) -> tuple[nn.Module, nn.ModuleList, bool]:
+    """The decoder stack of a causal LM: (base model, blocks, uses rotary embeddings).
+
+    Raises:
+        TypeError: the model has no GPT-2-style (``.h``) or Llama-style (``.layers`` + ``.rotary_emb``) stack.
+    """
+    base = getattr(obj, "base_model", obj)
+    blocks = getattr(base, "h", None)
+    if isinstance(blocks, nn.ModuleList) and hasattr(blocks[0], "attn") and hasattr(base, "wpe"):
+        return base, blocks, False
+    blocks = getattr(base, "layers", None)
+    if isinstance(blocks, nn.ModuleList) and hasattr(blocks[0], "self_attn") and hasattr(base, "rotary_emb"):
+        return base, blocks, True
+    raise TypeError(
+        f"{type(obj).__name__}: no GPT-2-style (.h blocks, .wpe) or Llama-style (.layers with self_attn, "
+        ".rotary_emb) decoder stack found; register your model with mergeplug.register_patch(...)"
+    )
+
+
+def _is_causal_lm(obj: Any) -> bool:
+    from transformers import PreTrainedModel
+
+    if not isinstance(obj, PreTrainedModel) or getattr(obj.config, "is_encoder_decoder", False):
+        return False
+    try:
+        find_stack(obj)
+    except TypeError:
+        return False
+    return True
+
+
+class _Args:
+    """Read and replace a block's arguments by name, whether they came positionally or as keywords."""
+
+    def __init__(self, fn: Any) -> None:
+        self.names = list(inspect.signature(fn).parameters)
+
+    def get(self, args: tuple, kwargs: dict, name: str) -> Any:
+        if name in kwargs:
+            return kwargs[name]
+        i = self.names.index(name) if name in self.names else len(args)
+        return args[i] if i < len(args) else None
+
+    def set(self, args: tuple, kwargs: dict, name: str, value: Any) -> tuple[tuple, dict]:
+        i = self.names.index(name) if name in self.names else len(args)
+        if name not in kwargs and i < len(args):
+            return (*args[:i], value, *args[i + 1 :]), kwargs
+        return args, {**kwargs, name: value}
+
+
+def _mask(
+    q_pos: torch.Tensor, k_pos: torch.Tensor, k_size: torch.Tensor, k_mask: torch.Tensor, dtype: torch.dtype, prop: bool
+) -> torch.Tensor:
+    """(B, 1, Q, K) additive attention mask: query i sees key j iff k_pos_j <= q_pos_i and key j is real.
+
+    Args:
+        q_pos: (B, Q) query positions; k_pos / k_size / k_mask: (B, K) key positions, sizes, real-token mask.
+        prop: add log(size) of every visible key (proportional attention).
+    """
+    allowed = (k_pos[:, None, :] <= q_pos[:, :, None]) & k_mask[:, None, :]
+    bias = k_size.clamp_min(1e-6).log()[:, None, :] if prop else torch.zeros_like(k_size)[:, None, :]
+    out = torch.where(allowed, bias.to(dtype), torch.finfo(dtype).min)
+    return out[:, None]
+
+
+def _gather_rope(pe: tuple[torch.Tensor, torch.Tensor], pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary (cos, sin), each (B or 1, N, D), taken at positions ``pos`` (B, T) -> (B, T, D) each."""
+    idx = pos.clamp(0, pe[0].shape[1] - 1).long()
+    n_b = idx.shape[0]
+    return tuple(t.expand(n_b, -1, -1).gather(1, idx[..., None].expand(-1, -1, t.shape[-1])) for t in pe)
+
+
+def inject_causal_lm(model: nn.Module, record: PatchRecord) -> None:
+    """Hook the decoder stack of ``model`` (see the module docstring) and, for a model with ``generate``,
+    swap its class so beam search reorders the merged cache's per-row facts with the cache."""
+    base, blocks, rope = find_stack(model)
+    n_layers = len(blocks)
+    scratch = record.scratch
+    spec, base_spec = _Args(blocks[0].forward), _Args(base.forward)
+
+    def base_pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        cfg: MergeConfig = record.config
+        scratch["phase"] = None
+        if cfg.is_noop(n_layers):
+            return
+        mask = base_spec.get(args, kwargs, "attention_mask")
+        if mask is not None and mask.dim() != 2:
+            raise NotImplementedError(
+                f"{type(module).__name__} received a {mask.dim()}-D attention_mask; mergeplug rebuilds the mask for "
+                "merged tokens from a 2-D padding mask (batch, length) only. Pass a 2-D mask or none."
+            )
+        scratch["pad"] = mask
+
+    def pre(i: int, block: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        cfg: MergeConfig = record.config
+        if cfg.is_noop(n_layers):
+            return None
+        x = args[0] if args else kwargs["hidden_states"]
+        cache = spec.get(args, kwargs, "cache")
+        past = 0 if cache is None else _cached_length(cache, i, x.shape[1])
+        if i == 0:
+            ours = scratch.get("kv") and scratch.get("cache_id") == id(cache)
+            scratch["phase"] = "prefill" if past == 0 else ("decode" if ours else None)
+            if scratch["phase"] == "prefill":
+                _start_prefill(x, cache, spec.get(args, kwargs, "position_embeddings") if rope else None)
+        phase = scratch.get("phase")
+        if phase == "prefill" and i > 0:
+            state: MergeState = scratch["state"]
+            if cache is not None:
+                scratch["kv"][i] = [state.pos.clone(), state.size.clone(), state.mask.clone()]
+            if state.length < state.source.shape[1] or not bool(state.mask.all()):
+                m = _mask(state.pos, state.pos, state.size, state.mask, x.dtype, cfg.proportional_attention)
+                args, kwargs = spec.set(args, kwargs, "attention_mask", m)
+                if rope:
+                    pe = _gather_rope(scratch["rope"], state.pos)
+                    args, kwargs = spec.set(args, kwargs, "position_embeddings", pe)
+            return args, kwargs
+        if phase == "decode" and i > 0:
+            return spec.set(args, kwargs, "attention_mask", _decode_mask(i, x, cfg.proportional_attention))
+        return None
+
+    def _start_prefill(x: torch.Tensor, cache: Any, pe: Any) -> None:
+        n_b, n, _ = x.shape
+        pad = scratch.pop("pad", None)
+        mask = None if pad is None else pad[:, -n:].bool()
+        scratch["state"] = MergeState.init(n_b, n, mask=mask, causal=True, device=x.device, dtype=torch.float32)
+        scratch["token_counts"] = [n]
+        scratch["kv"] = {} if cache is not None else None
+        scratch["cache_id"] = id(cache)
+        scratch["next"] = n
+        scratch["rope"] = pe
+
+    def _decode_mask(i: int, x: torch.Tensor, prop: bool) -> torch.Tensor:
+        k_pos, k_size, k_mask = scratch["kv"][i]
+        n_b, q = x.shape[:2]
+        if k_pos.shape[0] != n_b:
+            raise RuntimeError(
+                f"the merged KV cache holds {k_pos.shape[0]} rows but this step has {n_b}: rows were added or "
+                "dropped after a merged prefill. Run the prefill with the final batch (generate expands it first)."
+            )
+        start = scratch["next"]
+        new_pos = torch.arange(start, start + q, device=x.device, dtype=k_pos.dtype).expand(n_b, q)
+        pad = scratch.get("pad")
+        new_mask = torch.ones(n_b, q, dtype=torch.bool, device=x.device) if pad is None else pad[:, -q:].bool()
+        k_pos = torch.cat([k_pos, new_pos], 1)
+        k_size = torch.cat([k_size, torch.ones_like(new_pos)], 1)
+        k_mask = torch.cat([k_mask, new_mask], 1)
+        scratch["kv"][i] = [k_pos, k_size, k_mask]
+        return _mask(new_pos, k_pos, k_size, k_mask, x.dtype, prop)
+
+    def post(i: int, block: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
+        cfg: MergeConfig = record.config
+        phase = scratch.get("phase")
+        if phase == "decode" and i == n_layers - 1:
+            scratch["next"] += (args[0] if args else kwargs["hidden_states"]).shape[1]
+        if phase != "prefill":
+            return None
+        state: MergeState = scratch["state"]
+        h = out if isinstance(out, torch.Tensor) else out[0]
+        r = cfg.merges_at(i, state.length)
+        if i < n_layers - 1 and (r > 0 or cfg.threshold is not None):
+            strict = cfg.threshold is not None
+            dst, t_new = match(h, state, r=None if strict else r, threshold=cfg.threshold, k=cfg.k)
+            if t_new < state.length:
+                h = merge_step(h, state, dst, t_new)
+        scratch["token_counts"].append(state.length)
+        if i == n_layers - 1:
+            h = causal_unmerge(h, state)
+            scratch["state"] = None
+            scratch["phase"] = "decode" if scratch["kv"] is not None else None
+        return h if isinstance(out, torch.Tensor) else (h, *out[1:])
+
+    record.hooks.append(base.register_forward_pre_hook(base_pre, with_kwargs=True))
+    mark(base, record)
+    for i, block in enumerate(blocks):
+        mark(block, record)
+        record.hooks.append(block.register_forward_pre_hook(lambda m, a, kw, i=i: pre(i, m, a, kw), with_kwargs=True))
+        record.hooks.append(
+            block.register_forward_hook(lambda m, a, kw, o, i=i: post(i, m, a, kw, o), with_kwargs=True)
+        )
+    if hasattr(model, "generate") and model is not base:
+        swap_class(model, _ReorderingLM, record)
+        model._mergeplug_scratch = scratch  # removed with the class swap by restore()
+
+
+def _cached_length(cache: Any, layer: int, q: int) -> int:
+    """Tokens already in the cache of ``layer`` before this step (0 at a prefill)."""
+    try:
+        return int(cache.get_seq_length(layer))
+    except (TypeError, IndexError, AttributeError):  # pragma: no cover - caches without per-layer lengths
+        return int(cache.get_seq_length())
+
+
+class _ReorderingLM:
+    """Mixin for a patched causal LM: beam search reorders the merged cache's per-row facts with the cache."""
+
+    def _reorder_cache(self, cache: Any, beam_idx: torch.Tensor) -> Any:
+        kv = getattr(self, "_mergeplug_scratch", {}).get("kv")
+        if kv:
+            for i, facts in kv.items():
+                kv[i] = [t.index_select(0, beam_idx.to(t.device)) for t in facts]
+        cache.reorder_cache(beam_idx)
+        return cache
+
+
+def check_causal_lm_config(config: MergeConfig) -> None:
+    """Settings a decoder-only model can run (causal, no input merging)."""
+    if not config.causal:
+        raise ValueError(
+            "decoder-only models are causal: merge with causal=True (add threshold=... for the strict mode in "
+            "which no output depends on later inputs)"
+        )
+    if config.input_ratio:
+        raise ValueError(
+            "input_ratio is not supported for decoder-only models: the first block must see every token so that "
+            "the KV cache length generate() reads stays the sequence length; use r / ratio / threshold"
+        )
+
+
+register(
+    Family(
+        name="causal-lm",
+        description="Hugging Face decoder-only LMs: GPT-2-style (.h, absolute positions) and Llama-style "
+        "(.layers, rotary positions) — causal merging between blocks in the prefill, generate() on the merged cache",
+        matches=_is_causal_lm,
+        inject=inject_causal_lm,
+        modules=lambda obj: [obj],
+        check=check_causal_lm_config,
+    )
+)
