@@ -75,12 +75,33 @@ def _t5_encoder(n: int) -> tuple[nn.Module, Callable[[], Any], int, dict]:
     return model, call, 6, {}
 
 
+def _causal_lm(backbone: str) -> Callable[[int], tuple[nn.Module, Callable[[], Any], int, dict]]:
+    """A decoder-only LM's prefill (KV cache built, logits of the last position only, as ``generate`` does)."""
+
+    def build(n: int) -> tuple[nn.Module, Callable[[], Any], int, dict]:
+        from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+        if backbone == "gpt2":  # GPT-2 small's width and depth, Chronos' vocabulary
+            cfg = GPT2Config(vocab_size=4096, n_positions=n, n_embd=768, n_layer=12, n_head=12)
+            model = GPT2LMHeadModel(cfg).eval()
+        else:
+            cfg = LlamaConfig(vocab_size=4096, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                              num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=n)  # fmt: skip
+            model = LlamaForCausalLM(cfg).eval()
+        ids = torch.randint(2, 4096, (max(1, 4096 // n), n))
+        return model, lambda: model(ids, use_cache=True, logits_to_keep=1).logits, 11, {"causal": True}
+
+    return build
+
+
 CASES: dict[str, Callable[[int], tuple[nn.Module, Callable[[], Any], int, dict]]] = {
     "t5 (Chronos-T5 small encoder)": _t5_encoder,
     "patchtst (d 256, 4 layers)": _patchtst,
     "torch-transformer-encoder (d 512, 6 layers)": _torch_encoder,
     "torch-transformer-decoder (d 512, 6 layers, causal)": _torch_decoder,
     "mamba (hidden 256, 8 layers)": _mamba,
+    "causal-lm GPT-2 (d 768, 12 layers, prefill)": _causal_lm("gpt2"),
+    "causal-lm Llama (d 768, 12 layers, RoPE, prefill)": _causal_lm("llama"),
 }
 
 

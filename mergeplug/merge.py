@@ -40,6 +40,7 @@ from .cost import scope
 __all__ = [
     "MergeState",
     "band_scores",
+    "group_mean_scores",
     "match",
     "merge_tokens",
     "unmerge",
@@ -194,6 +195,29 @@ def _pair_rules(scores: torch.Tensor, cand: torch.Tensor, state: MergeState) -> 
     return scores.masked_fill(never, _NEVER)
 
 
+def group_mean_scores(scores: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average band scores over the rows of each group, so that one merge decision serves a whole group.
+
+    Args:
+        scores: (B, Ta, W) band scores of every row (after the protection / padding rules; ``-inf`` = never).
+        groups: (B,) integer group label of every row (any values; equal labels = one group).
+
+    Returns:
+        mean: (G, Ta, W) mean score of each group, G = number of distinct labels (in sorted label order). A pair
+            that may never merge in *any* row of a group (``-inf``) stays ``-inf`` for the group.
+        inverse: (B,) long, the group index (row of ``mean``) of every row.
+    """
+    if groups.ndim != 1 or groups.shape[0] != scores.shape[0]:
+        raise ValueError(f"groups must have shape (B,) = ({scores.shape[0]},), got {tuple(groups.shape)}")
+    labels, inverse = torch.unique(groups, return_inverse=True)
+    n_g = labels.shape[0]
+    total = scores.new_zeros((n_g, *scores.shape[1:])).index_add_(0, inverse, scores)
+    count = torch.zeros(n_g, dtype=scores.dtype, device=scores.device).index_add_(
+        0, inverse, torch.ones_like(inverse, dtype=scores.dtype)
+    )
+    return total / count[:, None, None], inverse
+
+
 @scope("matching")
 def match(
     metric: torch.Tensor,
@@ -202,6 +226,7 @@ def match(
     r: int | None = None,
     threshold: float | None = None,
     k: int | None = 1,
+    groups: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Choose the merges of one step and return the destination map.
 
@@ -215,6 +240,12 @@ def match(
             its predecessor is >= threshold into its successor; counts vary per row.
         k: band width (see :func:`band_scores`); in strict causal mode the predecessor is searched among the
             previous ``k`` tokens (the best one counts).
+        groups: optional (B,) integer group label of every row (``r`` mode only). The rows of a group get one
+            merge decision: their band scores (after the protection / padding rules of every row) are averaged
+            over the group (:func:`group_mean_scores`) before choosing, so all rows of a group share one
+            destination map and their token ``t`` stands for the same input positions (needed when attention
+            also runs across the rows of a group). A pair that may not merge in one row of a group merges in
+            none. The cap on ``r`` is the most constrained group's. ``None``: every row decides alone.
 
     Returns:
         dst: (B, T) long, destination slot of every token.
@@ -228,12 +259,17 @@ def match(
     if threshold is not None:
         if not state.causal:
             raise ValueError("threshold merging is the strict causal mode: create the MergeState with causal=True")
+        if groups is not None:
+            raise ValueError("groups (one merge decision per group of rows) is supported in r mode only, not threshold")
         vac_a, target = _strict_causal_choice(metric, state, threshold, k)
     else:
         assert r is not None, "match() needs r or threshold"
         scores, cand = band_scores(metric, k, causal=state.causal)
         scores = _pair_rules(scores, cand, state)
-        best, arg = scores.max(dim=-1)  # (B, Ta)
+        inverse = None
+        if groups is not None:  # one decision per group: (G, Ta, W) mean scores, broadcast back below
+            scores, inverse = group_mean_scores(scores, groups.to(device))
+        best, arg = scores.max(dim=-1)  # (B, Ta), or (G, Ta) with groups
         mergeable = (best > _NEVER).sum(dim=1).min().item()
         r = min(r, int(mergeable))
         if r <= 0:
@@ -241,6 +277,8 @@ def match(
         order = best.argsort(dim=-1, descending=True, stable=True)[:, :r]  # (B, r) A indices
         vac_a = torch.zeros_like(best, dtype=torch.bool).scatter_(1, order, True)
         target = 2 * cand[torch.arange(cand.shape[0], device=device)[None, :], arg] + 1  # (B, Ta) seq index
+        if inverse is not None:  # every row takes its group's decision
+            vac_a, target = vac_a[inverse], target[inverse]
     vacated = torch.zeros(n_b, t, dtype=torch.bool, device=device)
     vacated[:, idx_a] = vac_a
     keep = ~vacated
@@ -339,15 +377,23 @@ def unmerge(x: torch.Tensor, source: MergeState | torch.Tensor) -> torch.Tensor:
 
 
 def causal_unmerge(x: torch.Tensor, state: MergeState) -> torch.Tensor:
-    """Causal restoration: position p gets the latest token whose position is <= p. (B, T', C) -> (B, N, C).
+    """Causal restoration: position p gets the latest token of its kind (real or padding, per ``state.mask``)
+    whose position is <= p. (B, T', C) -> (B, N, C).
 
     Requires a causal state (positions = latest member, ascending, empty slots at +inf). A position with no
     token at or before it (only possible in the non-strict mode) falls back to the token that holds it.
     """
     if not state.causal:
         raise ValueError("causal_unmerge needs a causal MergeState (causal=True)")
-    n = state.source.shape[1]
-    orig = torch.arange(n, device=x.device, dtype=state.pos.dtype).expand(x.shape[0], n).contiguous()
-    idx = torch.searchsorted(state.pos.contiguous(), orig, right=True) - 1
+    n_b, n = state.source.shape
+    orig = torch.arange(n, device=x.device, dtype=state.pos.dtype).expand(n_b, n).contiguous()
+    idx = torch.searchsorted(state.pos.contiguous(), orig, right=True) - 1  # latest token at or before p
+    # ... of the position's own kind (real / padding), so padding never fills a real position and vice versa
+    ar = torch.arange(state.length, device=x.device).expand(n_b, -1)
+    last_real = torch.where(state.mask, ar, -1).cummax(dim=1).values
+    last_pad = torch.where(state.mask, -1, ar).cummax(dim=1).values
+    real = state.mask.gather(1, state.source)  # (B, N) is position p a real token
+    safe = idx.clamp_min(0)
+    idx = torch.where(idx >= 0, torch.where(real, last_real.gather(1, safe), last_pad.gather(1, safe)), -1)
     idx = torch.where(idx >= 0, idx, state.source)
     return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))

@@ -89,3 +89,16 @@ def test_top_r_selection_is_not_strictly_causal():
 def test_threshold_needs_causal_state():
     with pytest.raises(ValueError, match="causal=True"):
         match(torch.randn(1, 8, 4), MergeState.init(1, 8), threshold=0.5)
+
+
+def test_causal_unmerge_fills_real_positions_from_real_tokens_only():
+    """Left padding: the first real token merges into its successor; its output must come from a real token
+    (here the one that absorbed it), never from the padding before it."""
+    state = MergeState.init(1, 8, mask=torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]]), causal=True)
+    x = torch.arange(8.0)[None, :, None]
+    dst = torch.tensor([[0, 0, 1, 2, 2, 3, 4, 5]])  # pads 0->1, real 3 -> 4 (causal: into the later token)
+    merged = merge_step(x, state, dst, 6)
+    out = causal_unmerge(merged, state)[0, :, 0]
+    assert state.mask.tolist() == [[False, False, True, True, True, True]]
+    assert out[3] == merged[0, 2, 0] == 3.5  # position 3: its own merged token, not padding slot 1
+    assert out[:3].tolist() == [0.5, 0.5, 2.0] and out[4:].tolist() == [3.5, 5.0, 6.0, 7.0]

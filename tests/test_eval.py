@@ -199,8 +199,13 @@ def test_other_models_chronos2_and_gluonts_predictors(tmp_path):
     assert by["unmerged"]["MASE"] == pytest.approx(by["seasonal-naive"]["MASE"], rel=1e-9)
     assert by["unmerged"]["WQL"] == pytest.approx(by["seasonal-naive"]["WQL"], rel=1e-9)
     assert "macs_per_window" not in by["unmerged"]  # not a torch model: nothing to count
+    rows = run("random:chronos-2-test", ["m3_yearly"], ["k=1,ratio=0.2"], out=tmp_path / "c2m", **kwargs)
+    merged = {r["setting"]: r for r in rows}["k=1,ratio=0.2"]
+    assert np.isfinite(merged["WQL"]) and merged["macs_per_window"] > 0  # Chronos-2 merges (family "chronos-2")
     with pytest.raises(ValueError, match="token merging does not apply"):
-        run("random:chronos-2-test", ["m3_yearly"], ["k=1,ratio=0.2"], out=tmp_path / "x", **kwargs)
+        run(
+            "predictor:gluonts.model.npts.NPTSPredictor", ["m3_yearly"], ["k=1,ratio=0.2"], out=tmp_path / "x", **kwargs
+        )
     with pytest.raises(ValueError, match="cannot import"):
         run("predictor:gluonts.nothing.Here", ["m3_yearly"], out=tmp_path / "y", **kwargs)
 
@@ -236,5 +241,5 @@ def test_profile_cli(tmp_path, capsys):
     assert "pass --dataset" in capsys.readouterr().err
     assert main(["profile", "--model", "predictor:gluonts.model.npts.NPTSPredictor", "--dataset", "m3_yearly"]) == 2
     assert "not a PyTorch model" in capsys.readouterr().err
-    assert main(["profile", "--model", "random:chronos-2-test", "--merge", "k=1,ratio=0.2"]) == 2
-    assert "token merging does not apply" in capsys.readouterr().err
+    assert main(["profile", "--model", "random:chronos-2-test", "--merge", "k=1,ratio=0.2"]) == 0
+    assert "k=1,ratio=0.2" in capsys.readouterr().out
