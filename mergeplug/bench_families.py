@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import apply, remove
+from . import apply, decoder_token_counts, remove
 from .config import schedule_for_reduction
 from .cost import compare
 
@@ -75,6 +75,17 @@ def _t5_encoder(n: int) -> tuple[nn.Module, Callable[[], Any], int, dict]:
     return model, call, 6, {}
 
 
+def _t5_decoder(n: int) -> tuple[nn.Module, Callable[[], Any], int, dict]:
+    """Chronos-T5 small under teacher forcing: n target positions, 512 encoder tokens, only the decoder merges."""
+    from transformers import T5ForConditionalGeneration
+
+    from .models import t5_config
+
+    model = T5ForConditionalGeneration(t5_config("small", vocab_size=4096)).eval()
+    ids, labels = torch.randint(2, 4096, (4, 512)), torch.randint(2, 4096, (4, n))
+    return model, lambda: model(input_ids=ids, labels=labels).logits, 6, {"decoder": True}
+
+
 def _causal_lm(backbone: str) -> Callable[[int], tuple[nn.Module, Callable[[], Any], int, dict]]:
     """A decoder-only LM's prefill (KV cache built, logits of the last position only, as ``generate`` does)."""
 
@@ -96,6 +107,7 @@ def _causal_lm(backbone: str) -> Callable[[int], tuple[nn.Module, Callable[[], A
 
 CASES: dict[str, Callable[[int], tuple[nn.Module, Callable[[], Any], int, dict]]] = {
     "t5 (Chronos-T5 small encoder)": _t5_encoder,
+    "t5 decoder (Chronos-T5 small, teacher forcing)": _t5_decoder,
     "patchtst (d 256, 4 layers)": _patchtst,
     "torch-transformer-encoder (d 512, 6 layers)": _torch_encoder,
     "torch-transformer-decoder (d 512, 6 layers, causal)": _torch_decoder,
@@ -118,20 +130,24 @@ def run(context: int = 2048, reps: int = 3, cases: list[str] | None = None) -> l
         torch.manual_seed(0)
         model, call, merge_points, extra = build(context)
         sched = schedule_for_reduction(0.75, merge_points)
-        settings = {
-            "unmerged": None,
-            "k=1, 75%": {"k": 1, **sched, **extra},
-            "global, 75%": {"k": None, **sched, **extra},
-        }
+        settings = {"unmerged": None}
+        for label, k in (("k=1, 75%", 1), ("global, 75%", None)):
+            if extra.get("decoder"):  # only the decoder's target tokens merge
+                settings[label] = {"r": 0, "decoder": {"k": k, **sched}}
+            else:
+                settings[label] = {"k": k, **sched, **extra}
         with torch.inference_mode():
             ref = call()
-            diffs = {}
+            diffs, dec_counts = {}, {}
             for label, kw in settings.items():
                 if kw:
                     apply(model, **kw)
                     diffs[label] = _rel(call(), ref)
+                    dec_counts[label] = decoder_token_counts(model)
                     remove(model)
         for r in compare(model, settings, run=call, reps=reps):
+            if extra.get("decoder"):  # the tokens that count are the decoder's
+                r["token_counts"] = dec_counts.get(r["label"])
             rows.append({"family": name, "context": context, **r, "output_rel_diff": diffs.get(r["label"], 0.0)})
     return rows
 

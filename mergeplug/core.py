@@ -23,6 +23,7 @@ def apply(
     causal: bool = False,
     proportional_attention: bool = True,
     input_ratio: float = 0.0,
+    decoder: dict[str, Any] | None = None,
 ) -> T:
     """Inject local token merging into ``obj`` and return the same object.
 
@@ -37,6 +38,10 @@ def apply(
         causal: causal merging (decoders / causal models).
         proportional_attention: add log(token size) to attention logits.
         input_ratio: fraction of the input tokens merged before the first block (on the input embeddings).
+        decoder: also merge, causally, the decoder of an encoder-decoder model when it processes several target
+            positions at once (teacher forcing / training): the keyword arguments of
+            :func:`mergeplug.merge_decoder` (``k``, ``r`` / ``ratio`` / ``threshold``, ``proportional_attention``).
+            T5 / Chronos-T5 and Hugging Face time-series Transformers; ``generate()`` is unaffected.
 
     Applying to an already patched model replaces its settings; ``r=0`` (or ``ratio=0``) runs the original
     code, so outputs are bitwise those of the unpatched model.
@@ -59,13 +64,17 @@ def apply(
     record = find_record(family.modules(obj))
     if record is not None:  # already patched (possibly through its pipeline or inner model): new settings
         record.config = config
-        return obj
-    record = PatchRecord(family=family.name, config=config)
-    try:
-        family.inject(obj, record)
-    except Exception:
-        restore(record)
-        raise
+    else:
+        record = PatchRecord(family=family.name, config=config)
+        try:
+            family.inject(obj, record)
+        except Exception:
+            restore(record)
+            raise
+    if decoder is not None:
+        from .patches.t5 import merge_decoder
+
+        merge_decoder(obj, **decoder)
     return obj
 
 

@@ -155,11 +155,24 @@ def write_config(obj: Any, directory: str | Path, *, base_model: str | None = No
         **info,
         "base_model": base_model,
         "weights": weights,
-        "merge": None if config is None else {k: v for k, v in config.to_dict().items() if k in APPLY_KEYS},
+        "merge": None if config is None else _merge_settings(config),
         "binarization": None,
     }
     Path(directory, CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def _merge_settings(config: MergeConfig) -> dict[str, Any]:
+    """The ``apply`` arguments that reproduce ``config`` (decoder merging as a nested ``decoder`` dict)."""
+    out = {k: v for k, v in config.to_dict().items() if k in APPLY_KEYS}
+    decoder = config.extra.get("decoder")
+    if isinstance(decoder, MergeConfig):
+        out["decoder"] = {
+            k: v for k, v in decoder.to_dict().items() if k in APPLY_KEYS and k not in ("causal", "input_ratio")
+        }
+    elif isinstance(decoder, dict):
+        out["decoder"] = dict(decoder)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------ load
@@ -267,8 +280,10 @@ def from_pretrained(directory_or_hub_id: str | Path, **kwargs: Any) -> Any:
             "or a filled cache."
         ) from exc
     if meta.get("merge"):
-        merge = MergeConfig(**meta["merge"])  # validates
-        apply(obj, **{k: getattr(merge, k) for k in APPLY_KEYS})
+        settings_ = dict(meta["merge"])
+        decoder = settings_.pop("decoder", None)
+        merge = MergeConfig(**settings_)  # validates
+        apply(obj, **{k: getattr(merge, k) for k in APPLY_KEYS}, decoder=decoder)
     return obj
 
 
@@ -314,6 +329,9 @@ def _plain_usage(meta: dict[str, Any], location: str, location_import: str = "",
             for k, v in merge.items()
             if k == "k" or (k in APPLY_KEYS and v is not None and v != getattr(defaults, k))
         )
+        if merge.get("decoder"):
+            pairs = ", ".join(f"{json.dumps(k)}: {v!r}" for k, v in merge["decoder"].items() if v is not None)
+            args += f", decoder={{{pairs}}}"
         imports.insert(0, "import mergeplug")
         code.append(f"mergeplug.apply(model, {args})")
     return "\n".join(imports) + "\n\n" + "\n".join(code)

@@ -10,24 +10,66 @@ The encoder returns a :class:`MergedEncoderOutput`: a shorter ``last_hidden_stat
 mask, positions and source map. ``T5ForConditionalGeneration.forward`` is swapped so that the decoder's
 cross-attention uses the merged memory with the matching additive mask (``log(size)`` for real tokens);
 ``generate()`` expands these tensors per returned sequence along with the hidden states.
+
+**Decoder merging (opt-in, teacher forcing).** :func:`merge_decoder` adds *causal* merging to the decoder of a
+patched encoder-decoder (``T5ForConditionalGeneration`` / ``T5Model``, Chronos-T5, and the Hugging Face
+time-series models of :mod:`mergeplug.patches.generic`); its settings live in ``config.extra["decoder"]`` (a
+:class:`~mergeplug.config.MergeConfig` with ``causal=True``), and ``mergeplug.apply`` on a patched model resets
+them (new settings replace the old ones). Example::
+
+    mergeplug.apply(model, k=1, ratio=0.2)                  # encoder (bidirectional), as before
+    merge_decoder(model, k=1, ratio=0.2)                    # + decoder, r / ratio mode
+    merge_decoder(model, k=1, threshold=0.9)                # + decoder, strict causal mode
+    loss = model(input_ids=ids, labels=labels).loss         # the decoder merges (teacher forcing)
+    decoder_token_counts(model)                             # [N, ...]: target tokens entering / leaving blocks
+
+The T5 decoder merges only when it processes several target positions at once *without* a KV cache: no cache
+object is passed and ``use_cache`` resolves to False. A forward with ``labels`` and no explicit ``use_cache`` is
+run with ``use_cache=False`` while decoder merging is on (as BART and the time-series models do with labels),
+so the usual training call merges; ``T5Model`` callers pass ``use_cache=False``. Whenever a cache is in use
+(``generate()``, or an explicit ``use_cache=True``) the decoder runs the original code, bitwise;
+``generate(use_cache=False)`` re-runs the whole prefix every step and so merges it like teacher forcing (the
+step reads the last position, whose output comes from the latest token, which always holds it).
+
+Inside the merged decoder, merging sits between self-attention and cross-attention in every block (the
+similarity is the block's self-attention keys averaged over heads); merged tokens sit at their latest member,
+the relative position bias is recomputed from the merged positions, query ``i`` sees key ``j`` iff
+``pos_j <= pos_i`` (masked and empty slots never), and ``log(size)`` is added per key. Cross-attention queries
+are the merged target tokens, keys the (merged or not) encoder memory. After the last block
+:func:`~mergeplug.merge.causal_unmerge` gives every target position the latest token at or before it, so the
+LM head sees (B, N, C). With ``threshold`` every decoder output at position p depends only on decoder inputs at
+positions <= p (up to float rounding: later inputs can change the merged length and so GEMM rounding).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 from transformers import T5EncoderModel, T5ForConditionalGeneration, T5Model
-from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPastAndCrossAttentions
 from transformers.models.t5.modeling_t5 import T5Attention, T5Stack
 
 from ..config import MergeConfig
-from ..merge import MergeState, key_bias, match, merge_step, unmerge
-from .base import Family, PatchRecord, mark, register, swap_class
+from ..merge import MergeState, causal_unmerge, key_bias, match, merge_step, unmerge
+from .base import Family, PatchRecord, find_family, find_record, mark, register, swap_class
 
-__all__ = ["MergedEncoderOutput", "inject_encoder", "inject_seq2seq"]
+__all__ = [
+    "MergedEncoderOutput",
+    "inject_encoder",
+    "inject_decoder",
+    "inject_seq2seq",
+    "merge_decoder",
+    "decoder_settings",
+    "decoder_token_counts",
+    "causal_attention_bias",
+]
+
+T = TypeVar("T")
+
+DECODER_KEY = "decoder"  # key of the decoder settings in MergeConfig.extra
 
 
 @dataclass
@@ -182,6 +224,219 @@ def merged_encoder_forward(
     )
 
 
+# ------------------------------------------------------------------------------------------------ decoder merging
+
+
+def decoder_settings(config: MergeConfig) -> MergeConfig | None:
+    """The decoder merge settings of ``config`` (``config.extra["decoder"]``), or None when decoder merging is off.
+
+    The entry may be a :class:`MergeConfig` or a dict of its arguments (turned into a causal MergeConfig here).
+    """
+    value = config.extra.get(DECODER_KEY)
+    if value is None or isinstance(value, MergeConfig):
+        return value
+    value = _decoder_config(**value)
+    config.extra[DECODER_KEY] = value
+    return value
+
+
+def _decoder_config(**kwargs: Any) -> MergeConfig:
+    """A validated causal MergeConfig for a decoder (``causal=True`` implied; no input merging)."""
+    if kwargs.pop("input_ratio", 0.0):
+        raise ValueError("input_ratio is not supported for decoders: merge target tokens with r, ratio or threshold")
+    if kwargs.pop("causal", True) is not True:
+        raise ValueError("decoder merging is always causal (target position p must not see later positions)")
+    return MergeConfig(causal=True, **kwargs)
+
+
+def merge_decoder(
+    obj: T,
+    *,
+    k: int | None = 1,
+    r: int | list[int] | None = None,
+    ratio: float | list[float] | None = None,
+    threshold: float | None = None,
+    proportional_attention: bool = True,
+) -> T:
+    """Opt in to causal token merging in the decoder of an encoder-decoder model (teacher forcing).
+
+    Works on models of the ``t5`` (``T5ForConditionalGeneration`` / ``T5Model``), ``chronos-t5`` and
+    ``hf-time-series`` families. A model not patched yet is patched first with no encoder merging
+    (``mergeplug.apply(obj, r=0)``); otherwise the encoder settings stay. Calling it again replaces the decoder
+    settings; ``r=0`` switches decoder merging off; ``mergeplug.apply`` resets them.
+
+    Args:
+        obj: the model (or pipeline) to change; returned.
+        k: locality of the decoder merges (``None``: global).
+        r / ratio: tokens (or fraction of the current tokens) merged per decoder layer: the r mode, in which
+            *which* tokens merge can depend on later targets (fine for training: every position is scored).
+        threshold: strict causal mode: every decoder output at position p depends only on decoder inputs at
+            positions <= p (see :mod:`mergeplug.merge`).
+        proportional_attention: add ``log(size)`` of every merged target token to the self-attention logits.
+
+    Raises:
+        TypeError: the model has no decoder mergeplug can merge (the message says which families do).
+        ValueError / NotImplementedError: invalid settings, or settings the model's decoder cannot run.
+    """
+    from ..core import apply  # core imports the patches: import at call time
+
+    family = find_family(obj)
+    record = find_record(family.modules(obj))
+    if record is None:
+        apply(obj, r=0)
+        record = find_record(family.modules(obj))
+    if record is not None and record.hints.get("decoder_unsupported"):
+        raise NotImplementedError(record.hints["decoder_unsupported"])
+    if record is None or not record.hints.get("decoder_merging"):
+        raise TypeError(
+            f"{family.name}: this object has no decoder that mergeplug can merge. Decoder merging supports "
+            "T5ForConditionalGeneration / T5Model, Chronos-T5 and Hugging Face TimeSeriesTransformer / Informer "
+            "(distil=False); pass the encoder-decoder model itself."
+        )
+    config = _decoder_config(k=k, r=r, ratio=ratio, threshold=threshold, proportional_attention=proportional_attention)
+    check = record.hints.get("decoder_check")
+    if check is not None:
+        check(config)
+    record.config.extra[DECODER_KEY] = config
+    return obj
+
+
+def decoder_token_counts(obj: Any) -> list[int] | None:
+    """Target-token counts of the last merged decoder forward: [entering block 0, leaving block 0, ...].
+
+    None if ``obj`` is not patched or its decoder has not run a merged forward since it was patched.
+    """
+    record = find_record(find_family(obj).modules(obj))
+    return None if record is None else record.scratch.get("decoder_token_counts")
+
+
+def causal_attention_bias(state: MergeState, dtype: torch.dtype, proportional: bool = True) -> torch.Tensor:
+    """Additive causal self-attention mask over merged tokens, shape (B, 1, T, T) (query, key).
+
+    Query ``i`` sees key ``j`` iff ``pos_j <= pos_i`` and key ``j`` is real (``state.mask``); a seen key gets
+    ``log(size_j)`` (proportional attention) or 0, any other the dtype's minimum. A query that would see no key
+    (a padding query before every real token) sees itself, so no softmax row is empty.
+    """
+    allowed = (state.pos[:, None, :] <= state.pos[:, :, None]) & state.mask[:, None, :]  # (B, T, T)
+    eye = torch.eye(state.length, dtype=torch.bool, device=state.pos.device)
+    allowed = allowed | (eye & ~allowed.any(dim=-1, keepdim=True))
+    seen = state.size.clamp_min(1e-6).log()[:, None, :].to(dtype) if proportional else torch.zeros((), dtype=dtype)
+    return torch.where(allowed, seen, torch.finfo(dtype).min)[:, None]
+
+
+def _decoder_self_bias(stack: T5Stack, state: MergeState, merged: bool, dtype: torch.dtype, proportional: bool):
+    """T5 decoder self-attention bias (B, H, T, T): relative position bias of the merged positions + causal mask.
+
+    Empty slots (strict mode) sit at position +inf; they are given a finite position for the relative bias only
+    (they are masked as keys, and their outputs are never read).
+    """
+    finite = torch.isfinite(state.pos)
+    pos_state = state if bool(finite.all()) else replace(state, pos=torch.where(finite, state.pos, 0.0))
+    rel = _relative_bias(stack, pos_state, merged)  # (1 | B, H, T, T)
+    return rel + causal_attention_bias(state, dtype, proportional)
+
+
+def _cross_attention_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """Additive cross-attention mask (B, 1, 1, S) from an encoder mask: (B, S) 0/1, or an additive / boolean
+    (B, 1, 1, S) mask (the merged memory's ``log(size)`` bias). Per-query masks cannot follow merged queries."""
+    if mask is None:
+        return None
+    if mask.dim() == 2:
+        return key_bias(torch.ones_like(mask, dtype=dtype), mask.bool(), dtype, proportional=False)
+    if mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1:
+        if mask.dtype == torch.bool:
+            return torch.where(mask, 0.0, torch.finfo(dtype).min).to(dtype)
+        return mask.to(dtype)
+    raise NotImplementedError(
+        f"T5 decoder merging: encoder_attention_mask of shape {tuple(mask.shape)} gives every target position its "
+        "own mask, which cannot follow merged target tokens. Pass a (B, S) padding mask, or switch decoder merging "
+        "off (merge_decoder(model, r=0))."
+    )
+
+
+def merged_decoder_forward(
+    stack: T5Stack,
+    record: PatchRecord,
+    config: MergeConfig,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    encoder_hidden_states: torch.Tensor | None,
+    encoder_attention_mask: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+) -> BaseModelOutputWithPastAndCrossAttentions:
+    """Run a T5 decoder stack on all target positions at once (no cache) with causal merging.
+
+    Args:
+        config: the decoder's (causal) merge settings.
+        input_ids: (B, N) target ids, or None when ``inputs_embeds`` (B, N, C) is given.
+        attention_mask: (B, N) decoder padding mask (1 real, 0 padding), or None.
+        encoder_hidden_states: (B, S, C) encoder memory (merged or not), or None.
+        encoder_attention_mask: (B, S) 0/1 or (B, 1, 1, S) additive mask over the memory, or None.
+
+    Returns:
+        Output with ``last_hidden_state`` (B, N, C): every target position restored by ``causal_unmerge``
+        (after the final layer norm); ``cache`` is None.
+    """
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids or inputs_embeds")
+    if inputs_embeds is None:
+        inputs_embeds = stack.embed_tokens(input_ids)
+    n_b, n, _ = inputs_embeds.shape
+    device, dtype = inputs_embeds.device, inputs_embeds.dtype
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise NotImplementedError(
+            f"T5 decoder merging takes a (B, N) decoder_attention_mask, got shape {tuple(attention_mask.shape)}: a "
+            "custom per-query mask cannot follow merged target tokens. Switch decoder merging off for this call."
+        )
+    mask = None if attention_mask is None else attention_mask.to(device).bool()
+    state = MergeState.init(n_b, n, mask=mask, causal=True, device=device)
+    cross_bias = _cross_attention_bias(encoder_attention_mask, dtype)
+    h = stack.dropout(inputs_embeds)
+    scratch = record.scratch
+    bias, merged = None, False
+    counts = [n]
+    for i, block in enumerate(stack.block):
+        if bias is None:
+            bias = _decoder_self_bias(stack, state, merged, dtype, config.proportional_attention)
+        sa = block.layer[0]
+        scratch["capture"] = True
+        try:
+            attn, _, _ = sa.SelfAttention(sa.layer_norm(h), mask=None, position_bias=bias)
+        finally:
+            scratch["capture"] = False
+        h = _clamp_fp16(h + sa.dropout(attn))
+        keys = scratch.pop("keys", None)  # (B, T, H * dk)
+        r = config.merges_at(i, state.length)
+        if r > 0 or config.threshold is not None:
+            metric = keys.view(n_b, state.length, -1, sa.SelfAttention.key_value_proj_dim).mean(dim=2)
+            strict = config.threshold is not None
+            dst, t_new = match(metric, state, r=None if strict else r, threshold=config.threshold, k=config.k)
+            if t_new < state.length:
+                h = merge_step(h, state, dst, t_new)
+                bias, merged = None, True
+        counts.append(state.length)  # target tokens leaving block i
+        if encoder_hidden_states is not None:
+            h, _, _ = block.layer[1](h, key_value_states=encoder_hidden_states, position_bias=cross_bias)
+            h = _clamp_fp16(h)
+        h = _clamp_fp16(block.layer[-1](h))
+    h = stack.final_layer_norm(h)
+    if merged:
+        h = causal_unmerge(h, state)  # (B, N, C): position p <- the latest token at or before p
+    scratch["decoder_token_counts"] = counts
+    return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=stack.dropout(h), cache=None)
+
+
+def _uses_cache(module: nn.Module, cache: Any, use_cache: bool | None) -> bool:
+    """Will this decoder call read or fill a KV cache? (``use_cache`` defaults to the config, as in transformers.)"""
+    if cache is not None:
+        return True
+    if use_cache is None:
+        use_cache = getattr(module.config, "use_cache", False)
+    if use_cache and getattr(module, "gradient_checkpointing", False) and module.training and torch.is_grad_enabled():
+        return False  # transformers switches the cache off here
+    return bool(use_cache)
+
+
 class _MergingEncoder:
     """Mixin for an encoder ``T5Stack``: merged forward, or the original one when nothing would merge."""
 
@@ -201,12 +456,22 @@ class _MergingSeq2Seq:
     """Mixin for ``T5ForConditionalGeneration`` / ``T5Model``: cross-attention over the merged memory."""
 
     def forward(self, input_ids=None, attention_mask=None, encoder_outputs=None, inputs_embeds=None, **kwargs: Any):
+        record: PatchRecord = self.__dict__["_mergeplug_record"]
+        dec = decoder_settings(record.config)
+        if (
+            dec is not None
+            and not dec.is_noop(len(self.decoder.block))
+            and kwargs.get("labels") is not None
+            and kwargs.get("use_cache") is None
+            and kwargs.get("cache") is None
+            and kwargs.get("past_key_values") is None
+        ):  # teacher forcing: the cache would be of no use, and a merged decoder cannot fill one
+            kwargs["use_cache"] = False
         if encoder_outputs is None and (input_ids is not None or inputs_embeds is not None):
             encoder_outputs = self.encoder(
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds
             )
         if isinstance(encoder_outputs, MergedEncoderOutput):
-            record: PatchRecord = self.__dict__["_mergeplug_record"]
             dtype = encoder_outputs.last_hidden_state.dtype
             attention_mask = encoder_outputs.attention_bias(dtype, record.config.proportional_attention)
         return super().forward(
@@ -218,10 +483,59 @@ class _MergingSeq2Seq:
         )
 
 
-def inject_encoder(stack: T5Stack, record: PatchRecord) -> None:
-    """Swap an encoder ``T5Stack`` to the merging forward and hook its blocks' key projections."""
-    if stack.is_decoder:
-        raise TypeError("inject_encoder expects an encoder T5Stack (config.is_decoder=False)")
+class _MergingDecoder:
+    """Mixin for a decoder ``T5Stack``: causal merged forward under teacher forcing, else the original forward.
+
+    The merged forward runs only when decoder merging is on, more than one target position comes in and no KV
+    cache is in use (see :func:`_uses_cache`); everything else (``generate()``, cached steps) is the original code.
+    """
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        inputs_embeds=None,
+        cache=None,
+        use_cache=None,
+        **kwargs: Any,
+    ):
+        record: PatchRecord = self.__dict__["_mergeplug_record"]
+        config = decoder_settings(record.config)
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        if (
+            config is not None
+            and not config.is_noop(len(self.block))
+            and tokens is not None
+            and tokens.shape[1] > 1
+            and not _uses_cache(self, cache if cache is not None else kwargs.get("past_key_values"), use_cache)
+        ):
+            for flag in ("output_attentions", "output_hidden_states"):
+                if kwargs.get(flag, getattr(self.config, flag, False)):
+                    raise NotImplementedError(
+                        f"T5 decoder merging cannot return per-layer outputs ({flag}=True): the layers run on merged "
+                        "target tokens. Call without it, or switch decoder merging off (merge_decoder(model, r=0))."
+                    )
+            return merged_decoder_forward(
+                self, record, config, input_ids, attention_mask, encoder_hidden_states, encoder_attention_mask,
+                inputs_embeds,
+            )  # fmt: skip
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            inputs_embeds=inputs_embeds,
+            cache=cache,
+            use_cache=use_cache,
+            **kwargs,
+        )
+
+
+def _hook_keys(stack: T5Stack, record: PatchRecord) -> None:
+    """Capture every block's self-attention keys (B, T, H * dk) into ``record.scratch["keys"]`` while
+    ``record.scratch["capture"]`` is set (the merging forwards set it around the self-attention call)."""
 
     def grab(module: nn.Module, args: Any, output: torch.Tensor) -> None:
         if record.scratch.get("capture"):
@@ -231,13 +545,39 @@ def inject_encoder(stack: T5Stack, record: PatchRecord) -> None:
         k_proj = block.layer[0].SelfAttention.k
         record.hooks.append(k_proj.register_forward_hook(grab))
         mark(k_proj, record)
+
+
+def inject_encoder(stack: T5Stack, record: PatchRecord) -> None:
+    """Swap an encoder ``T5Stack`` to the merging forward and hook its blocks' key projections."""
+    if stack.is_decoder:
+        raise TypeError("inject_encoder expects an encoder T5Stack (config.is_decoder=False)")
+    _hook_keys(stack, record)
     swap_class(stack, _MergingEncoder, record)
 
 
+def inject_decoder(stack: T5Stack, record: PatchRecord) -> None:
+    """Swap a decoder ``T5Stack`` to the (opt-in) causal merging forward and hook its self-attention keys."""
+    if not stack.is_decoder:
+        raise TypeError("inject_decoder expects a decoder T5Stack (config.is_decoder=True)")
+    for i, block in enumerate(stack.block):
+        if len(block.layer) != 3 or not isinstance(block.layer[0].SelfAttention, T5Attention):
+            # encoder merging still works; merge_decoder raises with this reason
+            record.hints["decoder_unsupported"] = (
+                f"{type(stack).__name__} decoder block {i} is not T5 self-attention, cross-attention and feed-forward "
+                f"({len(block.layer)} sub-layers), so mergeplug cannot merge this decoder; leave decoder merging off."
+            )
+            return
+    _hook_keys(stack, record)
+    swap_class(stack, _MergingDecoder, record)
+    record.hints["decoder_merging"] = True
+
+
 def inject_seq2seq(model: nn.Module, record: PatchRecord) -> None:
-    """Patch a T5 encoder-decoder: merging encoder + decoder cross-attention over the merged memory."""
+    """Patch a T5 encoder-decoder: merging encoder, decoder cross-attention over the merged memory, and the
+    opt-in causal decoder merging of :func:`merge_decoder`."""
     _protect_eos(model, record)
     inject_encoder(model.encoder, record)
+    inject_decoder(model.decoder, record)
     swap_class(model, _MergingSeq2Seq, record)
 
 
@@ -260,7 +600,8 @@ register(
     Family(
         name="t5",
         description="Hugging Face T5ForConditionalGeneration, T5Model, T5EncoderModel or an encoder T5Stack "
-        "(encoder merging; the decoder cross-attends to the merged memory)",
+        "(encoder merging; the decoder cross-attends to the merged memory; opt-in causal decoder merging with "
+        "mergeplug.patches.t5.merge_decoder)",
         matches=lambda obj: (
             isinstance(obj, (T5ForConditionalGeneration, T5Model, T5EncoderModel))
             or (isinstance(obj, T5Stack) and not obj.is_decoder)
