@@ -1,5 +1,16 @@
 """mergeplug: local token merging (and more) for Chronos and Hugging Face Transformers."""
 
+from .binary import (
+    SparseBinaryLinear,
+    binarization,
+    binarize,
+    binary_parameters,
+    load_packed,
+    packed_size_report,
+    save_packed,
+    trainable_binary,
+    unbinarize,
+)
 from .config import MergeConfig, ratio_for_reduction, schedule_for_reduction
 from .core import apply, remove, settings, token_counts
 from .cost import CostReport, profile
@@ -29,5 +40,14 @@ __all__ = [
     "CostReport",
     "ratio_for_reduction",
     "schedule_for_reduction",
+    "binarize",
+    "unbinarize",
+    "binarization",
+    "binary_parameters",
+    "trainable_binary",
+    "save_packed",
+    "load_packed",
+    "packed_size_report",
+    "SparseBinaryLinear",
     "__version__",
 ]

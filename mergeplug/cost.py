@@ -15,7 +15,8 @@ What is counted, and the conventions (the same as PyTorch's ``torch.utils.flop_c
   dispatches to ``_scaled_dot_product_flash_attention_for_cpu``, which PyTorch's counter (2.13) does not
   count (it reports 0 FLOPs for it); this counter counts it.
 * Sparse layers: for a module with a 2-D+ ``weight`` containing zeros, ``nonzero_macs`` scales the
-  module's MACs by the weight's density (exact for linear layers: every row meets the same weights).
+  module's MACs by the weight's density (of ``module.effective_weight()`` when the module defines it;
+  exact for linear layers: every row meets the same weights).
 * Binary layers: a module with ``_mergeplug_binary = True`` (±α weights) reports its non-zero MACs as
   additions (``binary_adds``) and one multiplication per output (``binary_mults``, the α scale).
 * ``nn.TransformerEncoderLayer`` / ``nn.MultiheadAttention`` have a fused inference fast path whose products
@@ -341,7 +342,9 @@ class _Counter(TorchDispatchMode):
         if self._module_macs:
             self._module_macs[-1] += macs
         if macs and _is_weighted(module):
-            rep, w = self.report, module.weight
+            rep = self.report
+            # a binary / sparse layer may define its effective weight (mergeplug.binary.SparseBinaryLinear)
+            w = module.effective_weight() if callable(getattr(module, "effective_weight", None)) else module.weight
             density = float(torch.count_nonzero(w.detach())) / max(w.numel(), 1)
             nz = int(round(macs * density))
             rep.nonzero_macs -= macs - nz  # products inside were first counted dense

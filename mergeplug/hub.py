@@ -9,6 +9,10 @@ A mergeplug directory (local, or a Hugging Face Hub repository) holds:
 * the weights and ``config.json`` as ``save_pretrained`` writes them (``model.safetensors``), unless the
   directory only *references* its base model (``save_pretrained(..., weights=False)`` with ``base_model``):
   then loading fetches the base model and applies the settings, like a PEFT adapter without adapter weights;
+* ``mergeplug_packed.safetensors`` if the model is binarized (:func:`mergeplug.binarize`; the config's
+  ``binarization`` field holds its settings): the sparse binary layers packed by :func:`mergeplug.save_packed`
+  (``model.safetensors`` keeps the float weights they were made from, for plain loaders); :func:`from_pretrained`
+  loads it on top with :func:`mergeplug.load_packed`, so outputs are identical;
 * ``README.md``: a model card generated with ``huggingface_hub``'s ``ModelCard`` / ``ModelCardData`` (YAML
   metadata, how to use it, the settings, the cost counted by :mod:`mergeplug.cost` and, given a
   ``mergeplug-eval`` results directory, the measured speed-up and accuracy tables).
@@ -41,6 +45,7 @@ __all__ = [
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "mergeplug_config.json"
+PACKED_NAME = "mergeplug_packed.safetensors"  # binarized layers (mergeplug.binary.save_packed), if any
 APPLY_KEYS = ("k", "r", "ratio", "threshold", "causal", "proportional_attention", "input_ratio")
 
 
@@ -119,15 +124,21 @@ def save_pretrained(
     out.mkdir(parents=True, exist_ok=True)
     meta = write_config(obj, out, base_model=base_model, weights=weights)
     if weights:
+        from .binary import suspended
         from .core import apply, remove
 
         if meta["merge"] is not None:  # save from the original classes, then patch again with the same settings
             remove(obj)
         try:
-            _inner(obj).save_pretrained(out)
+            with suspended(obj):  # binarized layers: their float weights (the packed file holds the binary ones)
+                _inner(obj).save_pretrained(out)
         finally:
             if meta["merge"] is not None:
                 apply(obj, **meta["merge"])
+    if meta["binarization"] is not None:
+        from .binary import save_packed
+
+        save_packed(obj, out / PACKED_NAME)
     if card:
         model_card(out, obj=obj, results=results, license=license, model_name=model_name).save(out / "README.md")
     return out
@@ -148,6 +159,9 @@ def write_config(obj: Any, directory: str | Path, *, base_model: str | None = No
         from .patches import find_family
 
         family = find_family(obj).name
+    from .binary import binarization
+
+    binary = binarization(_inner(obj))
     meta = {
         "format_version": FORMAT_VERSION,
         "mergeplug_version": __version__,
@@ -156,7 +170,7 @@ def write_config(obj: Any, directory: str | Path, *, base_model: str | None = No
         "base_model": base_model,
         "weights": weights,
         "merge": None if config is None else _merge_settings(config),
-        "binarization": None,
+        "binarization": None if binary is None else {**binary.to_dict(), "file": PACKED_NAME},
     }
     Path(directory, CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
@@ -284,6 +298,12 @@ def from_pretrained(directory_or_hub_id: str | Path, **kwargs: Any) -> Any:
         decoder = settings_.pop("decoder", None)
         merge = MergeConfig(**settings_)  # validates
         apply(obj, **{k: getattr(merge, k) for k in APPLY_KEYS}, decoder=decoder)
+    if meta.get("binarization"):
+        from .binary import load_packed
+
+        name = meta["binarization"].get("file", PACKED_NAME)
+        local = Path(directory_or_hub_id).is_dir()
+        load_packed(obj, path / name if local else _hub_download(str(directory_or_hub_id), name))
     return obj
 
 
@@ -358,6 +378,17 @@ def _settings_table(meta: dict[str, Any]) -> str:
         "`r` / `ratio` the tokens merged per layer, `input_ratio` the share merged before the first block."
     )
     return "\n".join(rows) + note
+
+
+def _binary_line(meta: dict[str, Any]) -> str:
+    b = meta.get("binarization")
+    if not b:
+        return "Binary / sparse projections: none."
+    return (
+        f"Binary / sparse projections: {len(b['layers'])} linear layers are sparse binary (alpha · sign(W) ⊙ M, "
+        f"density {b['density']:g}, init `{b['init']}`), stored packed (1-bit mask and signs) in `{b['file']}`; "
+        "`mergeplug.from_pretrained` restores them. Plain loaders see the float weights they were made from."
+    )
 
 
 def _cost_lines(obj: Any) -> str:
@@ -442,7 +473,7 @@ def model_card(
                 plain=_plain_usage(meta, location, location_import, _mergeable(obj)),
             ),
         ),
-        ("Merge and compression settings", _settings_table(meta) + "\n\nBinary / sparse projections: none."),
+        ("Merge and compression settings", _settings_table(meta) + "\n\n" + _binary_line(meta)),
     ]
     if obj is not None:
         sections.append(("Cost (mergeplug.cost)", _cost_lines(obj)))
