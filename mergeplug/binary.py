@@ -37,8 +37,9 @@ Token merging (:func:`mergeplug.apply`) may hook or mark the same layers: both o
 ``unbinarize`` may run in any order (mergeplug records that remember a layer's class are updated on the swap).
 Two selected layers sharing one weight parameter share their ``scores`` (and random ``W``), so they stay tied.
 
-**Packed file** (:func:`save_packed`, format version 1, safetensors): per binarized layer ``<name>.mask`` (uint8,
-``np.packbits`` of the row-major (out, in) mask, 1 bit per position, ``ceil(numel / 8)`` bytes) or, with
+**Packed file** (:func:`save_packed`, format version 2, safetensors). Logically, per binarized layer
+``<name>.mask`` (uint8, ``np.packbits`` of the row-major (out, in) mask, 1 bit per position, ``ceil(numel / 8)``
+bytes) or, with
 ``mask_encoding="rice"``, ``<name>.mask_q`` / ``<name>.mask_r`` (Golomb-Rice code of the gaps between kept
 positions: unary quotients and fixed-width ``b``-bit remainders, ``b`` chosen per layer to minimise the size);
 ``<name>.signs`` (uint8, packbits of the signs of the kept weights only, in row-major order, 1 = positive,
@@ -49,6 +50,8 @@ binarization settings, per layer its shape, k, density, alpha mode, mask encodin
 aliases, and the aliases of shared tensors. :func:`load_packed` rebuilds the binarized layers in *packed mode*
 (buffers ``binary_mask``, ``binary_sign``, ``binary_alpha``; inference only, no scores) with the same effective
 weights bit for bit, so outputs are identical.
+On disk these tensors are concatenated into three blobs (``bits``, ``f32``, ``f16``) and the metadata is a compact
+row per layer, so that headers do not outweigh the weights of a small model (see ``_to_disk``).
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ T = TypeVar("T")
 Pattern = str | re.Pattern
 Patterns = Pattern | Iterable[Pattern] | None
 
-PACKED_FORMAT_VERSION = 1
+PACKED_FORMAT_VERSION = 2
 PACKED_META_KEY = "mergeplug_packed"
 INITS = ("weights", "random")
 ALPHAS = ("layer", "row")
@@ -796,27 +799,121 @@ def save_packed(
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={PACKED_META_KEY: json.dumps(meta)})
+    blobs, disk_meta = _to_disk(tensors, meta)
+    save_file(blobs, str(path), metadata={PACKED_META_KEY: json.dumps(disk_meta, separators=(",", ":"))})
     meta["bytes"] = os.path.getsize(path)
+    meta["layer_bytes"] = {
+        name: sum(t.nbytes for key, t in tensors.items() if key.rpartition(".")[0] == name) for name in layer_meta
+    }
     return meta
 
 
-def read_packed_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON metadata of a packed file (validated format name and version)."""
+# On disk (format 2) the tensors of the logical layout above are concatenated, in a fixed order, into three
+# blobs (``bits`` uint8: masks and signs; ``f32`` and ``f16``: alphas, biases and the other float tensors); only
+# tensors of other dtypes are stored under their own names. The metadata lists each layer as one row
+# ``[name, shape, k, mask encoding, rice b, unary-stream bytes, bias dtype or null, aliases]`` (the settings
+# shared by every layer are stored once). For a small model the per-tensor header entries and verbose
+# metadata of the logical layout would cost more bytes than the weights themselves.
+_COMMON = ("density", "alpha", "init", "seed", "train_bias")
+
+
+def _layer_keys(name: str, info: dict[str, Any]) -> list[str]:
+    """Logical tensor keys of one layer, in blob order."""
+    keys = [f"{name}.mask_q", f"{name}.mask_r"] if info["mask_encoding"] == "rice" else [f"{name}.mask"]
+    return keys + [f"{name}.signs", f"{name}.alpha"] + ([f"{name}.bias"] if info["bias"] else [])
+
+
+def _to_disk(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Logical layout -> (blobs, compact metadata)."""
+    order = [k for name, info in meta["layers"].items() for k in _layer_keys(name, info)] + meta["others"]
+    parts: dict[str, list[torch.Tensor]] = {"bits": [], "f32": [], "f16": []}
+    own: dict[str, torch.Tensor] = {}
+    others = []
+    for key in order:
+        t = tensors[key]
+        blob = {torch.uint8: "bits", torch.float32: "f32", torch.float16: "f16"}.get(t.dtype)
+        if key in meta["others"]:
+            others.append([key, list(t.shape), blob or "own"])
+        if blob is None:
+            own[key] = t
+        else:
+            parts[blob].append(t.reshape(-1))
+    blobs = {k: torch.cat(v) for k, v in parts.items() if v}
+    rows = []
+    for name, info in meta["layers"].items():
+        rows.append([name, info["shape"], info["k"], info["mask_encoding"], info.get("rice_b", 0),
+                     int(tensors[f"{name}.mask_q"].numel()) if info["mask_encoding"] == "rice" else 0,
+                     info.get("bias_dtype") if info["bias"] else None, info["aliases"]])  # fmt: skip
+    settings = dict(meta["settings"])
+    if settings["layers"] == list(meta["layers"]):
+        settings.pop("layers")  # the rows give them
+    disk = {k: meta[k] for k in ("format", "format_version", "aliases")}
+    return {**blobs, **own}, {**disk, "settings": settings, "layers": rows, "others": others}
+
+
+def _from_disk(data: dict[str, torch.Tensor], disk: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
+    """(blobs, compact metadata) -> (logical tensors, metadata as :func:`save_packed` returns it)."""
+    settings = dict(disk["settings"])
+    layers: dict[str, Any] = {}
+    sizes: dict[str, tuple[str, list[int]]] = {}
+    for name, shape, k, enc, b, nq, bias_dtype, aliases in disk["layers"]:
+        info = {"shape": shape, "k": k, **{c: settings[c] for c in _COMMON}, "mask_encoding": enc,
+                "bias": bias_dtype is not None, "aliases": aliases}  # fmt: skip
+        if enc == "rice":
+            info["rice_b"] = b
+            sizes[f"{name}.mask_q"] = ("bits", [nq])
+            sizes[f"{name}.mask_r"] = ("bits", [math.ceil(k * b / 8)])
+        else:
+            sizes[f"{name}.mask"] = ("bits", [math.ceil(math.prod(shape) / 8)])
+        sizes[f"{name}.signs"] = ("bits", [math.ceil(k / 8)])
+        sizes[f"{name}.alpha"] = ("f32", [1] if settings["alpha"] == "layer" else [shape[0]])
+        if bias_dtype is not None:
+            info["bias_dtype"] = bias_dtype
+            sizes[f"{name}.bias"] = ("f32" if bias_dtype == "fp32" else "f16", [shape[0]])
+        layers[name] = info
+    for key, shape, blob in disk["others"]:
+        sizes[key] = (blob, shape)
+    offsets = {"bits": 0, "f32": 0, "f16": 0}
+    tensors: dict[str, torch.Tensor] = {}
+    for key, (blob, shape) in sizes.items():
+        if blob == "own":
+            tensors[key] = data[key]
+            continue
+        n = math.prod(shape)
+        tensors[key] = data[blob][offsets[blob] : offsets[blob] + n].reshape(shape)
+        offsets[blob] += n
+    settings.setdefault("layers", list(layers))
+    meta = {k: disk[k] for k in ("format", "format_version", "aliases")}
+    return tensors, {**meta, "settings": settings, "layers": layers, "others": [o[0] for o in disk["others"]]}
+
+
+def read_packed_metadata(path: str | os.PathLike, *, raw: bool = False) -> dict[str, Any]:
+    """The metadata of a packed file (validated format name and version), as :func:`save_packed` returns it
+    (``raw=True``: the compact form stored in the file)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        raw = (f.metadata() or {}).get(PACKED_META_KEY)
-    if raw is None:
+        text = (f.metadata() or {}).get(PACKED_META_KEY)
+    if text is None:
         raise ValueError(f"{path} is not a mergeplug packed file (no {PACKED_META_KEY!r} metadata)")
-    meta = json.loads(raw)
+    meta = json.loads(text)
     if meta.get("format") != "mergeplug-packed" or not isinstance(meta.get("format_version"), int):
         raise ValueError(f"{path}: not a mergeplug packed file")
-    if meta["format_version"] > PACKED_FORMAT_VERSION:
+    if meta["format_version"] != PACKED_FORMAT_VERSION:
         raise ValueError(
-            f"{path} uses packed format {meta['format_version']}; this mergeplug reads <= {PACKED_FORMAT_VERSION}"
+            f"{path} uses packed format {meta['format_version']}; this mergeplug reads {PACKED_FORMAT_VERSION}"
         )
-    return meta
+    return meta if raw else _read_packed(path)[1]
+
+
+def _read_packed(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(logical tensors, metadata) of a packed file."""
+    from safetensors import safe_open
+
+    disk = read_packed_metadata(path, raw=True)
+    with safe_open(str(path), framework="pt") as f:
+        data = {k: f.get_tensor(k) for k in f.keys()}
+    return _from_disk(data, disk)
 
 
 def _find_tensor(root: nn.Module, key: str) -> torch.Tensor:
@@ -843,16 +940,13 @@ def load_packed(model_or_factory: Any, path: str | os.PathLike, *, strict: bool 
     The binarized layers get buffers ``binary_mask`` (bool), ``binary_sign`` (bool) and ``binary_alpha``; their
     effective weights equal the saved model's bit for bit, so a float32 model gives identical outputs.
     """
-    from safetensors import safe_open
 
     is_model = isinstance(model_or_factory, nn.Module) or hasattr(model_or_factory, "inner_model")
     obj = model_or_factory if is_model or not callable(model_or_factory) else model_or_factory()
     root = _root(obj)
-    meta = read_packed_metadata(path)
+    data, meta = _read_packed(path)
     if binarization(root) is not None or binary_layers(root):
         unbinarize(root)
-    with safe_open(str(path), framework="pt") as f:
-        data = {k: f.get_tensor(k) for k in f.keys()}
     done: list[nn.Module] = []
     skip: list[str] = []
     try:
@@ -921,7 +1015,6 @@ def packed_size_report(
     tensor in fp32 (shared ones once); the packed files come from :func:`save_packed`. Per-layer figures are the
     layer's tensor bytes in those files (headers excluded).
     """
-    from safetensors import safe_open
     from safetensors.torch import save_file
 
     root = _root(obj)
@@ -957,11 +1050,6 @@ def packed_size_report(
             meta = save_packed(root, p, mask_encoding=enc, bias_dtype=bias_dtype)
             out["packed"][enc] = meta["bytes"]
             out["ratio"][enc] = out["dense_fp32"] / meta["bytes"]
-            with safe_open(str(p), framework="pt") as f:
-                for name in layers:
-                    per_layer[name]["packed"][enc] = sum(
-                        f.get_tensor(key).nbytes
-                        for key in f.keys()
-                        if key.startswith(f"{name}.") and "." not in key[len(name) + 1 :]
-                    )
+            for name in layers:
+                per_layer[name]["packed"][enc] = meta["layer_bytes"][name]
     return out

@@ -45,6 +45,7 @@ __all__ = [
     "merge_tokens",
     "unmerge",
     "key_bias",
+    "causal_bias",
     "causal_unmerge",
     "merge_step",
 ]
@@ -119,6 +120,32 @@ def key_bias(size: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype, proport
     min_val = torch.finfo(dtype).min
     bias = torch.where(mask, size.clamp_min(1e-6).log() if proportional else 0.0, min_val)
     return bias.to(dtype)[:, None, None, :]
+
+
+def causal_bias(
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    k_size: torch.Tensor,
+    k_mask: torch.Tensor,
+    dtype: torch.dtype,
+    proportional: bool = True,
+) -> torch.Tensor:
+    """Additive causal attention mask over (merged) tokens, shape (B, 1, Q, K).
+
+    Query ``i`` sees key ``j`` iff ``k_pos_j <= q_pos_i`` and key ``j`` is real (``k_mask``); a seen key gets
+    ``log(k_size_j)`` (proportional attention) or 0, any other the dtype's minimum. When the queries are the keys
+    (``q_pos is k_pos``), a query that would see no key (padding before every real token) sees itself, so no
+    softmax row is empty.
+
+    Args:
+        q_pos: (B, Q) query positions; k_pos, k_size: (B, K) key positions and sizes; k_mask: (B, K) bool.
+    """
+    allowed = (k_pos[:, None, :] <= q_pos[:, :, None]) & k_mask[:, None, :]  # (B, Q, K)
+    if q_pos is k_pos:
+        eye = torch.eye(k_pos.shape[1], dtype=torch.bool, device=k_pos.device)
+        allowed = allowed | (eye & ~allowed.any(dim=-1, keepdim=True))
+    seen = k_size.clamp_min(1e-6).log()[:, None, :].to(dtype) if proportional else torch.zeros((), dtype=dtype)
+    return torch.where(allowed, seen, torch.finfo(dtype).min)[:, None]
 
 
 def _normalize(metric: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..config import MergeConfig
-from ..merge import MergeState, causal_unmerge, match, merge_step
+from ..merge import MergeState, causal_bias, causal_unmerge, match, merge_step
 from .base import Family, PatchRecord, mark, register, swap_class
 
 __all__ = ["inject_causal_lm", "find_stack", "check_causal_lm_config"]
@@ -94,21 +94,6 @@ class _Args:
         return args, {**kwargs, name: value}
 
 
-def _mask(
-    q_pos: torch.Tensor, k_pos: torch.Tensor, k_size: torch.Tensor, k_mask: torch.Tensor, dtype: torch.dtype, prop: bool
-) -> torch.Tensor:
-    """(B, 1, Q, K) additive attention mask: query i sees key j iff k_pos_j <= q_pos_i and key j is real.
-
-    Args:
-        q_pos: (B, Q) query positions; k_pos / k_size / k_mask: (B, K) key positions, sizes, real-token mask.
-        prop: add log(size) of every visible key (proportional attention).
-    """
-    allowed = (k_pos[:, None, :] <= q_pos[:, :, None]) & k_mask[:, None, :]
-    bias = k_size.clamp_min(1e-6).log()[:, None, :] if prop else torch.zeros_like(k_size)[:, None, :]
-    out = torch.where(allowed, bias.to(dtype), torch.finfo(dtype).min)
-    return out[:, None]
-
-
 def _gather_rope(pe: tuple[torch.Tensor, torch.Tensor], pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary (cos, sin), each (B or 1, N, D), taken at positions ``pos`` (B, T) -> (B, T, D) each."""
     idx = pos.clamp(0, pe[0].shape[1] - 1).long()
@@ -155,7 +140,7 @@ def inject_causal_lm(model: nn.Module, record: PatchRecord) -> None:
             if cache is not None:
                 scratch["kv"][i] = [state.pos.clone(), state.size.clone(), state.mask.clone()]
             if state.length < state.source.shape[1] or not bool(state.mask.all()):
-                m = _mask(state.pos, state.pos, state.size, state.mask, x.dtype, cfg.proportional_attention)
+                m = causal_bias(state.pos, state.pos, state.size, state.mask, x.dtype, cfg.proportional_attention)
                 args, kwargs = spec.set(args, kwargs, "attention_mask", m)
                 if rope:
                     pe = _gather_rope(scratch["rope"], state.pos)
@@ -192,7 +177,7 @@ def inject_causal_lm(model: nn.Module, record: PatchRecord) -> None:
         k_size = torch.cat([k_size, torch.ones_like(new_pos)], 1)
         k_mask = torch.cat([k_mask, new_mask], 1)
         scratch["kv"][i] = [k_pos, k_size, k_mask]
-        return _mask(new_pos, k_pos, k_size, k_mask, x.dtype, prop)
+        return causal_bias(new_pos, k_pos, k_size, k_mask, x.dtype, prop)
 
     def post(i: int, block: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
         cfg: MergeConfig = record.config

@@ -53,7 +53,7 @@ from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPa
 from transformers.models.t5.modeling_t5 import T5Attention, T5Stack
 
 from ..config import MergeConfig
-from ..merge import MergeState, causal_unmerge, key_bias, match, merge_step, unmerge
+from ..merge import MergeState, causal_bias, causal_unmerge, key_bias, match, merge_step, unmerge
 from .base import Family, PatchRecord, find_family, find_record, mark, register, swap_class
 
 __all__ = [
@@ -118,24 +118,27 @@ def _clamp_fp16(h: torch.Tensor) -> torch.Tensor:
 def _relative_bias(stack: T5Stack, state: MergeState, merged: bool) -> torch.Tensor:
     """T5 relative position bias for the current tokens: (1, H, T, T) before any merge, (B, H, T, T) after.
 
-    After merging, relative distances are those of the tokens' positions (rounded), not of their indices.
-    The (B, H, T, T) tensor is gathered contiguously from the (H, buckets) table in one pass.
+    After merging, relative distances are those of the tokens' positions (rounded), not of their indices; the
+    bias of each of the 2N-1 possible distances is computed once and looked up (one gather, no per-pair bucketing).
     """
     attn0: T5Attention = stack.block[0].layer[0].SelfAttention
     t = state.length
     if not merged:
         return attn0.compute_bias(t, t, device=state.pos.device)
-    rel = (state.pos[:, None, :] - state.pos[:, :, None]).round_().long()  # memory - query, (B, T, T)
+    n = max(state.source.shape[1], int(state.pos.max().ceil()) + 1)  # positions lie in [0, n)
+    # every distance memory - query lies in [-(n-1), n-1]: bucket those 2n-1 values once, then look them up
+    dist = torch.arange(-(n - 1), n, device=state.pos.device)
     buckets = T5Attention._relative_position_bucket(
-        rel,
+        dist,
         bidirectional=not stack.is_decoder,
         num_buckets=attn0.relative_attention_num_buckets,
         max_distance=attn0.relative_attention_max_distance,
     )
-    n_b, heads = buckets.shape[0], attn0.n_heads
-    table = attn0.relative_attention_bias.weight.t()  # (H, num_buckets)
-    table = table[None, :, None, :].expand(n_b, heads, t, table.shape[1])
-    return torch.gather(table, 3, buckets[:, None].expand(n_b, heads, t, t))
+    values = attn0.relative_attention_bias.weight[buckets].t()  # (H, 2n-1)
+    rel = (state.pos[:, None, :] - state.pos[:, :, None]).round_().long().clamp_(-(n - 1), n - 1)  # (B, T, T)
+    n_b, heads = rel.shape[0], values.shape[0]
+    table = values[None, :, None, :].expand(n_b, heads, t, values.shape[1])  # views: no copies
+    return torch.gather(table, 3, (rel + (n - 1))[:, None].expand(n_b, heads, t, t))  # (B, H, T, T), contiguous
 
 
 def _attention_bias(stack: T5Stack, state: MergeState, merged: bool, dtype: torch.dtype, proportional: bool):
@@ -317,11 +320,7 @@ def causal_attention_bias(state: MergeState, dtype: torch.dtype, proportional: b
     ``log(size_j)`` (proportional attention) or 0, any other the dtype's minimum. A query that would see no key
     (a padding query before every real token) sees itself, so no softmax row is empty.
     """
-    allowed = (state.pos[:, None, :] <= state.pos[:, :, None]) & state.mask[:, None, :]  # (B, T, T)
-    eye = torch.eye(state.length, dtype=torch.bool, device=state.pos.device)
-    allowed = allowed | (eye & ~allowed.any(dim=-1, keepdim=True))
-    seen = state.size.clamp_min(1e-6).log()[:, None, :].to(dtype) if proportional else torch.zeros((), dtype=dtype)
-    return torch.where(allowed, seen, torch.finfo(dtype).min)[:, None]
+    return causal_bias(state.pos, state.pos, state.size, state.mask, dtype, proportional)
 
 
 def _decoder_self_bias(stack: T5Stack, state: MergeState, merged: bool, dtype: torch.dtype, proportional: bool):
@@ -333,7 +332,8 @@ def _decoder_self_bias(stack: T5Stack, state: MergeState, merged: bool, dtype: t
     finite = torch.isfinite(state.pos)
     pos_state = state if bool(finite.all()) else replace(state, pos=torch.where(finite, state.pos, 0.0))
     rel = _relative_bias(stack, pos_state, merged)  # (1 | B, H, T, T)
-    return rel + causal_attention_bias(state, dtype, proportional)
+    causal = causal_attention_bias(state, dtype, proportional)
+    return rel.add_(causal) if merged and rel.dtype == dtype else rel + causal  # in place: one pass less
 
 
 def _cross_attention_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:

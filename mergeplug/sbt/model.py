@@ -56,6 +56,8 @@ class SBTConfig:
         qkv_keep: fraction of Q/K/V activations kept by the fixed mask (1.0 = no mask).
         qkv_seed: seed of the fixed mask.
         dropout: dropout in attention outputs and feed-forward (0 in the reference work).
+        bias: linear layers with biases. The sparse-binary variant drops them: its weights are frozen random
+            signs, and frozen random biases would only add stored bytes.
     """
 
     n_channels: int
@@ -70,6 +72,7 @@ class SBTConfig:
     qkv_keep: float = 1.0
     qkv_seed: int = 0
     dropout: float = 0.0
+    bias: bool = True
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -104,10 +107,10 @@ def _sinusoids(n: int, d: int) -> torch.Tensor:
 class Attention(nn.Module):
     """Multi-head self-attention with separate projections (each an ``nn.Linear``, so they can be binarized)."""
 
-    def __init__(self, d: int, heads: int, dropout: float) -> None:
+    def __init__(self, d: int, heads: int, dropout: float, bias: bool = True) -> None:
         super().__init__()
         self.heads, self.d_head = heads, d // heads
-        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d, bias=bias) for _ in range(4))
         self.drop = nn.Dropout(dropout)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, H, T, dh)
@@ -147,10 +150,10 @@ class Attention(nn.Module):
 class EncoderLayer(nn.Module):
     """Post-norm encoder layer: x = LN(x + O(attn(x))); x = LN(x + FF(x))."""
 
-    def __init__(self, d: int, heads: int, d_ff: int, dropout: float) -> None:
+    def __init__(self, d: int, heads: int, d_ff: int, dropout: float, bias: bool = True) -> None:
         super().__init__()
-        self.attn = Attention(d, heads, dropout)
-        self.ff1, self.ff2 = nn.Linear(d, d_ff), nn.Linear(d_ff, d)
+        self.attn = Attention(d, heads, dropout, bias)
+        self.ff1, self.ff2 = nn.Linear(d, d_ff, bias=bias), nn.Linear(d_ff, d, bias=bias)
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.drop = nn.Dropout(dropout)
 
@@ -180,16 +183,19 @@ class CompactTransformer(nn.Module):
     def __init__(self, config: SBTConfig) -> None:
         super().__init__()
         self.config = c = config
-        self.embed = nn.Linear(c.n_channels, c.d_model)
+        self.embed = nn.Linear(c.n_channels, c.d_model, bias=c.bias)
         self.register_buffer("pos", _sinusoids(c.max_len, c.d_model), persistent=False)
         if c.qkv_keep < 1.0:
             g = torch.Generator().manual_seed(c.qkv_seed)
-            self.register_buffer("qkv_mask", (torch.rand(c.max_len, c.d_model, generator=g) < c.qkv_keep).float())
+            keep = (torch.rand(c.max_len, c.d_model, generator=g) < c.qkv_keep).float()
+            self.register_buffer("qkv_mask", keep, persistent=False)  # rebuilt from qkv_seed: nothing to store
         else:
             self.qkv_mask = None
-        self.layers = nn.ModuleList(EncoderLayer(c.d_model, c.n_heads, c.d_ff, c.dropout) for _ in range(c.n_layers))
+        self.layers = nn.ModuleList(
+            EncoderLayer(c.d_model, c.n_heads, c.d_ff, c.dropout, c.bias) for _ in range(c.n_layers)
+        )
         out = c.n_classes if c.task == "classification" else c.n_channels
-        self.head = nn.Linear(c.d_model, out)
+        self.head = nn.Linear(c.d_model, out, bias=c.bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, reference: bool = False) -> torch.Tensor:
         """Run the model.

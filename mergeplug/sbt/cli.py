@@ -1,0 +1,251 @@
+"""``mergeplug-sbt``: train and compare the dense and sparse-binary compact Transformer on the shipped tasks.
+
+    mergeplug-sbt train --task japanese_vowels --variant dense sparse-binary --seeds 0 1 2 --out runs/sbt
+    mergeplug-sbt report --out runs/sbt --md results.md --plot results.png
+
+Variants (one structure, see :mod:`mergeplug.sbt.model`):
+
+* ``dense``: float weights, full attention.
+* ``dense-step-t``: float weights, step-t attention (anomaly / forecast only; isolates what step-t does).
+* ``sparse-binary``: every linear layer binarized (Biprop: frozen random signs from the seed, learned top-k
+  scores, ``--density`` kept), trained: scores and layer norms only; step-t attention for anomaly / forecast,
+  the fixed Q/K/V activation mask (``--qkv-keep``) for classification.
+
+Every run writes its directory (resumable; finished runs are skipped) and a ``result.json`` with the test
+metric of the validation-selected model and its efficiency figures: parameters (total / non-zero), storage
+(bytes written: dense fp32 safetensors vs the packed file), FLOPs per window (honest and reference
+conventions, :mod:`mergeplug.sbt.efficiency`) and inference time against the dense model, interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .efficiency import honest_flops, parameter_summary, reference_flops, storage_summary, time_forward
+from .model import CompactTransformer
+from .tasks import TASKS, build_task
+from .train import TaskSpec, TrainSettings, train_run
+
+__all__ = ["main", "run_variant", "VARIANTS", "summarize"]
+
+VARIANTS = ("dense", "dense-step-t", "sparse-binary")
+METRIC = {"classification": ("accuracy", True), "anomaly": ("f1", True), "forecast": ("mse", False)}
+
+
+def _variant_task(task: str, variant: str, qkv_keep: float, max_series: int | None) -> TaskSpec:
+    kind = TASKS[task]["kind"]
+    if variant == "dense-step-t" and kind == "classification":
+        raise ValueError("dense-step-t is for anomaly / forecast tasks (classification reads every step)")
+    overrides: dict[str, Any] = {}
+    if variant in ("dense-step-t", "sparse-binary") and kind != "classification":
+        overrides["attention"] = "step-t"
+    if variant == "sparse-binary":
+        overrides["bias"] = False
+        if kind == "classification":
+            overrides["qkv_keep"] = qkv_keep
+    return build_task(task, max_series=max_series, **overrides)
+
+
+def run_variant(
+    task: str,
+    variant: str,
+    seed: int,
+    out: Path,
+    settings: TrainSettings,
+    *,
+    density: float = 0.1,
+    qkv_keep: float = 0.5,
+    max_series: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train (or resume, or reload) one (task, variant, seed) and return its result (also in result.json)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+    run_dir = out / task / variant / f"seed{seed}"
+    done = run_dir / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    spec = _variant_task(task, variant, qkv_keep, max_series)
+    desc: dict[str, Any] = {"variant": variant}
+    prepare = None
+    if variant == "sparse-binary":
+        from ..binary import binarize, trainable_binary
+
+        desc.update(density=density, qkv_keep=qkv_keep if spec.kind == "classification" else 1.0)
+
+        def prepare(model: CompactTransformer) -> list[torch.nn.Parameter]:
+            binarize(model, density=density, init="random", seed=seed)
+            return trainable_binary(model, train_norms=True)
+
+    settings = TrainSettings(**{**settings.__dict__, "seed": seed})
+    model, res = train_run(spec, run_dir, settings, prepare=prepare, variant=desc, progress=progress)
+    res.update(desc, task=task, kind=spec.kind, seed=seed)
+    res["efficiency"] = efficiency(spec, model)
+    done.write_text(json.dumps(res, indent=1))
+    return res
+
+
+def efficiency(spec: TaskSpec, model: CompactTransformer, batch: int = 64) -> dict[str, Any]:
+    """Parameters, storage, FLOPs per window and inference time (vs a dense full-attention twin, interleaved)."""
+    x, mask, _ = spec.test
+    x = x[:batch]
+    mask = None if mask is None else mask[:batch]
+    dense_cfg = type(spec.model)(**{**spec.model.to_dict(), "attention": "full", "qkv_keep": 1.0, "bias": True})
+    twin = CompactTransformer(dense_cfg).eval()
+    with torch.no_grad():
+        times = time_forward({"dense": twin, "this": model}, x, mask)
+    return {
+        "params": parameter_summary(model),
+        "storage": storage_summary(model),
+        "flops": honest_flops(model, x, mask),
+        "reference_flops": reference_flops(model, x.shape[1]),
+        "time_s": times["this"],
+        "time_dense_s": times["dense"],
+        "window": int(x.shape[1]),
+    }
+
+
+def summarize(out: Path) -> list[dict[str, Any]]:
+    """One row per (task, variant): metric mean ± std over seeds and efficiency ratios against ``dense``."""
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for path in sorted(out.glob("*/*/seed*/result.json")):
+        r = json.loads(path.read_text())
+        results.setdefault((r["task"], r["variant"]), []).append(r)
+    rows = []
+    for (task, variant), rs in sorted(results.items()):
+        kind = rs[0]["kind"]
+        name, _ = METRIC[kind]
+        vals = [r["test"][name] for r in rs]
+        eff = rs[0]["efficiency"]
+        base = results.get((task, "dense"), rs)[0]["efficiency"]
+        row = {
+            "task": task,
+            "variant": variant,
+            "seeds": len(rs),
+            "metric": name,
+            "mean": float(np.mean(vals)),
+            "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+            "params": eff["params"]["total"],
+            "nonzero": eff["params"]["nonzero"],
+            "bytes": eff["storage"]["bytes"],
+            "storage_x": base["storage"]["bytes"] / eff["storage"]["bytes"],
+            "ref_storage_x": base["storage"]["reference_bytes"] / eff["storage"]["reference_bytes"],
+            "flops": eff["flops"]["flops"],
+            "flops_x": base["flops"]["flops"] / eff["flops"]["flops"],
+            "ref_flops_x": base["reference_flops"] / eff["reference_flops"],
+            "time_x": float(np.median([r["efficiency"]["time_dense_s"] / r["efficiency"]["time_s"] for r in rs])),
+        }
+        if kind == "anomaly":
+            pa = [r["test"]["f1_pa"] for r in rs]
+            row.update(f1_pa_mean=float(np.mean(pa)), f1_pa_std=float(np.std(pa, ddof=1)) if len(pa) > 1 else 0.0)
+        if kind == "forecast":
+            mae = [r["test"]["mae"] for r in rs]
+            row.update(mae_mean=float(np.mean(mae)))
+        rows.append(row)
+    return rows
+
+
+def format_markdown(rows: list[dict[str, Any]]) -> str:
+    """The comparison table (markdown)."""
+    head = ("| task | variant | seeds | test metric (mean ± std) | params (non-zero) | storage bytes | storage x | "
+            "FLOPs / window | FLOPs x | ref. storage x / FLOPs x | speed x |")  # fmt: skip
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        metric = f"{r['metric']} {r['mean']:.4f} ± {r['std']:.4f}"
+        if "f1_pa_mean" in r:
+            metric += f" (PA F1 {r['f1_pa_mean']:.3f} ± {r['f1_pa_std']:.3f})"
+        if "mae_mean" in r:
+            metric += f" (MAE {r['mae_mean']:.4f})"
+        lines.append(
+            f"| {r['task']} | {r['variant']} | {r['seeds']} | {metric} | {r['params']:,} ({r['nonzero']:,}) | "
+            f"{r['bytes']:,} | {r['storage_x']:.1f}x | {r['flops']:,.0f} | {r['flops_x']:.1f}x | "
+            f"{r['ref_storage_x']:.1f}x / {r['ref_flops_x']:.1f}x | {r['time_x']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Metric against storage ratio per task (one panel per task)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for r in (r for r in rows if r["task"] == task):
+            ax.errorbar(r["storage_x"], r["mean"], yerr=r["std"], fmt="o", capsize=3, label=r["variant"])
+        ax.set_xscale("log")
+        ax.set_title(task)
+        ax.set_xlabel("storage reduction (x, bytes written)")
+        ax.set_ylabel(next(r["metric"] for r in rows if r["task"] == task))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mergeplug-sbt", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train (or resume) runs; finished runs are skipped")
+    t.add_argument("--task", nargs="+", required=True, choices=sorted(TASKS))
+    t.add_argument("--variant", nargs="+", default=["dense", "sparse-binary"], choices=VARIANTS)
+    t.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    t.add_argument("--out", type=Path, default=Path("runs/sbt"))
+    t.add_argument("--density", type=float, default=0.1)
+    t.add_argument("--qkv-keep", type=float, default=0.5)
+    t.add_argument("--epochs", type=int, default=150)
+    t.add_argument("--lr", type=float, default=None, help="default: 1e-3 dense, 3e-2 sparse-binary (scores)")
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--patience", type=int, default=40)
+    t.add_argument("--max-batches", type=int, default=None, help="batches per epoch (large window sets)")
+    t.add_argument("--max-series", type=int, default=None, help="first N series / windows per split (smoke runs)")
+    t.add_argument("--threads", type=int, default=None)
+    r = sub.add_parser("report", help="mean ± std table over seeds (markdown) and a plot")
+    r.add_argument("--out", type=Path, default=Path("runs/sbt"))
+    r.add_argument("--md", type=Path, default=None)
+    r.add_argument("--plot", type=Path, default=None)
+    r.add_argument("--json", type=Path, default=None)
+    a = p.parse_args(argv)
+    if a.cmd == "train":
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        for task in a.task:
+            for variant in a.variant:
+                if variant == "dense-step-t" and TASKS[task]["kind"] == "classification":
+                    continue
+                for seed in a.seeds:
+                    lr = a.lr if a.lr is not None else (3e-2 if variant == "sparse-binary" else 1e-3)
+                    settings = TrainSettings(epochs=a.epochs, batch_size=a.batch_size, lr=lr, patience=a.patience,
+                                             max_batches_per_epoch=a.max_batches, threads=a.threads)  # fmt: skip
+                    res = run_variant(task, variant, seed, a.out, settings, density=a.density, qkv_keep=a.qkv_keep,
+                                      max_series=a.max_series)  # fmt: skip
+                    name, _ = METRIC[res["kind"]]
+                    print(f"{task} {variant} seed {seed}: test {name} {res['test'][name]:.4f}", flush=True)
+        return 0
+    rows = summarize(a.out)
+    if not rows:
+        print(f"no finished runs under {a.out}", file=sys.stderr)
+        return 2
+    text = format_markdown(rows)
+    print(text)
+    if a.md:
+        a.md.write_text(text + "\n")
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1))
+    if a.plot:
+        plot(rows, a.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
