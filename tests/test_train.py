@@ -305,3 +305,42 @@ def test_shipped_reference_models_load_with_mergeplug_from_pretrained():
         card = ModelCard.load(d / "README.md")
         assert card.data.pipeline_tag == "time-series-forecasting" and "reference-model" in card.data.tags
         assert "## Cost (mergeplug.cost)" in card.text and "multiply-accumulates" in card.text, d.name
+
+
+def test_binary_fine_tuning_resumes_exports_and_loads_in_the_harness(tmp_path):
+    """--init-from a trained model, --binary-density: only scores and norms train; resume is exact; the exported
+    directory loads (float weights + packed binary layers) with the checkpoint's outputs, in the harness too."""
+    from chronos import BaseChronosPipeline
+
+    from mergeplug.binary import binarization, binary_layers
+    from mergeplug.eval.models import load_model
+    from mergeplug.train.export import export
+
+    base = dict(batch_size=8, warmup=2, log_every=1, threads=1, checkpoint_every=3, lr=1e-2)
+    train(_bolt(), TrainSettings(steps=4, **base), tmp_path / "float", progress=False)
+    float_dir = export(tmp_path / "float", tmp_path / "float-model")
+    ft = dict(base, init_from=str(float_dir), binary_density=0.25, binary_exclude="output_patch_embedding*")
+    train(_bolt(), TrainSettings(steps=6, **ft), tmp_path / "straight", progress=False)
+    train(_bolt(), TrainSettings(steps=6, **ft), tmp_path / "resumed", progress=False, stop_at=3)
+    train(_bolt(), TrainSettings(steps=6, **ft), tmp_path / "resumed", progress=False)
+    _, a, _ = load_checkpoint_model(tmp_path / "straight")
+    _, b, _ = load_checkpoint_model(tmp_path / "resumed")
+    layers = binary_layers(a)
+    assert layers and binarization(a).density == 0.25 and not any("output_patch" in n for n in layers)
+    for name, layer in layers.items():
+        assert torch.equal(layer.effective_weight(), binary_layers(b)[name].effective_weight()), name
+    # the float weights were not trained: equal to the model fine-tuning started from
+    start = BaseChronosPipeline.from_pretrained(str(float_dir)).inner_model
+    name = next(iter(layers))
+    assert torch.equal(layers[name]._parameters["weight"], start.get_submodule(name).weight)
+    with pytest.raises(ValueError, match="fine-tuning set-up"):
+        train(_bolt(), TrainSettings(steps=7, **{**ft, "binary_density": 0.5}), tmp_path / "resumed", progress=False)
+    out = export(tmp_path / "straight", tmp_path / "binary-model")
+    assert (out / "mergeplug_packed.safetensors").exists()
+    ctx = torch.randn(2, 64, generator=torch.Generator().manual_seed(0)).cumsum(-1)
+    fc = load_model(str(out))
+    assert binarization(fc.pipe.inner_model) is not None
+    pipe = BaseChronosPipeline.from_pretrained(str(out))
+    pipe.model = a
+    with torch.no_grad():
+        assert torch.equal(fc.pipe.predict(ctx, prediction_length=16), pipe.predict(ctx, prediction_length=16))

@@ -239,6 +239,18 @@ def _load_supervised(path: Path) -> torch.nn.Module:
     return cls[model_type].from_pretrained(path).eval()
 
 
+def _with_binary_layers(model: Any, path: Path) -> Any:
+    """Load the packed sparse binary layers of a directory written by ``mergeplug.save_pretrained`` (if any)."""
+    cfg = path / "mergeplug_config.json"
+    if path.is_dir() and cfg.exists():
+        binary = json.loads(cfg.read_text()).get("binarization")
+        if binary:
+            from ..binary import load_packed
+
+            load_packed(model, path / binary["file"])
+    return model
+
+
 def _predictor_factory(dotted: str) -> Callable[[EvalDataset], Any]:
     module, _, attr = dotted.rpartition(".")
     try:
@@ -300,7 +312,7 @@ def load_model(spec: str | Forecaster, *, device: str = "cpu", dtype: str = "flo
             raise ValueError(f"unknown shipped model {spec!r}; shipped: {', '.join(f'mergeplug:{h}' for h in have)}")
     config = Path(path) / "config.json"
     if config.exists() and json.loads(config.read_text()).get("model_type") in ("patchtst", "time_series_transformer"):
-        return SupervisedForecaster(_load_supervised(Path(path)), name=spec)
+        return SupervisedForecaster(_with_binary_layers(_load_supervised(Path(path)), Path(path)), name=spec)
     from chronos import BaseChronosPipeline
 
     try:
@@ -310,4 +322,4 @@ def load_model(spec: str | Forecaster, *, device: str = "cpu", dtype: str = "flo
             f"could not load model {spec!r} ({exc}). A hub id needs internet (or a filled local cache); "
             "offline, pass a local directory, mergeplug:<name> or random:chronos-t5-<size>."
         ) from exc
-    return ChronosForecaster(pipe, spec)
+    return ChronosForecaster(_with_binary_layers(pipe, Path(path)), spec)

@@ -101,11 +101,15 @@ def export(
     meta = json.loads((Path(run_dir) / "run.json").read_text())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    (out / "training.json").write_text(json.dumps({**meta, "state": state}, indent=2))
-    from ..hub import write_config
+    from ..binary import binarization
+    from ..hub import save_pretrained, write_config
 
-    write_config(model, out)
+    if binarization(model) is not None:  # float weights + the packed binary layers + the config
+        save_pretrained(model, out, card=False)
+    else:
+        model.save_pretrained(out)
+        write_config(model, out)
+    (out / "training.json").write_text(json.dumps({**meta, "state": state}, indent=2))
     write_card(out, name=name, eval_dirs=eval_dirs)
     return out
 

@@ -49,6 +49,39 @@ class TrainSettings:
     threads: int | None = None
     checkpoint_every: int = 250
     log_every: int = 25
+    init_from: str = ""
+    binary_density: float = 0.0
+    binary_exclude: str = ""
+
+
+SCORES_NAME = "binary_scores.safetensors"  # a binary fine-tuning checkpoint's learned scores
+# fields of TrainSettings that define the model (a resumed run must keep them)
+_MODEL_FIELDS = ("init_from", "binary_density", "binary_exclude")
+
+
+def _prepare_model(model: torch.nn.Module, settings: TrainSettings, ckpt: Path | None) -> torch.nn.Module:
+    """Fine-tuning set-up: start from ``init_from`` (an exported model directory) and, with ``binary_density``,
+    binarize every ``nn.Linear`` except those matching ``binary_exclude`` (:func:`mergeplug.binarize`, signs and
+    initial mask from the weights) and train only the binary scores and the norm layers. A checkpoint's scores
+    (saved with the float weights) are loaded back."""
+    if settings.init_from and ckpt is None:
+        model = type(model).from_pretrained(settings.init_from)
+    if settings.binary_density <= 0:
+        return model
+    from safetensors.torch import load_file
+
+    from ..binary import binarize, trainable_binary
+
+    binarize(model, density=settings.binary_density, init="weights", seed=settings.seed,
+             exclude=settings.binary_exclude or None)  # fmt: skip
+    trainable_binary(model, train_norms=True)
+    if ckpt is not None:
+        if not (ckpt / SCORES_NAME).exists():
+            raise ValueError(f"{ckpt} holds no {SCORES_NAME}: it was not written by a binary fine-tuning run")
+        missing, unexpected = model.load_state_dict(load_file(str(ckpt / SCORES_NAME)), strict=False)
+        if unexpected or any(k.endswith(".scores") for k in missing):
+            raise ValueError(f"{ckpt}/{SCORES_NAME} does not match the binarized model ({(unexpected or missing)[:3]})")
+    return model
 
 
 def _cpu_seconds() -> float:
@@ -73,7 +106,17 @@ def _save(out: Path, model: torch.nn.Module, opt, sched, state: dict[str, Any]) 
     tmp = out / "checkpoint.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
+    from ..binary import binarization, suspended
+
+    if binarization(model) is not None:  # float weights as the model class saves them, the scores beside them
+        from safetensors.torch import save_file
+
+        with suspended(model):
+            model.save_pretrained(tmp)
+        scores = {n: p.detach().contiguous() for n, p in model.named_parameters() if n.endswith(".scores")}
+        save_file(scores, str(tmp / SCORES_NAME))
+    else:
+        model.save_pretrained(tmp)
     torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), **state}, tmp / "trainer.pt")
     final = out / "checkpoint"
     old = out / "checkpoint.old"
@@ -92,7 +135,8 @@ def load_checkpoint_model(run_dir: str | Path) -> tuple[Recipe, torch.nn.Module,
     ckpt = run_dir / "checkpoint"
     if not ckpt.exists():
         raise FileNotFoundError(f"{run_dir} has no checkpoint yet (training saves every checkpoint_every steps)")
-    model = type(recipe.build()).from_pretrained(ckpt).eval()
+    settings = TrainSettings(**{k: v for k, v in meta["settings"].items() if k in TrainSettings.__dataclass_fields__})
+    model = _prepare_model(type(recipe.build()).from_pretrained(ckpt), settings, ckpt).eval()
     state = torch.load(ckpt / "trainer.pt", weights_only=False)
     state = {k: v for k, v in state.items() if k not in ("optimizer", "scheduler")}
     return recipe, model, state
@@ -119,10 +163,12 @@ def train(
     meta = {"recipe": _recipe_dict(recipe), "settings": dataclasses.asdict(settings)}
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
-        if old["recipe"] != meta["recipe"] or old["settings"]["seed"] != settings.seed:
+        keys = ("seed", *_MODEL_FIELDS)
+        if old["recipe"] != meta["recipe"] or any(old["settings"].get(k, meta["settings"][k]) != meta["settings"][k]
+                                                  for k in keys):  # fmt: skip
             raise ValueError(
-                f"{out} holds a run with different recipe settings or seed; use a new --out directory "
-                "(only --steps and logging/checkpoint intervals may change on resume)"
+                f"{out} holds a run with different recipe settings, seed or fine-tuning set-up; use a new --out "
+                "directory (only --steps and logging/checkpoint intervals may change on resume)"
             )
     meta_path.write_text(json.dumps(meta, indent=2))
     if settings.threads:
@@ -138,6 +184,7 @@ def train(
     state: dict[str, Any] = {"step": 0, "wall_seconds": 0.0, "cpu_seconds": 0.0, "samples": 0}
     if ckpt.exists():
         model = type(model).from_pretrained(ckpt)
+    model = _prepare_model(model, settings, ckpt if ckpt.exists() else None)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
