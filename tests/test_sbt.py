@@ -131,3 +131,13 @@ def test_cli_trains_reports_and_skips_finished_runs(tmp_path, capsys):
     assert "kdd_tsad_135 | sparse-binary" in text and (tmp_path / "p.png").stat().st_size > 1000
     with pytest.raises(SystemExit):
         main(["train", "--task", "no_such_task"])
+
+
+def test_threshold_free_anomaly_metrics():
+    from mergeplug.sbt.train import average_precision, top1_hit
+
+    labels = np.array([0, 0, 1, 1, 0, 0])
+    assert average_precision(np.array([0.1, 0.2, 0.9, 0.8, 0.3, 0.0]), labels) == 1.0
+    assert average_precision(np.array([0.9, 0.2, 0.8, 0.1, 0.3, 0.0]), labels) == pytest.approx((1 / 2 + 2 / 5) / 2)
+    assert top1_hit(np.array([0.0, 0.0, 0.0, 0.0, 0.0, 1.0]), labels, slack=2) == 1.0
+    assert top1_hit(np.array([0.0, 0.0, 0.0, 0.0, 0.0, 1.0]), labels, slack=1) == 0.0

@@ -145,6 +145,8 @@ def summarize(out: Path) -> list[dict[str, Any]]:
         if kind == "anomaly":
             pa = [r["test"]["f1_pa"] for r in rs]
             row.update(f1_pa_mean=float(np.mean(pa)), f1_pa_std=float(np.std(pa, ddof=1)) if len(pa) > 1 else 0.0)
+            if all("average_precision" in r["test"] for r in rs):
+                row["ap_mean"] = float(np.mean([r["test"]["average_precision"] for r in rs]))
         if kind == "forecast":
             mae = [r["test"]["mae"] for r in rs]
             row.update(mae_mean=float(np.mean(mae)))
@@ -160,7 +162,8 @@ def format_markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         metric = f"{r['metric']} {r['mean']:.4f} ± {r['std']:.4f}"
         if "f1_pa_mean" in r:
-            metric += f" (PA F1 {r['f1_pa_mean']:.3f} ± {r['f1_pa_std']:.3f})"
+            metric += f" (PA F1 {r['f1_pa_mean']:.3f} ± {r['f1_pa_std']:.3f}"
+            metric += f", AP {r['ap_mean']:.3f})" if "ap_mean" in r else ")"
         if "mae_mean" in r:
             metric += f" (MAE {r['mae_mean']:.4f})"
         lines.append(

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .model import CompactTransformer, SBTConfig
 
-__all__ = ["TaskSpec", "TrainSettings", "train_run", "f1_scores", "point_adjust"]
+__all__ = ["TaskSpec", "TrainSettings", "train_run", "f1_scores", "point_adjust", "average_precision", "top1_hit"]
 
 
 @dataclass
@@ -99,6 +99,26 @@ def f1_scores(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[
     return {**{f"{k}": v for k, v in raw.items()}, **{f"{k}_pa": v for k, v in adj.items()}}
 
 
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the precision-recall curve (average precision) of point scores: threshold-free. (T,), (T,)."""
+    labels = labels.astype(bool)
+    if not labels.any():
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    hits = labels[order]
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision[hits].sum() / hits.sum())
+
+
+def top1_hit(scores: np.ndarray, labels: np.ndarray, slack: int = 100) -> float:
+    """UCR anomaly archive convention: 1.0 if the highest score lies within ``slack`` steps of a labelled anomaly."""
+    idx = np.flatnonzero(labels.astype(bool))
+    if idx.size == 0:
+        return float("nan")
+    top = int(np.argmax(scores))
+    return float(np.abs(idx - top).min() <= slack)
+
+
 def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     """Threshold maximising the (unadjusted) F1 on labelled *validation* scores."""
     cands = np.unique(np.quantile(scores, np.linspace(0.5, 0.9995, 400)))
@@ -137,6 +157,8 @@ def evaluate(spec: TaskSpec, model: CompactTransformer, split: str, threshold: f
     scores = ((out - spec.extra[f"{split}_target"]) ** 2).mean(-1).numpy()  # per window = per scored step
     labels = y.numpy().astype(bool)
     res: dict[str, Any] = {"score_mean": float(scores.mean())}
+    if labels.any():
+        res.update(average_precision=average_precision(scores, labels), top1_hit=top1_hit(scores, labels))
     if threshold is not None:
         res.update(f1_scores(scores, labels, threshold))
     res["scores"] = scores
