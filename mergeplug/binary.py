@@ -44,8 +44,8 @@ bytes) or, with
 positions: unary quotients and fixed-width ``b``-bit remainders, ``b`` chosen per layer to minimise the size);
 ``<name>.signs`` (uint8, packbits of the signs of the kept weights only, in row-major order, 1 = positive,
 ``ceil(k / 8)`` bytes); ``<name>.alpha`` (fp32, (1,) or (out,)); ``<name>.bias`` (fp32 by default, exact; fp16 with
-``bias_dtype="fp16"``, lossy); every other parameter and buffer of the model as fp32 (integer buffers at their dtype;
-shared tensors once). The safetensors metadata key ``"mergeplug_packed"`` holds JSON: format name and version, the
+``bias_dtype="fp16"``, lossy); every other parameter and buffer of the model at its own dtype (shared tensors
+once). The safetensors metadata key ``"mergeplug_packed"`` holds JSON: format name and version, the
 binarization settings, per layer its shape, k, density, alpha mode, mask encoding (and Rice ``b``), bias dtype and
 aliases, and the aliases of shared tensors. :func:`load_packed` rebuilds the binarized layers in *packed mode*
 (buffers ``binary_mask``, ``binary_sign``, ``binary_alpha``; inference only, no scores) with the same effective
@@ -732,7 +732,7 @@ def _layer_payload(
 
 
 def _other_tensors(root: nn.Module, skip_prefixes: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Every parameter / buffer outside the binarized layers, floats as fp32, shared tensors once (+ aliases)."""
+    """Every parameter / buffer outside the binarized layers, at its dtype, shared tensors once (+ aliases)."""
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     seen: dict[tuple, str] = {}
@@ -745,7 +745,7 @@ def _other_tensors(root: nn.Module, skip_prefixes: list[str]) -> tuple[dict[str,
             aliases[key] = seen[ident]
             continue
         seen[ident] = key
-        tensors[key] = (t.to(torch.float32) if t.is_floating_point() else t).cpu().contiguous().clone()
+        tensors[key] = t.cpu().contiguous().clone()  # at its own dtype: loads back exactly
     return tensors, aliases
 
 
@@ -838,7 +838,7 @@ def _to_disk(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> tuple[di
             own[key] = t
         else:
             parts[blob].append(t.reshape(-1))
-    blobs = {k: torch.cat(v) for k, v in parts.items() if v}
+    blobs = {f"@{k}": torch.cat(v) for k, v in parts.items() if v}  # "@": never a state_dict key
     rows = []
     for name, info in meta["layers"].items():
         rows.append([name, info["shape"], info["k"], info["mask_encoding"], info.get("rice_b", 0),
@@ -880,7 +880,7 @@ def _from_disk(data: dict[str, torch.Tensor], disk: dict[str, Any]) -> tuple[dic
             tensors[key] = data[key]
             continue
         n = math.prod(shape)
-        tensors[key] = data[blob][offsets[blob] : offsets[blob] + n].reshape(shape)
+        tensors[key] = data[f"@{blob}"][offsets[blob] : offsets[blob] + n].reshape(shape)
         offsets[blob] += n
     settings.setdefault("layers", list(layers))
     meta = {k: disk[k] for k in ("format", "format_version", "aliases")}
@@ -1012,7 +1012,7 @@ def packed_size_report(
     Returns ``{"dense_fp32": bytes, "packed": {encoding: bytes}, "ratio": {encoding: dense / packed},
     "layers": {name: {"dense_fp32", "packed": {encoding: data bytes}, "numel", "k"}}}``: the dense file is the
     safetensors file of the model with each binarized layer as its fp32 effective weight (+ bias) and every other
-    tensor in fp32 (shared ones once); the packed files come from :func:`save_packed`. Per-layer figures are the
+    tensor at its dtype (shared ones once); the packed files come from :func:`save_packed`. Per-layer figures are the
     layer's tensor bytes in those files (headers excluded).
     """
     from safetensors.torch import save_file

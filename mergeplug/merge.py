@@ -238,11 +238,12 @@ def group_mean_scores(scores: torch.Tensor, groups: torch.Tensor) -> tuple[torch
         raise ValueError(f"groups must have shape (B,) = ({scores.shape[0]},), got {tuple(groups.shape)}")
     labels, inverse = torch.unique(groups, return_inverse=True)
     n_g = labels.shape[0]
-    total = scores.new_zeros((n_g, *scores.shape[1:])).index_add_(0, inverse, scores)
-    count = torch.zeros(n_g, dtype=scores.dtype, device=scores.device).index_add_(
-        0, inverse, torch.ones_like(inverse, dtype=scores.dtype)
+    s32 = scores.float()  # sums and counts in float32 (bf16 counts stop being exact above 256)
+    total = s32.new_zeros((n_g, *scores.shape[1:])).index_add_(0, inverse, s32)
+    count = torch.zeros(n_g, dtype=torch.float32, device=scores.device).index_add_(
+        0, inverse, torch.ones_like(inverse, dtype=torch.float32)
     )
-    return total / count[:, None, None], inverse
+    return (total / count[:, None, None]).to(scores.dtype), inverse
 
 
 @scope("matching")

@@ -525,3 +525,27 @@ def test_fast_sampling_reads_the_binary_layers():
     assert torch.equal(_t5_predict(pipe, CTX), stock)  # same samples as stock generate() on the binary model
     mergeplug.remove(pipe)
     mergeplug.unbinarize(pipe)
+
+
+def test_packed_keeps_other_dtypes_exactly_and_reserved_names_never_clash(tmp_path):
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(8, 6)
+            self.register_buffer("bits", torch.arange(3, dtype=torch.uint8))  # the name of a blob in format 1
+            self.register_buffer("scale", torch.tensor([1.0 + 1e-12], dtype=torch.float64))
+
+        def forward(self, x):
+            return self.lin(x) * self.scale.float() + self.bits.float().sum()
+
+    net = Net()
+    mergeplug.binarize(net, density=0.5)
+    path = tmp_path / "net.safetensors"
+    mergeplug.save_packed(net, path)
+    fresh = Net()
+    fresh.bits.zero_()
+    fresh.scale.zero_()
+    loaded = mergeplug.load_packed(fresh, path)
+    assert torch.equal(loaded.bits, net.bits) and torch.equal(loaded.scale, net.scale)
+    x = torch.randn(2, 8)
+    assert torch.equal(loaded(x), net(x))

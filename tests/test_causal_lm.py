@@ -166,3 +166,50 @@ def test_decoder_only_chronos_merges_its_context(backbone):
     assert torch.equal(predict(), ref)
     with pytest.raises(ValueError, match="causal=True"):
         mergeplug.apply(pipe, k=1, r=3)
+
+
+def test_the_merged_cache_carries_its_facts_through_other_calls_copies_crops_and_new_settings():
+    import copy
+
+    m, ids = _lm("llama"), _ids(40)
+    nxt, other = _ids(1, seed=7), _ids(1, seed=8)
+    mergeplug.apply(m, k=1, causal=True, r=5)
+    with torch.inference_mode():
+        cache = DynamicCache(config=m.config)
+        m(ids, cache=cache, use_cache=True)
+        twin = copy.deepcopy(cache)
+        ref = m(nxt, cache=cache, use_cache=True).logits
+        m(_ids(30, seed=3), use_cache=False)  # another forward in between
+        assert torch.allclose(m(nxt, cache=twin, use_cache=True).logits, ref, atol=1e-6)
+        # crop (assisted decoding does this): decode, cut the token again, decode another
+        cache = DynamicCache(config=m.config)
+        m(ids, cache=cache, use_cache=True)
+        m(other, cache=cache, use_cache=True)
+        cache.crop(-1)  # every block drops the token it cached last
+        assert torch.allclose(m(nxt, cache=cache, use_cache=True).logits, ref, atol=1e-6)
+        # new settings (even "nothing merges") never change how a merged cache decodes
+        cache = DynamicCache(config=m.config)
+        m(ids, cache=cache, use_cache=True)
+        mergeplug.apply(m, k=1, causal=True, r=0)
+        assert torch.allclose(m(nxt, cache=cache, use_cache=True).logits, ref, atol=1e-6)
+        gen = m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, num_beams=4, do_sample=False)
+        assert gen.shape == (2, 43)
+
+
+def test_sliding_windows_and_other_attention_kernels_are_refused():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    cfg = MistralConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, sliding_window=16)  # fmt: skip
+    m = MistralForCausalLM(cfg).eval()
+    with pytest.raises(NotImplementedError, match="sliding_window = None"):
+        mergeplug.apply(m, k=1, causal=True, r=2)
+    m.config.sliding_window = None
+    mergeplug.apply(m, k=1, causal=True, r=2)
+    with torch.inference_mode():
+        assert m(_ids(20), use_cache=False).logits.shape == (2, 20, V)
+    mergeplug.remove(m)
+    llama = _lm("llama")
+    llama.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(NotImplementedError, match="attn_implementation"):
+        mergeplug.apply(llama, k=1, causal=True, r=2)

@@ -141,3 +141,11 @@ def test_threshold_free_anomaly_metrics():
     assert average_precision(np.array([0.9, 0.2, 0.8, 0.1, 0.3, 0.0]), labels) == pytest.approx((1 / 2 + 2 / 5) / 2)
     assert top1_hit(np.array([0.0, 0.0, 0.0, 0.0, 0.0, 1.0]), labels, slack=2) == 1.0
     assert top1_hit(np.array([0.0, 0.0, 0.0, 0.0, 0.0, 1.0]), labels, slack=1) == 0.0
+
+
+def test_a_run_directory_never_mixes_settings(tmp_path):
+    args = ["train", "--task", "kdd_tsad_135", "--variant", "dense", "--seeds", "0", "--epochs", "1",
+            "--max-series", "100", "--out", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    with pytest.raises(ValueError, match="other settings"):
+        main(args[:-4] + ["--lr", "0.01", "--max-series", "100", "--out", str(tmp_path)])

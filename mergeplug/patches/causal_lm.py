@@ -101,90 +101,122 @@ def _gather_rope(pe: tuple[torch.Tensor, torch.Tensor], pos: torch.Tensor) -> tu
     return tuple(t.expand(n_b, -1, -1).gather(1, idx[..., None].expand(-1, -1, t.shape[-1])) for t in pe)
 
 
+KV_ATTR = "_mergeplug_kv"  # on a KV cache filled by a merged prefill: per block i >= 1, [pos, size, mask] (B, T_i)
+
+
+def _check_attention(model: nn.Module) -> None:
+    cfg = getattr(model, "config", None)
+    impl = getattr(cfg, "_attn_implementation", None) or "eager"
+    if impl not in ("eager", "sdpa"):
+        raise NotImplementedError(
+            f"{type(model).__name__} uses attn_implementation={impl!r}; merged tokens need an additive (B, 1, Q, K) "
+            "mask, which only 'eager' and 'sdpa' take. Load the model with attn_implementation='sdpa'."
+        )
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+        raise NotImplementedError(
+            f"{type(model).__name__} uses sliding-window attention (sliding_window={cfg.sliding_window}), whose "
+            "rolling cache and window mask mergeplug does not rebuild for merged tokens. If your contexts are "
+            "shorter than the window, set model.config.sliding_window = None before mergeplug.apply."
+        )
+
+
 def inject_causal_lm(model: nn.Module, record: PatchRecord) -> None:
     """Hook the decoder stack of ``model`` (see the module docstring) and, for a model with ``generate``,
-    swap its class so beam search reorders the merged cache's per-row facts with the cache."""
+    swap its class so beam search reorders the merged cache's per-row facts with the cache.
+
+    The facts a later decoding step needs (per block: the cached tokens' positions, sizes and padding mask)
+    live on the KV cache object itself (attribute ``_mergeplug_kv``), so any cache filled by a merged prefill
+    decodes correctly, whichever forward ran in between, and copies of it (``copy.deepcopy``) too.
+    """
+    _check_attention(model)
     base, blocks, rope = find_stack(model)
-    n_layers = len(blocks)
+    n_layers = min(len(blocks), int(getattr(model.config, "num_hidden_layers", len(blocks)) or len(blocks)))
+    blocks = blocks[:n_layers]  # the blocks the model runs
     scratch = record.scratch
     spec, base_spec = _Args(blocks[0].forward), _Args(base.forward)
 
     def base_pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        cfg: MergeConfig = record.config
         scratch["phase"] = None
-        if cfg.is_noop(n_layers):
-            return
         mask = base_spec.get(args, kwargs, "attention_mask")
-        if mask is not None and mask.dim() != 2:
+        if mask is not None and mask.dim() != 2 and not record.config.is_noop(n_layers):
             raise NotImplementedError(
                 f"{type(module).__name__} received a {mask.dim()}-D attention_mask; mergeplug rebuilds the mask for "
                 "merged tokens from a 2-D padding mask (batch, length) only. Pass a 2-D mask or none."
             )
-        scratch["pad"] = mask
+        scratch["pad"] = mask if mask is not None and mask.dim() == 2 else None
 
     def pre(i: int, block: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         cfg: MergeConfig = record.config
-        if cfg.is_noop(n_layers):
-            return None
         x = args[0] if args else kwargs["hidden_states"]
         cache = spec.get(args, kwargs, "cache")
-        past = 0 if cache is None else _cached_length(cache, i, x.shape[1])
+        facts = getattr(cache, KV_ATTR, None) if cache is not None else None
+        if i == 0 and facts is not None and _cached_length(cache, 0) > 0:
+            scratch["phase"] = "decode"  # decoding on a merged cache, whatever the current settings
+            return None  # the first block caches every token: the model's own mask is right
+        if scratch.get("phase") == "decode":
+            return spec.set(
+                args, kwargs, "attention_mask", _decode_mask(cache, facts, i, x, cfg.proportional_attention)
+            )
+        if cfg.is_noop(n_layers):
+            return None
         if i == 0:
-            ours = scratch.get("kv") and scratch.get("cache_id") == id(cache)
-            scratch["phase"] = "prefill" if past == 0 else ("decode" if ours else None)
-            if scratch["phase"] == "prefill":
+            past = 0 if cache is None else _cached_length(cache, 0)
+            if past and any(_cached_length(cache, j) != past for j in range(1, n_layers)):
+                raise RuntimeError(
+                    "this KV cache holds different lengths per block (a merged prefill) but no mergeplug facts: it "
+                    "was rebuilt or converted after the prefill. Decode on the cache object the prefill filled."
+                )
+            scratch["phase"] = "prefill" if past == 0 else None
+            if past == 0:
                 _start_prefill(x, cache, spec.get(args, kwargs, "position_embeddings") if rope else None)
-        phase = scratch.get("phase")
-        if phase == "prefill" and i > 0:
-            state: MergeState = scratch["state"]
-            if cache is not None:
-                scratch["kv"][i] = [state.pos.clone(), state.size.clone(), state.mask.clone()]
-            if state.length < state.source.shape[1] or not bool(state.mask.all()):
-                m = causal_bias(state.pos, state.pos, state.size, state.mask, x.dtype, cfg.proportional_attention)
-                args, kwargs = spec.set(args, kwargs, "attention_mask", m)
-                if rope:
-                    pe = _gather_rope(scratch["rope"], state.pos)
-                    args, kwargs = spec.set(args, kwargs, "position_embeddings", pe)
-            return args, kwargs
-        if phase == "decode" and i > 0:
-            return spec.set(args, kwargs, "attention_mask", _decode_mask(i, x, cfg.proportional_attention))
-        return None
+        if scratch.get("phase") != "prefill" or i == 0:
+            return None
+        state: MergeState = scratch["state"]
+        if cache is not None:
+            facts = cache.__dict__.setdefault(KV_ATTR, {})
+            facts[i] = [state.pos.clone(), state.size.clone(), state.mask.clone()]
+        if state.length < state.source.shape[1] or not bool(state.mask.all()):
+            m = causal_bias(state.pos, state.pos, state.size, state.mask, x.dtype, cfg.proportional_attention)
+            args, kwargs = spec.set(args, kwargs, "attention_mask", m)
+            if rope:
+                pe = _gather_rope(scratch["rope"], state.pos)
+                args, kwargs = spec.set(args, kwargs, "position_embeddings", pe)
+        return args, kwargs
 
     def _start_prefill(x: torch.Tensor, cache: Any, pe: Any) -> None:
         n_b, n, _ = x.shape
-        pad = scratch.pop("pad", None)
+        pad = scratch.get("pad")
         mask = None if pad is None else pad[:, -n:].bool()
         scratch["state"] = MergeState.init(n_b, n, mask=mask, causal=True, device=x.device, dtype=torch.float32)
         scratch["token_counts"] = [n]
-        scratch["kv"] = {} if cache is not None else None
-        scratch["cache_id"] = id(cache)
-        scratch["next"] = n
         scratch["rope"] = pe
+        if cache is not None:
+            cache.__dict__.pop(KV_ATTR, None)
 
-    def _decode_mask(i: int, x: torch.Tensor, prop: bool) -> torch.Tensor:
-        k_pos, k_size, k_mask = scratch["kv"][i]
+    def _decode_mask(cache: Any, facts: dict, i: int, x: torch.Tensor, prop: bool) -> torch.Tensor:
+        """(B, 1, q, T_i + q) mask of block i over its cached (merged) tokens and the q new ones."""
         n_b, q = x.shape[:2]
-        if k_pos.shape[0] != n_b:
+        held = _cached_length(cache, i)  # what the cache holds for block i (a crop may have cut the tail)
+        k_pos, k_size, k_mask = (t[:, :held] for t in facts[i])
+        if k_pos.shape[1] != held or k_pos.shape[0] != n_b:
             raise RuntimeError(
-                f"the merged KV cache holds {k_pos.shape[0]} rows but this step has {n_b}: rows were added or "
-                "dropped after a merged prefill. Run the prefill with the final batch (generate expands it first)."
+                f"block {i}: the merged KV cache holds {held} tokens x {n_b} rows but mergeplug knows "
+                f"{k_pos.shape[1]} x {k_pos.shape[0]}: the cache was extended or re-batched outside a forward of "
+                "this model. Run the prefill with the final batch (generate expands it first)."
             )
-        start = scratch["next"]
+        start = _cached_length(cache, 0) - q  # block 0 (full length) already holds this step's tokens
         new_pos = torch.arange(start, start + q, device=x.device, dtype=k_pos.dtype).expand(n_b, q)
         pad = scratch.get("pad")
         new_mask = torch.ones(n_b, q, dtype=torch.bool, device=x.device) if pad is None else pad[:, -q:].bool()
         k_pos = torch.cat([k_pos, new_pos], 1)
         k_size = torch.cat([k_size, torch.ones_like(new_pos)], 1)
         k_mask = torch.cat([k_mask, new_mask], 1)
-        scratch["kv"][i] = [k_pos, k_size, k_mask]
+        facts[i] = [k_pos, k_size, k_mask]
         return causal_bias(new_pos, k_pos, k_size, k_mask, x.dtype, prop)
 
     def post(i: int, block: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
         cfg: MergeConfig = record.config
-        phase = scratch.get("phase")
-        if phase == "decode" and i == n_layers - 1:
-            scratch["next"] += (args[0] if args else kwargs["hidden_states"]).shape[1]
-        if phase != "prefill":
+        if scratch.get("phase") != "prefill":
             return None
         state: MergeState = scratch["state"]
         h = out if isinstance(out, torch.Tensor) else out[0]
@@ -198,7 +230,7 @@ def inject_causal_lm(model: nn.Module, record: PatchRecord) -> None:
         if i == n_layers - 1:
             h = causal_unmerge(h, state)
             scratch["state"] = None
-            scratch["phase"] = "decode" if scratch["kv"] is not None else None
+            scratch["phase"] = None
         return h if isinstance(out, torch.Tensor) else (h, *out[1:])
 
     record.hooks.append(base.register_forward_pre_hook(base_pre, with_kwargs=True))
@@ -211,10 +243,9 @@ def inject_causal_lm(model: nn.Module, record: PatchRecord) -> None:
         )
     if hasattr(model, "generate") and model is not base:
         swap_class(model, _ReorderingLM, record)
-        model._mergeplug_scratch = scratch  # removed with the class swap by restore()
 
 
-def _cached_length(cache: Any, layer: int, q: int) -> int:
+def _cached_length(cache: Any, layer: int) -> int:
     """Tokens already in the cache of ``layer`` before this step (0 at a prefill)."""
     try:
         return int(cache.get_seq_length(layer))
@@ -226,10 +257,10 @@ class _ReorderingLM:
     """Mixin for a patched causal LM: beam search reorders the merged cache's per-row facts with the cache."""
 
     def _reorder_cache(self, cache: Any, beam_idx: torch.Tensor) -> Any:
-        kv = getattr(self, "_mergeplug_scratch", {}).get("kv")
-        if kv:
-            for i, facts in kv.items():
-                kv[i] = [t.index_select(0, beam_idx.to(t.device)) for t in facts]
+        facts = getattr(cache, KV_ATTR, None)
+        if facts:
+            for i, kept in facts.items():
+                facts[i] = [t.index_select(0, beam_idx.to(t.device)) for t in kept]
         cache.reorder_cache(beam_idx)
         return cache
 

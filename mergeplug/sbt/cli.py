@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -70,21 +71,29 @@ def run_variant(
         raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
     run_dir = out / task / variant / f"seed{seed}"
     done = run_dir / "result.json"
-    if done.exists():
+    desc: dict[str, Any] = {"variant": variant, **({"max_series": max_series} if max_series else {})}
+    if variant == "sparse-binary":
+        desc.update(density=density, qkv_keep=qkv_keep if TASKS[task]["kind"] == "classification" else 1.0)
+    settings = TrainSettings(**{**settings.__dict__, "seed": seed})
+    if done.exists():  # finished: reuse it if it is the same run
+        old = json.loads((run_dir / "run.json").read_text())
+        same = old["variant"] == desc and {k: v for k, v in old["settings"].items() if k != "threads"} == {
+            k: v for k, v in asdict(settings).items() if k != "threads"
+        }
+        if not same:
+            raise ValueError(
+                f"{run_dir} holds a finished run with other settings ({old['settings']}); use another --out"
+            )
         return json.loads(done.read_text())
     spec = _variant_task(task, variant, qkv_keep, max_series)
-    desc: dict[str, Any] = {"variant": variant}
     prepare = None
     if variant == "sparse-binary":
         from ..binary import binarize, trainable_binary
-
-        desc.update(density=density, qkv_keep=qkv_keep if spec.kind == "classification" else 1.0)
 
         def prepare(model: CompactTransformer) -> list[torch.nn.Parameter]:
             binarize(model, density=density, init="random", seed=seed)
             return trainable_binary(model, train_norms=True)
 
-    settings = TrainSettings(**{**settings.__dict__, "seed": seed})
     model, res = train_run(spec, run_dir, settings, prepare=prepare, variant=desc, progress=progress)
     res.update(desc, task=task, kind=spec.kind, seed=seed)
     res["efficiency"] = efficiency(spec, model)

@@ -40,6 +40,11 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 
 
+def _tail(x: np.ndarray, n: int) -> np.ndarray:
+    """The last ``n`` rows of ``x`` (none for n = 0, unlike ``x[-0:]``)."""
+    return x[len(x) - n :]
+
+
 def _windows(series: np.ndarray, window: int, first_end: int) -> torch.Tensor:
     """Windows of ``series`` (T, C) ending at every step from ``first_end`` on -> (N, window, C) float32."""
     w = data.sliding_windows(series, window)[first_end - window + 1 :]
@@ -77,8 +82,8 @@ def _anomaly(name: str, spec: dict[str, Any], max_series: int | None) -> TaskSpe
     test = std.transform(ds.test)
     before_test = np.concatenate([before_val, val]) if ds.validation is not None else train
     x_fit = _windows(fit, w, w - 1)
-    x_val = _windows(np.concatenate([before_val[-(w - 1) :], val]), w, w - 1)
-    x_test = _windows(np.concatenate([before_test[-(w - 1) :], test]), w, w - 1)
+    x_val = _windows(np.concatenate([_tail(before_val, w - 1), val]), w, w - 1)
+    x_test = _windows(np.concatenate([_tail(before_test, w - 1), test]), w, w - 1)
     if max_series:
         x_fit, x_val, x_test = x_fit[:max_series], x_val[:max_series], x_test[:max_series]
         val_labels, test_labels = val_labels[:max_series], ds.test_labels[:max_series]
@@ -104,8 +109,8 @@ def _forecast(name: str, spec: dict[str, Any], max_series: int | None) -> TaskSp
     std = data.Standardizer.fit(train)
     train, val, test = std.transform(train), std.transform(val), std.transform(test)
     x_fit = _windows(train, w, w - 1)
-    x_val = _windows(np.concatenate([train[-(w - 1) :], val]), w, w - 1)
-    x_test = _windows(np.concatenate([val[-(w - 1) :], test]), w, w - 1)
+    x_val = _windows(np.concatenate([_tail(train, w - 1), val]), w, w - 1)
+    x_test = _windows(np.concatenate([_tail(val, w - 1), test]), w, w - 1)
     if max_series:
         x_fit, x_val, x_test = x_fit[:max_series], x_val[:max_series], x_test[:max_series]
     model = SBTConfig(n_channels=train.shape[1], task="forecast", d_model=spec["d_model"], max_len=w)

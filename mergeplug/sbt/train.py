@@ -188,6 +188,12 @@ def _validation_metric(spec: TaskSpec, model: CompactTransformer) -> float:
     return -float(F.mse_loss(out, target))
 
 
+def _identity(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a resumed run must share with the run in its directory (everything but epochs, patience, threads)."""
+    settings = {k: v for k, v in meta["settings"].items() if k not in ("epochs", "patience", "threads")}
+    return {"task": meta["task"], "model": meta["model"], "variant": meta["variant"], "settings": settings}
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -219,8 +225,11 @@ def train_run(
     run_json = out / "run.json"
     if run_json.exists():
         old = json.loads(run_json.read_text())
-        if {k: old.get(k) for k in ("task", "model", "variant")} != {k: meta[k] for k in ("task", "model", "variant")}:
-            raise ValueError(f"{out} holds a different run ({old['task']}, {old['variant']}); use another --out")
+        if _identity(old) != _identity(meta):
+            raise ValueError(
+                f"{out} holds a different run ({old['task']}, {old['variant']}, settings {old['settings']}); use "
+                "another --out (only epochs, patience and threads may change on resume)"
+            )
     run_json.write_text(json.dumps(meta, indent=1))
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -254,7 +263,7 @@ def train_run(
             opt.step()
             losses.append(float(loss.detach()))
         metric = _validation_metric(spec, model)
-        improved = metric > state["best"]
+        improved = math.isfinite(metric) and metric > state["best"]
         if improved:
             state.update(best=metric, best_epoch=epoch, stale=0)
             _atomic_save(model.state_dict(), out / "best.pt")
@@ -266,6 +275,8 @@ def train_run(
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
         bar.set_postfix(loss=f"{line['loss']:.4f}", val=f"{metric:.4f}")
+    if not (out / "best.pt").exists():
+        raise RuntimeError(f"{out}: no epoch gave a finite validation metric (last: {state['best']}); check the data")
     model.load_state_dict(torch.load(out / "best.pt", weights_only=False))
     model.eval()
     res: dict[str, Any] = {"best_epoch": state["best_epoch"], "val_metric": state["best"], "epochs_run": state["epoch"]}
