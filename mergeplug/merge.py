@@ -30,12 +30,17 @@ Causal guarantees (see :class:`MergeState` and :func:`match`):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from .cost import scope
+
+if TYPE_CHECKING:
+    from .config import MergeConfig
 
 __all__ = [
     "MergeState",
@@ -48,6 +53,8 @@ __all__ = [
     "causal_bias",
     "causal_unmerge",
     "merge_step",
+    "merge_layer",
+    "head_mean",
 ]
 
 # Score given to pairs that may never merge, and to pairs of two padding tokens (merged first: free).
@@ -393,6 +400,39 @@ def merge_step(x: torch.Tensor, state: MergeState, dst: torch.Tensor, t_new: int
     state.protected = prot_new
     state.source = dst.gather(1, state.source)
     return out
+
+
+def head_mean(keys: torch.Tensor, heads: int) -> torch.Tensor:
+    """Attention keys (B, T, H * d) averaged over the H heads -> (B, T, d): ToMe's similarity metric."""
+    return keys.view(*keys.shape[:2], heads, -1).mean(dim=2)
+
+
+def merge_layer(
+    x: torch.Tensor,
+    state: MergeState,
+    config: MergeConfig,
+    layer: int,
+    *,
+    metric: torch.Tensor | Callable[[], torch.Tensor] | None = None,
+    groups: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The scheduled merge of one layer: ``config.merges_at(layer, T)`` tokens (or the strict ``threshold`` rule),
+    chosen on ``metric`` (default: ``x`` itself; a callable is only called when something may merge).
+
+    Args:
+        x: (B, T, C) features to merge; ``state`` is updated in place.
+        groups: (B,) rows that share one decision (see :func:`match`).
+
+    Returns:
+        (B, T', C), or ``x`` itself when nothing merges.
+    """
+    strict = config.threshold is not None
+    r = config.merges_at(layer, state.length)
+    if r <= 0 and not strict:
+        return x
+    m = x if metric is None else metric() if callable(metric) else metric
+    dst, t_new = match(m, state, r=None if strict else r, threshold=config.threshold, k=config.k, groups=groups)
+    return merge_step(x, state, dst, t_new) if t_new < state.length else x
 
 
 def unmerge(x: torch.Tensor, source: MergeState | torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..config import MergeConfig
-from ..merge import MergeState, causal_bias, causal_unmerge, match, merge_step
+from ..merge import MergeState, causal_bias, causal_unmerge, merge_layer
 from .base import Family, PatchRecord, mark, register, swap_class
 
 __all__ = ["inject_causal_lm", "find_stack", "check_causal_lm_config"]
@@ -220,12 +220,8 @@ def inject_causal_lm(model: nn.Module, record: PatchRecord) -> None:
             return None
         state: MergeState = scratch["state"]
         h = out if isinstance(out, torch.Tensor) else out[0]
-        r = cfg.merges_at(i, state.length)
-        if i < n_layers - 1 and (r > 0 or cfg.threshold is not None):
-            strict = cfg.threshold is not None
-            dst, t_new = match(h, state, r=None if strict else r, threshold=cfg.threshold, k=cfg.k)
-            if t_new < state.length:
-                h = merge_step(h, state, dst, t_new)
+        if i < n_layers - 1:
+            h = merge_layer(h, state, cfg, i)
         scratch["token_counts"].append(state.length)
         if i == n_layers - 1:
             h = causal_unmerge(h, state)

@@ -44,13 +44,14 @@ over merged tokens would not match the input positions) raises ``NotImplementedE
 from __future__ import annotations
 
 import inspect
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import MergeConfig
-from ..merge import MergeState, key_bias, match, merge_step, unmerge
+from ..merge import MergeState, head_mean, key_bias, match, merge_layer, merge_step, unmerge
 from .base import Family, PatchRecord, mark, register, swap_class
 
 try:  # chronos-forecasting is a dependency, but keep the import error readable
@@ -155,15 +156,12 @@ def merged_chronos2_encoder_forward(
         finally:
             scratch["capture"] = False
         keys = scratch.pop("keys", None)
-        r = cfg.merges_at(i, state.length)
-        if r > 0:
-            heads = time_attn.self_attention.n_heads
-            metric = keys.view(n_b, state.length, heads, -1).mean(dim=2)  # (B, T, d_kv)
-            dst, t_new = match(metric, state, r=r, k=cfg.k, groups=group_ids)
-            if t_new < state.length:  # the masks and RoPE positions follow the merged tokens
-                h = merge_step(h, state, dst, t_new)
-                time_mask = _time_mask(state, dtype, cfg.proportional_attention)
-                group_mask, positions = _group_mask(encoder, group_ids, state, dtype), state.pos
+        before = state.length
+        heads = time_attn.self_attention.n_heads
+        h = merge_layer(h, state, cfg, i, metric=partial(head_mean, keys, heads), groups=group_ids)
+        if state.length < before:  # the masks and RoPE positions follow the merged tokens
+            time_mask = _time_mask(state, dtype, cfg.proportional_attention)
+            group_mask, positions = _group_mask(encoder, group_ids, state, dtype), state.pos
         counts.append(state.length)  # tokens leaving block i
         h = block.layer[1](h, attention_mask=group_mask)[0]
         h = block.layer[2](h)

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from ..config import MergeConfig
-from ..merge import MergeState, causal_unmerge, match, merge_step, unmerge
+from ..merge import MergeState, causal_unmerge, match, merge_layer, merge_step, unmerge
 from .base import Family, PatchRecord, mark, register
 
 __all__ = ["register_patch", "inject_blocks"]
@@ -170,12 +170,8 @@ def inject_blocks(
             return None
         state: MergeState = scratch["state"]
         h = to_btc(_first_tensor(out))
-        r = cfg.merges_at(i, state.length)
-        if i < n_layers - 1 and (r > 0 or cfg.threshold is not None):
-            strict = cfg.threshold is not None
-            dst, t_new = match(h, state, r=None if strict else r, threshold=cfg.threshold, k=cfg.k)
-            if t_new < state.length:
-                h = merge_step(h, state, dst, t_new)
+        if i < n_layers - 1:
+            h = merge_layer(h, state, cfg, i)
         scratch["token_counts"].append(state.length)
         if i == n_layers - 1:  # back to every position for the rest of the model
             h = causal_unmerge(h, state) if state.causal else unmerge(h, state)
@@ -446,12 +442,8 @@ def _inject_hf_ts_decoder(obj: nn.Module, record: PatchRecord) -> None:
         config = active()
         if state is None or config is None:
             return None
-        r = config.merges_at(i, state.length)
-        if i < n_layers - 1 and (r > 0 or config.threshold is not None):
-            strict = config.threshold is not None
-            dst, t_new = match(out, state, r=None if strict else r, threshold=config.threshold, k=config.k)
-            if t_new < state.length:
-                out = merge_step(out, state, dst, t_new)
+        if i < n_layers - 1:
+            out = merge_layer(out, state, config, i)
         scratch["decoder_token_counts"].append(state.length)
         return out
 

@@ -10,6 +10,7 @@ heads, scalers and distribution outputs run unchanged. The merge metric is the l
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.patchtst.modeling_patchtst import PatchTSTEncoder, PatchTSTEncoderLayer, PatchTSTModel
 
 from ..config import MergeConfig
-from ..merge import MergeState, match, merge_step, unmerge
+from ..merge import MergeState, head_mean, merge_layer, unmerge
 from .base import Family, PatchRecord, mark, register, swap_class
 
 __all__ = ["merged_patchtst_forward"]
@@ -70,15 +71,11 @@ def merged_patchtst_forward(encoder: PatchTSTEncoder, record: PatchRecord, patch
             h = _sublayer_attention(layer, h, bias)
         finally:
             scratch["capture"] = False
-        r = cfg.merges_at(i, state.length)
         keys = scratch.pop("keys", None)
-        if r > 0:
-            heads = layer.self_attn.num_heads
-            metric = keys.view(n_b * n_c, state.length, heads, -1).mean(dim=2)
-            dst, t_new = match(metric, state, r=r, k=cfg.k)
-            if t_new < state.length:
-                h = merge_step(h, state, dst, t_new)
-                bias = state.log_size_bias(h.dtype, cfg.proportional_attention) if cfg.proportional_attention else None
+        before = state.length
+        h = merge_layer(h, state, cfg, i, metric=partial(head_mean, keys, layer.self_attn.num_heads))
+        if state.length < before:
+            bias = state.log_size_bias(h.dtype, cfg.proportional_attention) if cfg.proportional_attention else None
         counts.append(state.length)
         h = _sublayer_ff(layer, h)
     scratch["token_counts"] = counts

@@ -44,6 +44,7 @@ positions <= p (up to float rounding: later inputs can change the merged length 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, TypeVar
 
 import torch
@@ -53,7 +54,17 @@ from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPa
 from transformers.models.t5.modeling_t5 import T5Attention, T5Stack
 
 from ..config import MergeConfig
-from ..merge import MergeState, causal_bias, causal_unmerge, key_bias, match, merge_step, unmerge
+from ..merge import (
+    MergeState,
+    causal_bias,
+    causal_unmerge,
+    head_mean,
+    key_bias,
+    match,
+    merge_layer,
+    merge_step,
+    unmerge,
+)
 from .base import Family, PatchRecord, find_family, find_record, mark, register, swap_class
 
 __all__ = [
@@ -205,14 +216,11 @@ def merged_encoder_forward(
         finally:
             scratch["capture"] = False
         h = _clamp_fp16(h + sa.dropout(attn))
-        r = cfg.merges_at(i, state.length)
-        if r > 0 or cfg.threshold is not None:
-            keys = scratch.pop("keys")  # (B, T, H * dk)
-            metric = keys.view(n_b, state.length, -1, sa.SelfAttention.key_value_proj_dim).mean(dim=2)
-            dst, t_new = match(metric, state, r=r, threshold=cfg.threshold, k=cfg.k)
-            if t_new < state.length:
-                h = merge_step(h, state, dst, t_new)
-                bias, merged = None, True
+        keys = scratch.pop("keys", None)  # (B, T, H * dk)
+        before = state.length
+        h = merge_layer(h, state, cfg, i, metric=partial(head_mean, keys, sa.SelfAttention.n_heads))
+        if state.length < before:
+            bias, merged = None, True
         scratch.pop("keys", None)
         counts.append(state.length)  # tokens leaving block i
         h = _clamp_fp16(block.layer[-1](h))
@@ -406,14 +414,10 @@ def merged_decoder_forward(
             scratch["capture"] = False
         h = _clamp_fp16(h + sa.dropout(attn))
         keys = scratch.pop("keys", None)  # (B, T, H * dk)
-        r = config.merges_at(i, state.length)
-        if r > 0 or config.threshold is not None:
-            metric = keys.view(n_b, state.length, -1, sa.SelfAttention.key_value_proj_dim).mean(dim=2)
-            strict = config.threshold is not None
-            dst, t_new = match(metric, state, r=None if strict else r, threshold=config.threshold, k=config.k)
-            if t_new < state.length:
-                h = merge_step(h, state, dst, t_new)
-                bias, merged = None, True
+        before = state.length
+        h = merge_layer(h, state, config, i, metric=partial(head_mean, keys, sa.SelfAttention.n_heads))
+        if state.length < before:
+            bias, merged = None, True
         counts.append(state.length)  # target tokens leaving block i
         if encoder_hidden_states is not None:
             h, _, _ = block.layer[1](h, key_value_states=encoder_hidden_states, position_bias=cross_bias)
