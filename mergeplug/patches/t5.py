@@ -172,6 +172,24 @@ def _protected(record: PatchRecord, input_ids: torch.Tensor | None, n_b: int, n:
     return prot
 
 
+def _attend_and_merge(
+    block: nn.Module, h: torch.Tensor, bias: torch.Tensor, state: MergeState, config: MergeConfig, i: int, scratch: dict
+) -> tuple[torch.Tensor, bool]:
+    """A T5 block's self-attention sublayer on (B, T, C) with the additive ``bias``, then the layer's scheduled
+    merge on its keys (averaged over heads, captured by the hook on ``.k``). Returns (h, whether tokens merged)."""
+    sa = block.layer[0]
+    scratch["capture"] = True
+    try:
+        attn, _, _ = sa.SelfAttention(sa.layer_norm(h), mask=None, position_bias=bias)
+    finally:
+        scratch["capture"] = False
+    h = _clamp_fp16(h + sa.dropout(attn))
+    keys = scratch.pop("keys", None)  # (B, T, H * dk)
+    before = state.length
+    h = merge_layer(h, state, config, i, metric=partial(head_mean, keys, sa.SelfAttention.n_heads))
+    return h, state.length < before
+
+
 def merged_encoder_forward(
     stack: T5Stack,
     record: PatchRecord,
@@ -209,19 +227,9 @@ def merged_encoder_forward(
     for i, block in enumerate(stack.block):
         if bias is None:
             bias = _attention_bias(stack, state, merged, dtype, cfg.proportional_attention)
-        sa = block.layer[0]
-        scratch["capture"] = True
-        try:
-            attn, _, _ = sa.SelfAttention(sa.layer_norm(h), mask=None, position_bias=bias)
-        finally:
-            scratch["capture"] = False
-        h = _clamp_fp16(h + sa.dropout(attn))
-        keys = scratch.pop("keys", None)  # (B, T, H * dk)
-        before = state.length
-        h = merge_layer(h, state, cfg, i, metric=partial(head_mean, keys, sa.SelfAttention.n_heads))
-        if state.length < before:
+        h, changed = _attend_and_merge(block, h, bias, state, cfg, i, scratch)
+        if changed:
             bias, merged = None, True
-        scratch.pop("keys", None)
         counts.append(state.length)  # tokens leaving block i
         h = _clamp_fp16(block.layer[-1](h))
     h = stack.dropout(stack.final_layer_norm(h))
@@ -406,17 +414,8 @@ def merged_decoder_forward(
     for i, block in enumerate(stack.block):
         if bias is None:
             bias = _decoder_self_bias(stack, state, merged, dtype, config.proportional_attention)
-        sa = block.layer[0]
-        scratch["capture"] = True
-        try:
-            attn, _, _ = sa.SelfAttention(sa.layer_norm(h), mask=None, position_bias=bias)
-        finally:
-            scratch["capture"] = False
-        h = _clamp_fp16(h + sa.dropout(attn))
-        keys = scratch.pop("keys", None)  # (B, T, H * dk)
-        before = state.length
-        h = merge_layer(h, state, config, i, metric=partial(head_mean, keys, sa.SelfAttention.n_heads))
-        if state.length < before:
+        h, changed = _attend_and_merge(block, h, bias, state, config, i, scratch)
+        if changed:
             bias, merged = None, True
         counts.append(state.length)  # target tokens leaving block i
         if encoder_hidden_states is not None:
