@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.mergeplug-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test bench bench-sampling profile eval-quick eval-full train-supervised clean
+.PHONY: install demo test bench bench-sampling bench-families profile eval-quick eval-full train-supervised sbt clean
 
 install: $(STAMP)
 
@@ -37,6 +37,17 @@ bench: $(STAMP)
 # Chronos-T5 sampling: stock generate() vs the fast path vs fast path + merging (small dims, batch 8 and 32).
 bench-sampling: $(STAMP)
 	$(BIN)/python -m mergeplug.bench_sampling --batches 8,32 --reps 3 --out results/bench_sampling.json
+
+# Every model family merged vs unmerged at a long context, and Chronos-2 (benchmarks/bench_families*.json; ~40 min).
+bench-families: $(STAMP)
+	$(BIN)/python -m mergeplug.bench_families --context 2048 --out results/bench_families.json
+	$(BIN)/python -m mergeplug.bench_families --cases causal-lm --context 512 --out results/bench_families_512.json
+	$(BIN)/python -m mergeplug.bench_chronos2 --json results/bench_chronos2.json
+
+# The compact Transformer, dense vs sparse-binary, on the shipped classification / anomaly / forecasting tasks,
+# 3 seeds each (resumable; about 1 hour on 2 cores); table and plot in runs/sbt/.
+sbt: $(STAMP)
+	MERGEPLUG_SBT=$(BIN)/mergeplug-sbt scripts/sbt_experiments.sh
 
 # Cost accounting vs measured speed for Chronos-T5 / Bolt / Chronos-2 / PatchTST / TST (benchmarks/cost/, ~7 min).
 profile: $(STAMP)
