@@ -38,11 +38,10 @@ bench: $(STAMP)
 bench-sampling: $(STAMP)
 	$(BIN)/python -m mergeplug.bench_sampling --batches 8,32 --reps 3 --out results/bench_sampling.json
 
-# Every model family merged vs unmerged at a long context, and Chronos-2 (benchmarks/bench_families*.json; ~40 min).
+# Every model family merged vs unmerged at a long context (benchmarks/bench_families*.json; about 40 minutes).
 bench-families: $(STAMP)
 	$(BIN)/python -m mergeplug.bench_families --context 2048 --out results/bench_families.json
 	$(BIN)/python -m mergeplug.bench_families --cases causal-lm --context 512 --out results/bench_families_512.json
-	$(BIN)/python -m mergeplug.bench_chronos2 --json results/bench_chronos2.json
 
 # The compact Transformer, dense vs sparse-binary, on the shipped classification / anomaly / forecasting tasks,
 # 3 seeds each (resumable; about 1 hour on 2 cores); table and plot in runs/sbt/.

@@ -86,6 +86,18 @@ def _t5_decoder(n: int) -> tuple[nn.Module, Callable[[], Any], int, dict]:
     return model, lambda: model(input_ids=ids, labels=labels).logits, 6, {"decoder": True}
 
 
+def _chronos2(n: int) -> tuple[nn.Module, Callable[[], Any], int, dict]:
+    """Chronos-2 with the published base dimensions (119.5M parameters), 8 series in groups of 2, 4 output
+    patches; merging inside each of the 12 blocks (between time and group attention)."""
+    from .models import chronos2
+
+    model = chronos2("base", context_length=n).model
+    t = torch.arange(n, dtype=torch.float32)
+    ctx = 10 + 3 * torch.sin(2 * torch.pi * t / 24) + torch.randn(8, n).cumsum(-1) * 0.3
+    groups = torch.arange(8) // 2
+    return model, lambda: model(ctx, group_ids=groups, num_output_patches=4).quantile_preds, 12, {}
+
+
 def _causal_lm(backbone: str) -> Callable[[int], tuple[nn.Module, Callable[[], Any], int, dict]]:
     """A decoder-only LM's prefill (KV cache built, logits of the last position only, as ``generate`` does)."""
 
@@ -112,6 +124,7 @@ CASES: dict[str, Callable[[int], tuple[nn.Module, Callable[[], Any], int, dict]]
     "torch-transformer-encoder (d 512, 6 layers)": _torch_encoder,
     "torch-transformer-decoder (d 512, 6 layers, causal)": _torch_decoder,
     "mamba (hidden 256, 8 layers)": _mamba,
+    "chronos-2 (base: d 768, 12 blocks, groups of 2)": _chronos2,
     "causal-lm GPT-2 (d 768, 12 layers, prefill)": _causal_lm("gpt2"),
     "causal-lm Llama (d 768, 12 layers, RoPE, prefill)": _causal_lm("llama"),
 }
