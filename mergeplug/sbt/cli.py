@@ -194,7 +194,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.2), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         for r in (r for r in rows if r["task"] == task):
-            ax.errorbar(r["storage_x"], r["mean"], yerr=r["std"], fmt="o", capsize=3, label=r["variant"])
+            color = {"dense": "C0", "dense-step-t": "C1", "sparse-binary": "C2"}.get(r["variant"])
+            ax.errorbar(r["storage_x"], r["mean"], yerr=r["std"], fmt="o", capsize=3, label=r["variant"], color=color)
         ax.set_xscale("log")
         ax.set_title(task)
         ax.set_xlabel("storage reduction (x, bytes written)")
