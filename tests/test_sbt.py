@@ -143,9 +143,14 @@ def test_threshold_free_anomaly_metrics():
     assert top1_hit(np.array([0.0, 0.0, 0.0, 0.0, 0.0, 1.0]), labels, slack=1) == 0.0
 
 
-def test_a_run_directory_never_mixes_settings(tmp_path):
+def test_a_run_directory_never_mixes_settings_and_bad_input_is_named(tmp_path, capsys):
     args = ["train", "--task", "kdd_tsad_135", "--variant", "dense", "--seeds", "0", "--epochs", "1",
             "--max-series", "100", "--out", str(tmp_path)]  # fmt: skip
     assert main(args) == 0
-    with pytest.raises(ValueError, match="other settings"):
-        main(args[:-4] + ["--lr", "0.01", "--max-series", "100", "--out", str(tmp_path)])
+    capsys.readouterr()
+    assert main(args[:-4] + ["--lr", "0.01", "--max-series", "100", "--out", str(tmp_path)]) == 2
+    assert "other settings" in capsys.readouterr().err
+    bad = ["train", "--task", "japanese_vowels", "--variant", "sparse-binary", "--density", "1.5", "--seeds", "0",
+           "--epochs", "1", "--out", str(tmp_path / "b")]  # fmt: skip
+    assert main(bad) == 2
+    assert "density" in capsys.readouterr().err
