@@ -298,6 +298,14 @@ def from_pretrained(directory_or_hub_id: str | Path, **kwargs: Any) -> Any:
         decoder = settings_.pop("decoder", None)
         merge = MergeConfig(**settings_)  # validates
         apply(obj, **{k: getattr(merge, k) for k in APPLY_KEYS}, decoder=decoder)
+    return load_binary_layers(obj, meta, directory_or_hub_id, path)
+
+
+def load_binary_layers(obj: Any, meta: dict[str, Any], directory_or_hub_id: str | Path, path: Path) -> Any:
+    """Load the packed sparse binary layers named by a config's ``binarization`` field (if any) into ``obj``.
+
+    ``path`` is the local directory :func:`read_config` returned for ``directory_or_hub_id``.
+    """
     if meta.get("binarization"):
         from .binary import load_packed
 

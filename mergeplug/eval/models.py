@@ -241,14 +241,12 @@ def _load_supervised(path: Path) -> torch.nn.Module:
 
 def _with_binary_layers(model: Any, path: Path) -> Any:
     """Load the packed sparse binary layers of a directory written by ``mergeplug.save_pretrained`` (if any)."""
-    cfg = path / "mergeplug_config.json"
-    if path.is_dir() and cfg.exists():
-        binary = json.loads(cfg.read_text()).get("binarization")
-        if binary:
-            from ..binary import load_packed
+    from ..hub import CONFIG_NAME, load_binary_layers, read_config
 
-            load_packed(model, path / binary["file"])
-    return model
+    if not (path / CONFIG_NAME).exists():
+        return model
+    meta, local = read_config(path)
+    return load_binary_layers(model, meta, path, local)
 
 
 def _predictor_factory(dotted: str) -> Callable[[EvalDataset], Any]:

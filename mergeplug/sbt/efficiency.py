@@ -28,26 +28,27 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..binary import binary_layers
 from ..cost import profile
 from .model import CompactTransformer
 
 __all__ = ["parameter_summary", "storage_summary", "honest_flops", "reference_flops", "time_forward"]
 
 
-def _binary_modules(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if getattr(m, "_mergeplug_binary", False)}
+def _float_parameters(model: nn.Module, binary: dict[str, nn.Module]) -> list[nn.Parameter]:
+    """Parameters outside the binary layers (whose scores and frozen weights are training state)."""
+    skip = {id(p) for m in binary.values() for p in m.parameters(recurse=False)}
+    return [p for p in model.parameters() if id(p) not in skip]
 
 
 def parameter_summary(model: nn.Module) -> dict[str, int]:
     """Parameters of the model *as deployed*: ``total`` (binary layers count one weight per position, scores and
     frozen random weights are training state) and ``nonzero`` (kept weights of binary layers)."""
-    binary = _binary_modules(model)
-    skip = {id(p) for m in binary.values() for p in m.parameters(recurse=False)}
+    binary = binary_layers(model)
     total = nonzero = 0
-    for p in model.parameters():
-        if id(p) not in skip:
-            total += p.numel()
-            nonzero += int(torch.count_nonzero(p.detach()))
+    for p in _float_parameters(model, binary):
+        total += p.numel()
+        nonzero += int(torch.count_nonzero(p.detach()))
     for m in binary.values():
         w = m.effective_weight().detach()
         total += w.numel()
@@ -62,8 +63,9 @@ def storage_summary(model: nn.Module) -> dict[str, Any]:
     """Bytes written: the dense fp32 safetensors file, or the packed file of a binarized model."""
     from safetensors.torch import save_file
 
+    binary = binary_layers(model)
     with tempfile.TemporaryDirectory() as tmp:
-        if _binary_modules(model):
+        if binary:
             from ..binary import save_packed
 
             path = Path(tmp, "packed.safetensors")
@@ -74,12 +76,7 @@ def storage_summary(model: nn.Module) -> dict[str, Any]:
             save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path))
             kind = "fp32"
         size = os.path.getsize(path)
-    ref_bits = 0
-    binary = _binary_modules(model)
-    skip = {id(p) for m in binary.values() for p in m.parameters(recurse=False)}
-    for p in model.parameters():
-        if id(p) not in skip:
-            ref_bits += 32 * p.numel()
+    ref_bits = sum(32 * p.numel() for p in _float_parameters(model, binary))
     for m in binary.values():
         ref_bits += m.weight.numel() + (32 * m.bias.numel() if m.bias is not None else 0)
     return {"bytes": size, "format": kind, "reference_bytes": ref_bits / 8}
