@@ -167,10 +167,12 @@ def test_chronos_t5_recipe_loss_ignores_missing_targets():
 def test_supervised_recipes_train_and_forecast(tmp_path, cls):
     kw = dict(d_model=16, d_ff=32, heads=2, encoder_layers=1, context_length=48)
     if cls is TSTRecipe:
-        kw.update(decoder_layers=1, lags=[1, 2, 24])
+        kw.update(decoder_layers=1, lags=[1, 2, 24], attention_dropout=0.0)
     recipe = cls(dataset="solar_hourly", **kw)
     train(recipe, TrainSettings(steps=4, batch_size=8, warmup=1, threads=1, bf16=False), tmp_path, progress=False)
     _, model, _ = load_checkpoint_model(tmp_path)
+    if cls is TSTRecipe:  # the recipe's attention dropout reaches the saved config (transformers' default is 0.1)
+        assert model.config.attention_dropout == 0.0 and model.config.dropout == 0.1
     ds = load_dataset("solar_hourly")
     from mergeplug.eval.run import _windows
 

@@ -147,6 +147,8 @@ class TSTRecipe(_Supervised):
     d_ff: int = 64
     context_length: int = 336
     lags: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6, 7, 23, 24, 25, 47, 48, 49, 167, 168, 169])
+    # dropout on the (B, H, N, N) attention probabilities: transformers' default 0.1; 0 trains ~2x faster on CPU
+    attention_dropout: float = 0.1
     kind: str = "tst"
 
     def __post_init__(self) -> None:
@@ -178,6 +180,7 @@ class TSTRecipe(_Supervised):
             encoder_ffn_dim=self.d_ff,
             decoder_ffn_dim=self.d_ff,
             dropout=self.dropout,
+            attention_dropout=self.attention_dropout,
             num_parallel_samples=self.num_samples,
         )
         config.mergeplug_dataset = self.dataset
