@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     pv = sub.add_parser("precheck-validate", help="measure merging on datasets + variants, score the statistics")
     pv.add_argument("--out", default="benchmarks/precheck")
     pv.add_argument("--model", default="mergeplug:patchtst_global")
+    pv.add_argument("--context", type=int, default=512, help="the model's context length (Bolt: 1024)")
+    pv.add_argument("--stride", type=int, default=8, help="time steps per token (PatchTST 8, Bolt 16, Chronos-T5 1)")
     pv.add_argument("--no-progress", action="store_true")
 
     cd = sub.add_parser("card", help="write the model card (README.md) of a mergeplug.save_pretrained directory")
@@ -183,7 +185,9 @@ def _precheck(args: argparse.Namespace) -> int:
     if args.command == "precheck-validate":
         from .precheck_study import validate
 
-        cal = validate(args.out, model=args.model, progress=not args.no_progress)
+        cal = validate(
+            args.out, model=args.model, context=args.context, stride=args.stride, progress=not args.no_progress
+        )
         print((Path(args.out) / "report.md").read_text())
         print(f"calibration: {args.out}/precheck_calibration.json (statistic {cal['statistic']})")
         return 0
