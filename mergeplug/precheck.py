@@ -15,6 +15,10 @@ The statistics (per context window, then the median over windows and series):
    16 for Chronos-Bolt); after removing the fraction ``reduction`` of the tokens, one token stands for
    ``stride / (1 - reduction)`` steps, which resolves frequencies up to ``f_c = (1 - reduction) / (2 stride)``
    (its Nyquist frequency). Merging averages away what lies above ``f_c``.
+5. ``predictable_high``: ``high_share`` times the lag-1 autocorrelation (clipped to [0, 1]), per window. The
+   measured quantity is the *relative* WQL change: power above ``f_c`` costs accuracy in proportion to how
+   much of it a model could have forecast. In a noisy series (lag-1 autocorrelation near 0) the noise floor
+   dominates the error with or without merging, so the same high-frequency share costs less.
 
 :func:`precheck` turns a statistic into an expected accuracy change (relative WQL change, merged vs unmerged)
 for each calibrated merge setting with a linear map fitted by ``mergeplug-eval precheck-validate`` on measured
@@ -35,9 +39,20 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["STATISTICS", "window_stats", "spectral_stats", "cutoff", "precheck", "PrecheckResult", "load_calibration"]
+__all__ = [
+    "STATISTICS",
+    "PER_REDUCTION",
+    "stat_value",
+    "window_stats",
+    "spectral_stats",
+    "cutoff",
+    "precheck",
+    "PrecheckResult",
+    "load_calibration",
+]
 
-STATISTICS = ("entropy", "flatness", "centroid", "rolloff", "lag1", "high_share")
+STATISTICS = ("entropy", "flatness", "centroid", "rolloff", "lag1", "high_share", "predictable_high")
+PER_REDUCTION = ("high_share", "predictable_high")  # statistics that depend on the merge cut-off
 CALIBRATION = "precheck_calibration.json"
 
 
@@ -72,8 +87,8 @@ def window_stats(windows: np.ndarray, cutoffs: Sequence[float] = ()) -> dict[str
         cutoffs: frequencies f_c (cycles / step) for ``high_share@f_c``.
 
     Returns:
-        ``{name: (N,) array}`` for every name in :data:`STATISTICS` except ``high_share``, plus
-        ``high_share@<f_c>`` per cutoff; NaN for rows that are constant or empty.
+        ``{name: (N,) array}`` for every name in :data:`STATISTICS` except those of :data:`PER_REDUCTION`, plus
+        ``high_share@<f_c>`` and ``predictable_high@<f_c>`` per cutoff; NaN for rows that are constant or empty.
     """
     x = _fill(np.atleast_2d(windows))
     n, length = x.shape
@@ -102,7 +117,8 @@ def window_stats(windows: np.ndarray, cutoffs: Sequence[float] = ()) -> dict[str
         "lag1": (z[:, 1:] * z[:, :-1]).sum(axis=1) / np.maximum((z * z).sum(axis=1), 1e-300),
     }
     for fc in cutoffs:
-        out[f"high_share@{fc:.6g}"] = p[:, freq > fc].sum(axis=1)
+        out[f"high_share@{fc:.6g}"] = share = p[:, freq > fc].sum(axis=1)
+        out[f"predictable_high@{fc:.6g}"] = share * np.clip(out["lag1"], 0.0, 1.0)
     return {k: np.where(valid, v, np.nan) for k, v in out.items()}
 
 
@@ -145,15 +161,17 @@ def _contexts(data: Any, context: int) -> np.ndarray:
 def spectral_stats(
     data: Any, *, context: int = 512, stride: int = 8, reductions: Sequence[float] = (0.25, 0.5, 0.75)
 ) -> dict[str, float]:
-    """Median spectral statistics of ``data`` (see the module docstring); ``high_share@r<reduction>`` per reduction.
+    """Median spectral statistics of ``data`` (see the module docstring); ``high_share@r<reduction>`` and
+    ``predictable_high@r<reduction>`` per reduction.
 
     ``data``: a 1-D series, an (N, T) array, a list of series, a registered dataset name or an ``EvalDataset``.
     """
     cut = {r: cutoff(stride, r) for r in reductions}
     stats = window_stats(_contexts(data, context), list(cut.values()))
-    out = {k: float(np.nanmedian(stats[k])) for k in STATISTICS if k != "high_share"}
+    out = {k: float(np.nanmedian(stats[k])) for k in STATISTICS if k not in PER_REDUCTION}
     for r, fc in cut.items():
-        out[f"high_share@r{r:g}"] = float(np.nanmedian(stats[f"high_share@{fc:.6g}"]))
+        for k in PER_REDUCTION:
+            out[f"{k}@r{r:g}"] = float(np.nanmedian(stats[f"{k}@{fc:.6g}"]))
     return out
 
 
@@ -166,8 +184,9 @@ def load_calibration(path: str | Path | None = None) -> dict[str, Any]:
     return json.loads(p.read_text())
 
 
-def _stat_value(stats: Mapping[str, float], statistic: str, reduction: float) -> float:
-    return stats[f"high_share@r{reduction:g}"] if statistic == "high_share" else stats[statistic]
+def stat_value(stats: Mapping[str, float], statistic: str, reduction: float) -> float:
+    """The value of ``statistic`` in :func:`spectral_stats` output (at ``reduction`` for per-reduction ones)."""
+    return stats[f"{statistic}@r{reduction:g}"] if statistic in PER_REDUCTION else stats[statistic]
 
 
 @dataclass
@@ -238,7 +257,7 @@ def precheck(
     stats = spectral_stats(data, context=context, stride=stride, reductions=reductions)
     preds: dict[str, float] = {}
     for label, s in settings.items():
-        value = _stat_value(stats, cal["statistic"], float(s["reduction"]))
+        value = stat_value(stats, cal["statistic"], float(s["reduction"]))
         preds[label] = float(s["intercept"] + s["slope"] * value)
     ok = [label for label, v in preds.items() if v <= tolerance]
     best = max(ok, key=lambda lb: (settings[lb]["reduction"], -preds[lb]), default=None)

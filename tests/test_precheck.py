@@ -31,6 +31,9 @@ def test_pure_sine():
     assert s["lag1"][0] == pytest.approx(np.cos(2 * np.pi / 32), abs=0.01)
     assert s["high_share@0.015625"][0] > 0.99  # all power above 1/64
     assert s["high_share@0.0625"][0] < 0.01  # none above 1/16
+    # predictable: the share above the cut-off times the lag-1 autocorrelation
+    assert s["predictable_high@0.015625"][0] == pytest.approx(s["high_share@0.015625"][0] * s["lag1"][0])
+    assert s["predictable_high@0.015625"][0] > 0.97 and s["predictable_high@0.0625"][0] < 0.01
 
 
 def test_white_noise():
@@ -39,6 +42,7 @@ def test_white_noise():
     assert s["centroid"] == pytest.approx(0.25, abs=0.02) and abs(s["lag1"]) < 0.05
     assert s["high_share@0.1"] == pytest.approx(0.8, abs=0.05)  # flat spectrum: share = (0.5 - f_c) / 0.5
     assert s["high_share@0.25"] == pytest.approx(0.5, abs=0.05)
+    assert s["predictable_high@0.1"] < 0.05  # plenty of power above the cut-off, none of it predictable
 
 
 def test_random_walk_is_red():
@@ -46,6 +50,7 @@ def test_random_walk_is_red():
     s = {k: np.median(v) for k, v in window_stats(walk, cutoffs=[cutoff(8, 0.75)]).items()}
     assert s["centroid"] < 0.03 and s["lag1"] > 0.9 and s["entropy"] < 0.5
     assert s[f"high_share@{cutoff(8, 0.75):.6g}"] < 0.2
+    assert s[f"predictable_high@{cutoff(8, 0.75):.6g}"] < 0.2
 
 
 def test_level_trend_and_scale_do_not_matter_and_bad_input():
@@ -113,10 +118,31 @@ def test_predictor_direction_and_recommendation():
     assert "expected WQL change" in text and "Most aggressive setting within 1%: k=1,reduction=0.75" in text
 
 
+def test_predictable_high_ranks_signals_by_forecastable_detail():
+    """With a calibration on ``predictable_high`` (positive slope, as measured): a fast periodic signal (daily
+    cycle of an hourly series, period 24 < the 64 steps a merged PatchTST token spans at reduction 0.75) predicts
+    the most damage; a smooth series (random walk) and white noise (nothing to forecast in its fast part) less."""
+    cal = {
+        "model": "test",
+        "context": 512,
+        "stride": 8,
+        "statistic": "predictable_high",
+        "settings": {"k=1,reduction=0.75": {"k": 1, "reduction": 0.75, "slope": 1.0, "intercept": 0.0}},
+    }
+    rng = np.random.default_rng(1)
+    daily = _sine(24, 20) + 0.05 * rng.normal(size=(20, L))
+    pred = {
+        name: precheck(x, calibration=cal).predictions["k=1,reduction=0.75"]
+        for name, x in {"daily": daily, "walk": _white(20).cumsum(axis=1), "noise": _white(20)}.items()
+    }
+    assert pred["daily"] > 0.8 and pred["walk"] < 0.2 and pred["noise"] < 0.1, pred
+
+
 def test_shipped_calibration_is_complete():
+    from mergeplug.precheck import STATISTICS
+
     cal = load_calibration()
-    assert cal["points"] >= 12 and cal["statistic"] in ("entropy", "flatness", "centroid", "rolloff", "lag1",
-                                                        "high_share")  # fmt: skip
+    assert cal["points"] >= 12 and cal["statistic"] in STATISTICS
     assert {"rho", "p", "mae", "n"} <= set(next(iter(cal["heldout_per_setting"].values())))
     res = precheck("taylor_30min")
     assert set(res.predictions) == set(cal["settings"]) and np.isfinite(list(res.predictions.values())).all()

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..precheck import STATISTICS, spectral_stats
+from ..precheck import PER_REDUCTION, STATISTICS, spectral_stats, stat_value
 from .data import EvalDataset, load_dataset, variant
 from .run import run
 
@@ -74,11 +74,7 @@ def _spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
 
 
 def _stat_names(reductions: Sequence[float]) -> list[str]:
-    return [s for s in STATISTICS if s != "high_share"] + ["high_share"]
-
-
-def _value(stats: dict[str, float], name: str, reduction: float) -> float:
-    return stats[f"high_share@r{reduction:g}"] if name == "high_share" else stats[name]
+    return [s for s in STATISTICS if s not in PER_REDUCTION] + list(PER_REDUCTION)
 
 
 def _choose(points: list[dict[str, Any]], settings: list[str], names: list[str]) -> tuple[str, float]:
@@ -88,7 +84,7 @@ def _choose(points: list[dict[str, Any]], settings: list[str], names: list[str])
         rhos = []
         for s in settings:
             pts = [p for p in points if p["setting"] == s]
-            rho, _ = _spearman([_value(p["stats"], name, p["reduction"]) for p in pts], [p["change"] for p in pts])
+            rho, _ = _spearman([stat_value(p["stats"], name, p["reduction"]) for p in pts], [p["change"] for p in pts])
             rhos.append(abs(rho) if np.isfinite(rho) else 0.0)
         score = float(np.mean(rhos))
         if score > best_score:
@@ -100,7 +96,7 @@ def _fit(points: list[dict[str, Any]], name: str) -> tuple[float, float]:
     """Theil-Sen line change ~ statistic (robust: one fragile model must not set the slope for all)."""
     from scipy.stats import theilslopes
 
-    x = np.array([_value(p["stats"], name, p["reduction"]) for p in points])
+    x = np.array([stat_value(p["stats"], name, p["reduction"]) for p in points])
     y = np.array([p["change"] for p in points])
     ok = np.isfinite(x) & np.isfinite(y)
     if ok.sum() < 2 or np.ptp(x[ok]) == 0:
@@ -158,7 +154,7 @@ def validate(
     descriptive = {
         name: {
             s: _spearman(
-                [_value(p["stats"], name, p["reduction"]) for p in points if p["setting"] == s],
+                [stat_value(p["stats"], name, p["reduction"]) for p in points if p["setting"] == s],
                 [p["change"] for p in points if p["setting"] == s],
             )
             for s in settings
@@ -177,7 +173,7 @@ def validate(
             slope, intercept = _fit([p for p in train if p["setting"] == s], name)
             for p in test:
                 if p["setting"] == s:
-                    pred = intercept + slope * _value(p["stats"], name, p["reduction"])
+                    pred = intercept + slope * stat_value(p["stats"], name, p["reduction"])
                     heldout.append({**p, "predicted": pred, "statistic": name})
     per_setting = {}
     for s in settings:
@@ -194,7 +190,7 @@ def validate(
         rhos = []
         for b in bases:
             pts = [p for p in points if p["setting"] == s and p["base"] == b]
-            rho, _ = _spearman([_value(p["stats"], name, p["reduction"]) for p in pts], [p["change"] for p in pts])
+            rho, _ = _spearman([stat_value(p["stats"], name, p["reduction"]) for p in pts], [p["change"] for p in pts])
             if np.isfinite(rho):
                 rhos.append(rho)
         within[s] = float(np.mean(rhos)) if rhos else float("nan")
@@ -223,20 +219,22 @@ def validate(
 
 
 def _report(points, descriptive, folds, per_setting, cal, settings, names) -> str:
+    top = max(p["reduction"] for p in points)  # per-reduction statistics are shown at the largest reduction
+    columns = [n for n in names if n not in PER_REDUCTION] + [f"{n}@r{top:g}" for n in names if n in PER_REDUCTION]
     lines = [
         f"# Spectral pre-check validation ({cal['model']}, {cal['points']} points)",
         "",
         "Measured relative WQL change (merged vs unmerged) per dataset and setting, and the statistics:",
         "",
-        "| dataset | " + " | ".join(settings) + " | " + " | ".join(names[:-1]) + " | high_share@r0.75 |",
-        "|" + "---|" * (1 + len(settings) + len(names)),
+        "| dataset | " + " | ".join(settings) + " | " + " | ".join(columns) + " |",
+        "|" + "---|" * (1 + len(settings) + len(columns)),
     ]
     for ds in dict.fromkeys(p["dataset"] for p in points):
         pts = {p["setting"]: p for p in points if p["dataset"] == ds}
         st = next(iter(pts.values()))["stats"]
         changes = " | ".join(f"{pts[s]['change']:+.1%}" if s in pts else "" for s in settings)
-        vals = " | ".join(f"{st[n]:.3f}" for n in names[:-1])
-        lines.append(f"| {ds} | {changes} | {vals} | {st.get('high_share@r0.75', float('nan')):.3f} |")
+        vals = " | ".join(f"{st.get(c, float('nan')):.3f}" for c in columns)
+        lines.append(f"| {ds} | {changes} | {vals} |")
     lines += ["", "Spearman rho of each statistic with the measured change, all points (descriptive):", ""]
     lines += ["| statistic | " + " | ".join(settings) + " |", "|" + "---|" * (1 + len(settings))]
     for n in names:
@@ -280,7 +278,7 @@ def _plot(points, name: str, settings: list[str], path: Path) -> None:
     for ax, s in zip(axes[0], settings, strict=True):
         for i, b in enumerate(bases):
             pts = [p for p in points if p["setting"] == s and p["base"] == b]
-            x = [_value(p["stats"], name, p["reduction"]) for p in pts]
+            x = [stat_value(p["stats"], name, p["reduction"]) for p in pts]
             ax.scatter(x, [100 * p["change"] for p in pts], color=colors[i % len(colors)], label=b, s=22)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_yscale("symlog", linthresh=10)  # a fragile model's +300% must not flatten the rest
