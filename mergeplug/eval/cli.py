@@ -88,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     pv.add_argument("--stride", type=int, default=8, help="time steps per token (PatchTST 8, Bolt 16, Chronos-T5 1)")
     pv.add_argument("--no-progress", action="store_true")
 
+    pc = sub.add_parser("precheck-confirm", help="check a finished calibration on dataset variants it never saw")
+    pc.add_argument("--out", default="benchmarks/precheck-confirm")
+    pc.add_argument("--calibration", default=None, help="default: the shipped calibration")
+    pc.add_argument("--model", default=None, help="default: the calibration's model")
+    pc.add_argument("--variants", nargs="+", default=None, help="e.g. noise0.2 smooth12 aggregate3 (the default)")
+    pc.add_argument("--no-progress", action="store_true")
+
     cd = sub.add_parser("card", help="write the model card (README.md) of a mergeplug.save_pretrained directory")
     cd.add_argument("directory")
     cd.add_argument("--results", default=None, help="a `mergeplug-eval run` output directory for the measured tables")
@@ -111,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         except FileNotFoundError as exc:
             p.error(str(exc))
         return 0
-    if args.command in ("precheck", "precheck-validate"):
+    if args.command in ("precheck", "precheck-validate", "precheck-confirm"):
         try:
             return _precheck(args)
         except (KeyError, ValueError, OfflineError, OSError) as exc:
@@ -182,6 +189,14 @@ def _precheck(args: argparse.Namespace) -> int:
     from ..precheck import precheck
     from .data import load_dataset
 
+    if args.command == "precheck-confirm":
+        from .precheck_study import FRESH_VARIANTS, confirm, parse_variant
+
+        variants = [parse_variant(v) for v in args.variants] if args.variants else FRESH_VARIANTS
+        confirm(args.out, calibration=args.calibration, model=args.model, variants=variants,
+                progress=not args.no_progress)  # fmt: skip
+        print((Path(args.out) / "report.md").read_text())
+        return 0
     if args.command == "precheck-validate":
         from .precheck_study import validate
 

@@ -13,6 +13,11 @@ and scores them:
 
 The final calibration (statistic chosen on all datasets, one line per setting, the held-out figures) is
 written to ``<out>/precheck_calibration.json``; copy it to ``mergeplug/data/`` to ship it.
+
+``confirm`` is the out-of-sample check of a finished calibration: it measures the same merge settings on
+dataset variants the calibration never saw (other noise / smoothing / aggregation levels, fixed before
+measuring), predicts each with :func:`mergeplug.precheck` and the frozen calibration, and reports Spearman rho,
+the error and how often the recommended setting really stayed within the tolerance.
 """
 
 from __future__ import annotations
@@ -25,11 +30,20 @@ from typing import Any
 
 import numpy as np
 
-from ..precheck import PER_REDUCTION, STATISTICS, spectral_stats, stat_value
+from ..precheck import PER_REDUCTION, STATISTICS, load_calibration, precheck, spectral_stats, stat_value
 from .data import EvalDataset, load_dataset, variant
 from .run import run
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_BASES", "DEFAULT_VARIANTS", "DEFAULT_MERGES", "validate"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_BASES",
+    "DEFAULT_VARIANTS",
+    "FRESH_VARIANTS",
+    "DEFAULT_MERGES",
+    "validate",
+    "confirm",
+    "parse_variant",
+]
 
 # one model for every dataset, so that differences between datasets come from the data, not from how fragile
 # each dataset's own model happens to be (with the per-dataset models, mergeplug:patchtst, they dominate)
@@ -47,7 +61,17 @@ DEFAULT_BASES = (
 # noise adds high-frequency power, a 4-step average removes the fastest part, a 48-step (two-day) average removes
 # the daily cycle too (nearly all power below the merge cut-offs), aggregation halves the sampling rate
 DEFAULT_VARIANTS = (("noise", 0.1), ("noise", 0.3), ("smooth", 4), ("smooth", 48), ("aggregate", 2))
+# the out-of-sample check: levels between and beyond the calibration's (fixed before they were measured)
+FRESH_VARIANTS = (("noise", 0.2), ("smooth", 12), ("aggregate", 3))
 DEFAULT_MERGES = ("k=1,reduction=0.25", "k=1,reduction=0.5", "k=1,reduction=0.75", "k=global,reduction=0.75")
+
+
+def parse_variant(text: str) -> tuple[str, float]:
+    """``"noise0.2"`` -> ``("noise", 0.2)``; ``"smooth12"`` -> ``("smooth", 12.0)``."""
+    m = re.fullmatch(r"([a-z]+)([0-9.]+)", text.strip())
+    if m is None:
+        raise ValueError(f"a variant is a kind and a level, e.g. noise0.2, smooth12 or aggregate3; got {text!r}")
+    return m.group(1), float(m.group(2))
 
 
 def _reduction(label: str) -> float:
@@ -216,6 +240,142 @@ def validate(
     (out / "report.md").write_text(_report(points, descriptive, folds, per_setting, calibration, settings, names))
     _plot(points, name, settings, out / "precheck_vs_change.png")
     return calibration
+
+
+def confirm(
+    out: str | Path = "benchmarks/precheck-confirm",
+    *,
+    calibration: str | Path | None = None,
+    model: str | None = None,
+    bases: Sequence[str] = DEFAULT_BASES,
+    variants: Sequence[tuple[str, float]] = FRESH_VARIANTS,
+    tolerances: Sequence[float] = (0.01, 0.05),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Out-of-sample check of a calibration on dataset variants it was not fitted on.
+
+    Args:
+        out: output directory (harness results in ``<out>/eval``, resumable; ``confirm.json``, ``report.md``,
+            ``predicted_vs_measured.png``).
+        calibration: the calibration file (default: the shipped one); it is used frozen, as users get it.
+        model: the model to measure (default: the calibration's model).
+        bases / variants: the datasets are ``variant(base, kind, level)``; a dataset the calibration saw is
+            refused (it would not be out of sample).
+        tolerances: the recommendation (most aggressive setting predicted within the tolerance) is checked
+            against the measured change for each.
+
+    Returns:
+        Per setting: Spearman rho and p-value of predicted vs measured change, the MAE; pooled rho; for each
+        tolerance, how many recommendations held.
+    """
+    cal = load_calibration(calibration)
+    model = model or cal["model"]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    datasets = [variant(load_dataset(b), kind, level) for b in bases for kind, level in variants]
+    seen = sorted(set(cal.get("datasets", [])) & {d.name for d in datasets})
+    if seen:
+        raise ValueError(
+            f"{', '.join(seen)} were used to fit the calibration, so they are not out of sample; "
+            "choose other variant levels (e.g. --variants noise0.2 smooth12 aggregate3)"
+        )
+    settings = list(cal["settings"])
+    run(model, datasets, settings, out=out / "eval", reps=1, timing_windows=8, cost_windows=0, progress=progress)
+    rows = [json.loads(line) for line in (out / "eval" / "results.jsonl").read_text().splitlines() if line.strip()]
+    by = {(r["dataset"], r["setting"]): r for r in rows}
+    points: list[dict[str, Any]] = []
+    for ds in datasets:
+        pred = precheck(ds, calibration=cal)
+        for s in settings:
+            r = by.get((ds.name, s))
+            if r is not None:
+                points.append(
+                    {"dataset": ds.name, "base": ds.base, "setting": s, "reduction": cal["settings"][s]["reduction"],
+                     "predicted": pred.predictions[s], "change": r["WQL_change"], "stats": pred.stats}
+                )  # fmt: skip
+    per_setting = {}
+    for s in settings:
+        pts = [p for p in points if p["setting"] == s]
+        rho, pval = _spearman([p["predicted"] for p in pts], [p["change"] for p in pts])
+        mae = float(np.mean([abs(p["predicted"] - p["change"]) for p in pts])) if pts else float("nan")
+        per_setting[s] = {"rho": rho, "p": pval, "mae": mae, "n": len(pts)}
+    pooled_rho, pooled_p = _spearman([p["predicted"] for p in points], [p["change"] for p in points])
+    recs: dict[str, Any] = {}
+    for tol in tolerances:
+        held = total = none = 0
+        for ds in dict.fromkeys(p["dataset"] for p in points):
+            pts = {p["setting"]: p for p in points if p["dataset"] == ds}
+            ok = [s for s, p in pts.items() if p["predicted"] <= tol]
+            best = max(ok, key=lambda s: (pts[s]["reduction"], -pts[s]["predicted"]), default=None)
+            if best is None:
+                none += 1
+                continue
+            total += 1
+            held += pts[best]["change"] <= tol
+        recs[f"{tol:g}"] = {"recommended": total, "held": held, "none_recommended": none}
+    result = {
+        "model": model,
+        "calibration": {k: cal.get(k) for k in ("model", "statistic", "context", "stride", "points")},
+        "datasets": [d.name for d in datasets],
+        "points": len(points),
+        "per_setting": per_setting,
+        "pooled": {"rho": pooled_rho, "p": pooled_p},
+        "recommendations": recs,
+    }
+    (out / "confirm.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "report.md").write_text(_confirm_report(result, points, settings))
+    _plot_confirm(points, settings, out / "predicted_vs_measured.png")
+    return result
+
+
+def _confirm_report(result: dict[str, Any], points: list[dict[str, Any]], settings: list[str]) -> str:
+    cal = result["calibration"]
+    lines = [
+        f"# Spectral pre-check, out-of-sample check ({result['model']}, {result['points']} points)",
+        "",
+        f"The calibration (`{cal['statistic']}`, fitted on {cal['points']} points of {cal['model']}) is used frozen "
+        "on dataset variants it was not fitted on. Predicted vs measured relative WQL change:",
+        "",
+        "| dataset | " + " | ".join(settings) + " |",
+        "|" + "---|" * (1 + len(settings)),
+    ]
+    for ds in dict.fromkeys(p["dataset"] for p in points):
+        pts = {p["setting"]: p for p in points if p["dataset"] == ds}
+        cells = " | ".join(
+            f"{pts[s]['predicted']:+.1%} / {pts[s]['change']:+.1%}" if s in pts else "" for s in settings
+        )
+        lines.append(f"| {ds} | {cells} |")
+    lines += ["", "| setting | points | Spearman rho | p-value | MAE (WQL change) |", "|---|---|---|---|---|"]
+    for s in settings:
+        v = result["per_setting"][s]
+        lines.append(f"| {s} | {v['n']} | {v['rho']:+.2f} | {v['p']:.3g} | {v['mae']:.1%} |")
+    pooled = result["pooled"]
+    lines += ["", f"Pooled over settings: rho {pooled['rho']:+.2f} (p={pooled['p']:.3g}).", ""]
+    lines += ["| tolerance | datasets with a recommendation | within tolerance (measured) | none recommended |"]
+    lines += ["|---|---|---|---|"]
+    for tol, v in result["recommendations"].items():
+        lines.append(f"| {float(tol):.0%} | {v['recommended']} | {v['held']} | {v['none_recommended']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_confirm(points: list[dict[str, Any]], settings: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(settings), figsize=(4 * len(settings), 3.6), squeeze=False)
+    for ax, s in zip(axes[0], settings, strict=True):
+        pts = [p for p in points if p["setting"] == s]
+        ax.scatter([100 * p["predicted"] for p in pts], [100 * p["change"] for p in pts], s=22)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_yscale("symlog", linthresh=10)
+        ax.set_title(s, fontsize=9)
+        ax.set_xlabel("predicted WQL change (%)")
+    axes[0][0].set_ylabel("measured WQL change (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _report(points, descriptive, folds, per_setting, cal, settings, names) -> str:

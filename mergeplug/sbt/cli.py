@@ -32,7 +32,7 @@ import torch
 from .efficiency import honest_flops, parameter_summary, reference_flops, storage_summary, time_forward
 from .model import CompactTransformer
 from .tasks import TASKS, build_task
-from .train import TaskSpec, TrainSettings, train_run
+from .train import SCHEDULES, TaskSpec, TrainSettings, train_run
 
 __all__ = ["main", "run_variant", "VARIANTS", "summarize"]
 
@@ -226,6 +226,8 @@ def _main(argv: list[str] | None) -> int:
     t.add_argument("--qkv-keep", type=float, default=0.5)
     t.add_argument("--epochs", type=int, default=150)
     t.add_argument("--lr", type=float, default=None, help="default: 1e-3 dense, 3e-2 sparse-binary (scores)")
+    t.add_argument("--schedule", choices=SCHEDULES, default="constant",
+                   help="learning rate per epoch: constant, or cosine decay to 0 over --epochs")  # fmt: skip
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--patience", type=int, default=40)
     t.add_argument("--max-batches", type=int, default=None, help="batches per epoch (large window sets)")
@@ -247,7 +249,8 @@ def _main(argv: list[str] | None) -> int:
                 for seed in a.seeds:
                     lr = a.lr if a.lr is not None else (3e-2 if variant == "sparse-binary" else 1e-3)
                     settings = TrainSettings(epochs=a.epochs, batch_size=a.batch_size, lr=lr, patience=a.patience,
-                                             max_batches_per_epoch=a.max_batches, threads=a.threads)  # fmt: skip
+                                             max_batches_per_epoch=a.max_batches, threads=a.threads,
+                                             schedule=a.schedule)  # fmt: skip
                     res = run_variant(task, variant, seed, a.out, settings, density=a.density, qkv_keep=a.qkv_keep,
                                       max_series=a.max_series)  # fmt: skip
                     name, _ = METRIC[res["kind"]]

@@ -35,6 +35,9 @@ from .model import CompactTransformer, SBTConfig
 __all__ = ["TaskSpec", "TrainSettings", "train_run", "f1_scores", "point_adjust", "average_precision", "top1_hit"]
 
 
+SCHEDULES = ("constant", "cosine")
+
+
 @dataclass
 class TrainSettings:
     """Optimisation settings of one run."""
@@ -47,6 +50,17 @@ class TrainSettings:
     max_batches_per_epoch: int | None = None
     seed: int = 0
     threads: int | None = None
+    schedule: str = "constant"
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; use one of {SCHEDULES}")
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of ``epoch``: constant, or cosine decay from ``lr`` to 0 over ``epochs`` epochs."""
+        if self.schedule == "cosine":
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
+        return self.lr
 
 
 @dataclass
@@ -189,8 +203,11 @@ def _validation_metric(spec: TaskSpec, model: CompactTransformer) -> float:
 
 
 def _identity(meta: dict[str, Any]) -> dict[str, Any]:
-    """What a resumed run must share with the run in its directory (everything but epochs, patience, threads)."""
-    settings = {k: v for k, v in meta["settings"].items() if k not in ("epochs", "patience", "threads")}
+    """What a resumed run must share with the run in its directory (everything but patience, threads and, with a
+    constant learning rate, epochs)."""
+    settings = {"schedule": "constant", **meta["settings"]}  # runs written before schedules existed
+    free = ("patience", "threads") + (("epochs",) if settings["schedule"] == "constant" else ())
+    settings = {k: v for k, v in settings.items() if k not in free}
     return {"task": meta["task"], "model": meta["model"], "variant": meta["variant"], "settings": settings}
 
 
@@ -254,6 +271,8 @@ def train_run(
         if state["stale"] >= settings.patience:
             break
         t0 = time.perf_counter()
+        for group in opt.param_groups:  # stateless schedule: a resumed run gets the same rate
+            group["lr"] = settings.lr_at(epoch)
         model.train()
         losses = []
         for idx in _batches(x.shape[0], settings.batch_size, rng, settings.max_batches_per_epoch):
