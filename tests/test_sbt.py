@@ -143,6 +143,21 @@ def test_threshold_free_anomaly_metrics():
     assert top1_hit(np.array([0.0, 0.0, 0.0, 0.0, 0.0, 1.0]), labels, slack=1) == 0.0
 
 
+def test_cosine_schedule_is_applied_and_fixes_the_epochs(tmp_path):
+    task = build_task("japanese_vowels", max_series=60, d_model=16, d_ff=32)
+    settings = TrainSettings(epochs=4, batch_size=16, lr=1e-2, patience=100, schedule="cosine")
+    assert [settings.lr_at(e) for e in range(4)] == pytest.approx([1e-2, 0.5e-2 * (1 + 2**-0.5), 0.5e-2,
+                                                                    0.5e-2 * (1 - 2**-0.5)])  # fmt: skip
+    train_run(task, tmp_path, settings, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [row["lr"] for row in log] == [settings.lr_at(e) for e in range(4)]
+    longer = TrainSettings(**{**settings.__dict__, "epochs": 8})  # a longer cosine run is another schedule
+    with pytest.raises(ValueError, match="different run"):
+        train_run(task, tmp_path, longer, progress=False)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        TrainSettings(schedule="linear")
+
+
 def test_a_run_directory_never_mixes_settings_and_bad_input_is_named(tmp_path, capsys):
     args = ["train", "--task", "kdd_tsad_135", "--variant", "dense", "--seeds", "0", "--epochs", "1",
             "--max-series", "100", "--out", str(tmp_path)]  # fmt: skip
