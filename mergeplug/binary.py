@@ -88,6 +88,7 @@ __all__ = [
     "load_packed",
     "packed_size_report",
     "read_packed_metadata",
+    "packed_float_tensors",
     "suspended",
     "PACKED_FORMAT_VERSION",
 ]
@@ -914,6 +915,18 @@ def _read_packed(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     with safe_open(str(path), framework="pt") as f:
         data = {k: f.get_tensor(k) for k in f.keys()}
     return _from_disk(data, disk)
+
+
+def packed_float_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a packed file outside its binarized layers, under every name the model uses for them.
+
+    With them a model can be built from its config alone (``from_pretrained(None, config=..., state_dict=...)``);
+    :func:`load_packed` then adds the binarized layers.
+    """
+    data, meta = _read_packed(path)
+    out = {k: data[k] for k in meta["others"]}
+    out.update({alias: data[target] for alias, target in meta["aliases"].items() if target in data})
+    return out
 
 
 def _find_tensor(root: nn.Module, key: str) -> torch.Tensor:

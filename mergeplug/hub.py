@@ -12,7 +12,10 @@ A mergeplug directory (local, or a Hugging Face Hub repository) holds:
 * ``mergeplug_packed.safetensors`` if the model is binarized (:func:`mergeplug.binarize`; the config's
   ``binarization`` field holds its settings): the sparse binary layers packed by :func:`mergeplug.save_packed`
   (``model.safetensors`` keeps the float weights they were made from, for plain loaders); :func:`from_pretrained`
-  loads it on top with :func:`mergeplug.load_packed`, so outputs are identical;
+  loads it on top with :func:`mergeplug.load_packed`, so outputs are identical. With
+  ``save_pretrained(..., float_weights=False)`` the directory holds no ``model.safetensors`` at all, only
+  ``config.json`` and the packed file (the storage the packed format promises): :func:`from_pretrained` builds
+  the model from ``config.json`` and the packed file alone;
 * ``README.md``: a model card generated with ``huggingface_hub``'s ``ModelCard`` / ``ModelCardData`` (YAML
   metadata, how to use it, the settings, the cost counted by :mod:`mergeplug.cost` and, given a
   ``mergeplug-eval`` results directory, the measured speed-up and accuracy tables).
@@ -100,6 +103,7 @@ def save_pretrained(
     license: str = "apache-2.0",
     model_name: str | None = None,
     card: bool = True,
+    float_weights: bool = True,
 ) -> Path:
     """Write ``obj`` (patched by :func:`mergeplug.apply` or not) to ``directory`` with its settings and a model card.
 
@@ -114,6 +118,10 @@ def save_pretrained(
         license: SPDX id for the card's metadata.
         model_name: title of the card (default: the directory's name).
         card: write ``README.md`` (callers that write their own card, with :func:`model_card`, pass False).
+        float_weights: for a binarized model, also write the float weights (``model.safetensors``, what plain
+            ``transformers`` / ``chronos`` loaders read and what :func:`mergeplug.unbinarize` returns to).
+            ``False`` writes only ``config.json`` and the packed file: the directory is as small as the packed
+            format, and only :func:`from_pretrained` loads it.
 
     Returns:
         ``directory`` as a ``Path``.
@@ -122,8 +130,18 @@ def save_pretrained(
         raise ValueError("weights=False saves only a reference to the base model: pass base_model='<hub id or path>'")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    meta = write_config(obj, out, base_model=base_model, weights=weights)
-    if weights:
+    meta = write_config(obj, out, base_model=base_model, weights=weights, float_weights=float_weights)
+    if not float_weights:
+        if meta["binarization"] is None:
+            raise ValueError(
+                "float_weights=False stores only packed sparse binary layers, but the model is not binarized: "
+                "call mergeplug.binarize first, or keep float_weights=True"
+            )
+        if not weights:
+            raise ValueError("float_weights=False needs weights=True (the packed file is the weights)")
+        (out / "model.safetensors").unlink(missing_ok=True)  # a stale float file must not be mistaken for it
+        _inner(obj).config.save_pretrained(out)
+    elif weights:
         from .binary import suspended
         from .core import apply, remove
 
@@ -144,7 +162,14 @@ def save_pretrained(
     return out
 
 
-def write_config(obj: Any, directory: str | Path, *, base_model: str | None = None, weights: bool = True) -> dict:
+def write_config(
+    obj: Any,
+    directory: str | Path,
+    *,
+    base_model: str | None = None,
+    weights: bool = True,
+    float_weights: bool = True,
+) -> dict:
     """Write (and return) ``mergeplug_config.json`` for ``obj``'s current settings; no weights, no card."""
     from . import __version__
     from .core import settings
@@ -169,6 +194,7 @@ def write_config(obj: Any, directory: str | Path, *, base_model: str | None = No
         **info,
         "base_model": base_model,
         "weights": weights,
+        "float_weights": float_weights,
         "merge": None if config is None else _merge_settings(config),
         "binarization": None if binary is None else {**binary.to_dict(), "file": PACKED_NAME},
     }
@@ -277,7 +303,9 @@ def from_pretrained(directory_or_hub_id: str | Path, **kwargs: Any) -> Any:
         if not source:
             raise ValueError(f"{path / CONFIG_NAME}: weights=false but no base_model to load them from")
     try:
-        if meta["loader"] == "chronos":
+        if meta.get("float_weights", True) is False:
+            obj = _from_config_and_packed(meta, directory_or_hub_id, path, kwargs)
+        elif meta["loader"] == "chronos":
             from chronos import BaseChronosPipeline
 
             obj = BaseChronosPipeline.from_pretrained(source, **kwargs)
@@ -301,17 +329,77 @@ def from_pretrained(directory_or_hub_id: str | Path, **kwargs: Any) -> Any:
     return load_binary_layers(obj, meta, directory_or_hub_id, path)
 
 
+def _packed_path(meta: dict[str, Any], directory_or_hub_id: str | Path, path: Path) -> Path:
+    name = meta["binarization"].get("file", PACKED_NAME)
+    return path / name if Path(directory_or_hub_id).is_dir() else _hub_download(str(directory_or_hub_id), name)
+
+
+def _from_config_and_packed(meta: dict[str, Any], directory_or_hub_id: str | Path, path: Path, kwargs: dict) -> Any:
+    """Build the model of a ``float_weights=False`` directory from ``config.json`` and the packed file's float
+    tensors (the binarized layers' weights are left at their initialisation: :func:`load_binary_layers` replaces
+    those layers and then copies their effective weights into them)."""
+    import transformers
+    from transformers import AutoConfig
+
+    from .binary import packed_float_tensors
+
+    if not meta.get("binarization"):
+        raise ValueError(f"{path / CONFIG_NAME}: float_weights=false but no binarization (packed file) to load")
+    if not Path(directory_or_hub_id).is_dir():
+        _hub_download(str(directory_or_hub_id), "config.json")
+    config = AutoConfig.from_pretrained(str(path))
+    state = packed_float_tensors(_packed_path(meta, directory_or_hub_id, path))
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the binarized layers' weights are "missing" on purpose
+    try:
+        import chronos
+
+        pipeline_class = meta.get("pipeline_class") or "ChronosPipeline"
+        if meta["loader"] == "transformers" or pipeline_class == "ChronosPipeline":  # a transformers class
+            cls = getattr(transformers, meta["model_class"], None)
+            if cls is None:
+                raise ValueError(f"transformers has no class {meta['model_class']!r}: upgrade transformers")
+            model = cls.from_pretrained(None, config=config, state_dict=state, **kwargs).eval()
+            if meta["loader"] == "transformers":
+                return model
+            from chronos import ChronosConfig, ChronosModel
+
+            ccfg = ChronosConfig(**config.chronos_config)
+            return chronos.ChronosPipeline(tokenizer=ccfg.create_tokenizer(), model=ChronosModel(ccfg, model))
+        from chronos import chronos2, chronos_bolt
+
+        model_cls = getattr(chronos_bolt, meta["model_class"], None) or getattr(chronos2, meta["model_class"], None)
+        pipe_cls = getattr(chronos, pipeline_class, None)
+        if model_cls is None or pipe_cls is None:
+            raise ValueError(
+                f"chronos-forecasting has no {meta['model_class']} / {pipeline_class}: upgrade chronos-forecasting"
+            )
+        return pipe_cls(model=model_cls.from_pretrained(None, config=config, state_dict=state, **kwargs))
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
 def load_binary_layers(obj: Any, meta: dict[str, Any], directory_or_hub_id: str | Path, path: Path) -> Any:
     """Load the packed sparse binary layers named by a config's ``binarization`` field (if any) into ``obj``.
 
     ``path`` is the local directory :func:`read_config` returned for ``directory_or_hub_id``.
     """
     if meta.get("binarization"):
-        from .binary import load_packed
+        import torch
 
-        name = meta["binarization"].get("file", PACKED_NAME)
-        local = Path(directory_or_hub_id).is_dir()
-        load_packed(obj, path / name if local else _hub_download(str(directory_or_hub_id), name))
+        from .binary import _root, binary_layers, load_packed
+
+        load_packed(obj, _packed_path(meta, directory_or_hub_id, path))
+        if meta.get("float_weights", True) is False:  # no float file: unbinarize() returns the binary weights
+            root = _root(obj)
+            uses: dict[int, int] = {}
+            for _, p in root.named_parameters(remove_duplicate=False):
+                uses[id(p)] = uses.get(id(p), 0) + 1
+            with torch.no_grad():
+                for m in binary_layers(root).values():
+                    w = m._parameters["weight"]
+                    if uses.get(id(w), 0) == 1:  # a tied weight (e.g. T5's lm_head = embedding) is in the file
+                        w.copy_(m.effective_weight())
     return obj
 
 

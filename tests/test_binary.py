@@ -517,6 +517,64 @@ def test_save_pretrained_round_trip(tmp_path):
         assert torch.equal(plain.predict(ctx, prediction_length=16), pipe.predict(ctx, prediction_length=16))
 
 
+def _packed_only_cases():
+    from transformers import PatchTSTConfig, PatchTSTForPrediction
+
+    def bolt():
+        return chronos_bolt("test", context_length=64, prediction_length=16)
+
+    def patchtst():
+        torch.manual_seed(0)
+        dims = {"d_model": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "ffn_dim": 32}
+        cfg = PatchTSTConfig(num_input_channels=1, context_length=64, patch_length=8, patch_stride=8,
+                             prediction_length=8, **dims)  # fmt: skip
+        return PatchTSTForPrediction(cfg).eval()
+
+    x = torch.randn(2, 64, generator=torch.Generator().manual_seed(1)).cumsum(-1)
+    return {
+        "bolt": (bolt, lambda p: p.predict(x, prediction_length=16)),
+        "chronos-t5": (_t5, lambda p: _t5_predict(p, CTX)),
+        "chronos2": (lambda: chronos2("test", context_length=64), lambda p: p.predict([x[:1]], prediction_length=16)),
+        "patchtst": (patchtst, lambda m: m(past_values=x[:, :, None]).prediction_outputs),
+    }
+
+
+@pytest.mark.parametrize("case", ["bolt", "chronos-t5", "chronos2", "patchtst"])
+def test_save_pretrained_packed_only(tmp_path, case):
+    build, run = _packed_only_cases()[case]
+    model = build()
+    if case == "bolt":
+        mergeplug.apply(model, k=1, ratio=0.2)
+    mergeplug.binarize(model, density=0.25, init="random", seed=3)
+    y0 = run(model)
+    out = mergeplug.save_pretrained(model, tmp_path / "m", card=False, float_weights=False)
+    assert not (out / "model.safetensors").exists() and (out / "config.json").exists()
+    full = mergeplug.save_pretrained(model, tmp_path / "full", card=False)
+
+    def size(d):
+        return sum(f.stat().st_size for f in d.iterdir())
+
+    # the float file is gone and nothing of its size replaced it
+    assert size(out) < size(full) - 0.99 * (full / "model.safetensors").stat().st_size
+    loaded = mergeplug.from_pretrained(out)
+    assert mergeplug.binarization(loaded).packed
+    y1 = run(loaded)
+    for a, b in zip(y0 if isinstance(y0, list) else [y0], y1 if isinstance(y1, list) else [y1], strict=True):
+        assert torch.equal(a, b)
+    if case == "chronos-t5":  # its lm_head is tied to the embedding: unbinarize() returns that float weight
+        return
+    # without a float file, unbinarize() gives the binary weights as float weights: the same outputs again
+    mergeplug.unbinarize(loaded)
+    y2 = run(loaded)
+    for a, b in zip(y0 if isinstance(y0, list) else [y0], y2 if isinstance(y2, list) else [y2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_packed_only_needs_a_binarized_model(tmp_path):
+    with pytest.raises(ValueError, match="not binarized"):
+        mergeplug.save_pretrained(_t5(), tmp_path / "m", card=False, float_weights=False)
+
+
 def test_fast_sampling_reads_the_binary_layers():
     pipe = _t5()
     mergeplug.binarize(pipe, density=0.3)
