@@ -4,6 +4,8 @@
 # trained on. Resumable (re-run to continue). Results: runs/binft-<model>/eval-<density>/ and the exported models.
 #   scripts/binary_finetune.sh                      # the global PatchTST (densities 0.5 and 0.25, 1500 steps)
 #   MODEL=bolt-ref scripts/binary_finetune.sh       # the Chronos-Bolt reference model
+#   MODEL=bolt-ref EXCLUDE='*input_patch_embedding*' TAG=-outbin scripts/binary_finetune.sh
+#                                                   # ... with its output patch block binarized too
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -19,13 +21,13 @@ case "$MODEL" in
             --context-length 512 --horizon 48 --dataset global --num-samples 100 --distribution student_t
             --patch-length 16 --patch-stride 8 --synthetic 0 --mix 1.0 0.0 0.0 --train-on "${DATASETS[@]}"
             --datasets "${DATASETS[@]}" --batch-size 64 --lr 0.01 --warmup 50)
-    EXCLUDE="*head*" ;;  # the distribution head stays float
+    EXCLUDE=${EXCLUDE:-"*head*"} ;;  # the distribution head stays float
   bolt-ref)
     RECIPE=(bolt --datasets "${DATASETS[@]}" --synthetic 0 --mix 0.8 0.2 0.0 --batch-size 64 --lr 0.01 --warmup 50)
-    EXCLUDE="*patch_embedding*" ;;  # Bolt's input / output patch blocks stay float; every T5 projection is binary
+    EXCLUDE=${EXCLUDE:-"*patch_embedding*"} ;;  # Bolt's input / output patch blocks stay float; every T5 projection is binary
   *) echo "MODEL must be patchtst_global or bolt-ref" >&2; exit 2 ;;
 esac
-OUT=runs/binft-$MODEL
+OUT=runs/binft-$MODEL${TAG:-}
 for d in $DENSITIES; do
   "$BIN/mergeplug-train" "${RECIPE[@]}" --out "$OUT/run-$d" --steps "$STEPS" --threads 1 --no-progress \
     --init-from "mergeplug/checkpoints/$MODEL" --binary-density "$d" --binary-exclude "$EXCLUDE" &
