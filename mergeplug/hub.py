@@ -411,11 +411,16 @@ import mergeplug
 model = mergeplug.from_pretrained({location})
 ```
 
-or load it with its own library (and patch it with plain `mergeplug.apply`):
+"""
+_USAGE_PLAIN = """or load it with its own library (and patch it with plain `mergeplug.apply`):
 
 ```python
 {plain}
 ```"""
+_USAGE_PACKED_ONLY = (
+    "Only `mergeplug.from_pretrained` loads it: the directory holds no float weights (`model.safetensors`), just "
+    "`config.json` and the packed sparse binary file."
+)
 
 
 def _plain_usage(meta: dict[str, Any], location: str, location_import: str = "", mergeable: bool = True) -> str:
@@ -483,7 +488,12 @@ def _binary_line(meta: dict[str, Any]) -> str:
     return (
         f"Binary / sparse projections: {len(b['layers'])} linear layers are sparse binary (alpha · sign(W) ⊙ M, "
         f"density {b['density']:g}, init `{b['init']}`), stored packed (1-bit mask and signs) in `{b['file']}`; "
-        "`mergeplug.from_pretrained` restores them. Plain loaders see the float weights they were made from."
+        "`mergeplug.from_pretrained` restores them. "
+        + (
+            "There are no float weights in this directory."
+            if meta.get("float_weights", True) is False
+            else "Plain loaders see the float weights they were made from."
+        )
     )
 
 
@@ -562,11 +572,11 @@ def model_card(
     sections = [
         (
             "Use",
-            _USAGE.format(
-                location=location,
-                imports=location_import + "\n" if location_import else "",
-                what=what,
-                plain=_plain_usage(meta, location, location_import, _mergeable(obj)),
+            _USAGE.format(location=location, imports=location_import + "\n" if location_import else "", what=what)
+            + (
+                _USAGE_PACKED_ONLY
+                if meta.get("float_weights", True) is False
+                else _USAGE_PLAIN.format(plain=_plain_usage(meta, location, location_import, _mergeable(obj)))
             ),
         ),
         ("Merge and compression settings", _settings_table(meta) + "\n\n" + _binary_line(meta)),

@@ -22,6 +22,7 @@ from mergeplug.binary import (
     read_packed_metadata,
     suspended,
 )
+from mergeplug.hub import model_card
 from mergeplug.models import chronos2, chronos_bolt, chronos_t5
 
 torch.set_num_threads(1)
@@ -558,6 +559,9 @@ def test_save_pretrained_packed_only(tmp_path, case):
     assert size(out) < size(full) - 0.99 * (full / "model.safetensors").stat().st_size
     loaded = mergeplug.from_pretrained(out)
     assert mergeplug.binarization(loaded).packed
+    card = model_card(out).text
+    assert "Only `mergeplug.from_pretrained` loads it" in card and "from_pretrained(" in card
+    assert ".from_pretrained(" not in card.replace("mergeplug.from_pretrained(", "")  # no plain-loader snippet
     y1 = run(loaded)
     for a, b in zip(y0 if isinstance(y0, list) else [y0], y1 if isinstance(y1, list) else [y1], strict=True):
         assert torch.equal(a, b)
