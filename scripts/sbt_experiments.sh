@@ -6,8 +6,13 @@ OUT=${OUT:-runs/sbt}
 SB="${MERGEPLUG_SBT:-.venv/bin/mergeplug-sbt}"
 (
   $SB train --task japanese_vowels basic_motions --variant dense sparse-binary --seeds 0 1 2 --threads 1 --out "$OUT"
-  $SB train --task kdd_tsad_135 --variant dense dense-step-t sparse-binary --seeds 0 1 2 --epochs 150 --patience 40 \
+  # KDD #135: 5 seeds. The learning-rate schedule per variant was chosen on validation MSE (mean over the 5 seeds):
+  # constant for dense (4.8e-4 vs 6.4e-4 cosine), cosine for sparse-binary (6.8e-4 vs 2.5e-3 constant, whose
+  # seeds often stalled); scores lr 0.01 / 0.1 and 300 epochs were worse on validation too.
+  $SB train --task kdd_tsad_135 --variant dense dense-step-t --seeds 0 1 2 3 4 --epochs 150 --patience 40 \
     --batch-size 64 --threads 1 --out "$OUT"
+  $SB train --task kdd_tsad_135 --variant sparse-binary --seeds 0 1 2 3 4 --epochs 150 --patience 40 \
+    --batch-size 64 --threads 1 --schedule cosine --out "$OUT"
   $SB train --task pm25 --variant dense dense-step-t sparse-binary --seeds 0 1 2 --epochs 30 --patience 8 \
     --batch-size 64 --max-batches 100 --threads 1 --out "$OUT"
 ) &
