@@ -116,6 +116,20 @@ def _choose(points: list[dict[str, Any]], settings: list[str], names: list[str])
     return best, best_score
 
 
+def _score_predictions(
+    points: list[dict[str, Any]], settings: list[str]
+) -> tuple[dict[str, dict[str, float]], tuple[float, float]]:
+    """Per setting: Spearman rho (and p) of ``predicted`` vs measured ``change``, their MAE and the number of
+    points; and the pooled (rho, p) over all settings."""
+    per_setting = {}
+    for s in settings:
+        pts = [p for p in points if p["setting"] == s]
+        rho, pval = _spearman([p["predicted"] for p in pts], [p["change"] for p in pts])
+        mae = float(np.mean([abs(p["predicted"] - p["change"]) for p in pts])) if pts else float("nan")
+        per_setting[s] = {"rho": rho, "p": pval, "mae": mae, "n": len(pts)}
+    return per_setting, _spearman([p["predicted"] for p in points], [p["change"] for p in points])
+
+
 def _fit(points: list[dict[str, Any]], name: str) -> tuple[float, float]:
     """Theil-Sen line change ~ statistic (robust: one fragile model must not set the slope for all)."""
     from scipy.stats import theilslopes
@@ -199,13 +213,7 @@ def validate(
                 if p["setting"] == s:
                     pred = intercept + slope * stat_value(p["stats"], name, p["reduction"])
                     heldout.append({**p, "predicted": pred, "statistic": name})
-    per_setting = {}
-    for s in settings:
-        hs = [h for h in heldout if h["setting"] == s]
-        rho, pval = _spearman([h["predicted"] for h in hs], [h["change"] for h in hs])
-        mae = float(np.mean([abs(h["predicted"] - h["change"]) for h in hs])) if hs else float("nan")
-        per_setting[s] = {"rho": rho, "p": pval, "mae": mae, "n": len(hs)}
-    pooled_rho, pooled_p = _spearman([h["predicted"] for h in heldout], [h["change"] for h in heldout])
+    per_setting, (pooled_rho, pooled_p) = _score_predictions(heldout, settings)
     # final calibration on all datasets
     name, _ = _choose(points, settings, names)
     # within one dataset (one model): do its variants rank as the statistic says?
@@ -293,13 +301,7 @@ def confirm(
                     {"dataset": ds.name, "base": ds.base, "setting": s, "reduction": cal["settings"][s]["reduction"],
                      "predicted": pred.predictions[s], "change": r["WQL_change"], "stats": pred.stats}
                 )  # fmt: skip
-    per_setting = {}
-    for s in settings:
-        pts = [p for p in points if p["setting"] == s]
-        rho, pval = _spearman([p["predicted"] for p in pts], [p["change"] for p in pts])
-        mae = float(np.mean([abs(p["predicted"] - p["change"]) for p in pts])) if pts else float("nan")
-        per_setting[s] = {"rho": rho, "p": pval, "mae": mae, "n": len(pts)}
-    pooled_rho, pooled_p = _spearman([p["predicted"] for p in points], [p["change"] for p in points])
+    per_setting, (pooled_rho, pooled_p) = _score_predictions(points, settings)
     recs: dict[str, Any] = {}
     for tol in tolerances:
         held = total = none = 0

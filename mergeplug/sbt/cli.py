@@ -10,6 +10,9 @@ Variants (one structure, see :mod:`mergeplug.sbt.model`):
 * ``sparse-binary``: every linear layer binarized (Biprop: frozen random signs from the seed, learned top-k
   scores, ``--density`` kept), trained: scores and layer norms only; step-t attention for anomaly / forecast,
   the fixed Q/K/V activation mask (``--qkv-keep``) for classification.
+* ``sparse-binary-ft``: the same structure, binarized from the trained dense model of the same seed (``dense-step-t``
+  for anomaly / forecast, ``dense`` for classification, from the same ``--out``; its biases are dropped): signs
+  and initial scores from those weights (``init="weights"``), then scores and layer norms trained as above.
 
 Every run writes its directory (resumable; finished runs are skipped) and a ``result.json`` with the test
 metric of the validation-selected model and its efficiency figures: parameters (total / non-zero), storage
@@ -36,7 +39,8 @@ from .train import SCHEDULES, TaskSpec, TrainSettings, train_run
 
 __all__ = ["main", "run_variant", "VARIANTS", "summarize"]
 
-VARIANTS = ("dense", "dense-step-t", "sparse-binary")
+VARIANTS = ("dense", "dense-step-t", "sparse-binary", "sparse-binary-ft")
+BINARY_VARIANTS = ("sparse-binary", "sparse-binary-ft")
 METRIC = {"classification": ("accuracy", True), "anomaly": ("f1", True), "forecast": ("mse", False)}
 
 
@@ -45,9 +49,9 @@ def _variant_task(task: str, variant: str, qkv_keep: float, max_series: int | No
     if variant == "dense-step-t" and kind == "classification":
         raise ValueError("dense-step-t is for anomaly / forecast tasks (classification reads every step)")
     overrides: dict[str, Any] = {}
-    if variant in ("dense-step-t", "sparse-binary") and kind != "classification":
+    if variant in ("dense-step-t", *BINARY_VARIANTS) and kind != "classification":
         overrides["attention"] = "step-t"
-    if variant == "sparse-binary":
+    if variant in BINARY_VARIANTS:
         overrides["bias"] = False
         if kind == "classification":
             overrides["qkv_keep"] = qkv_keep
@@ -72,8 +76,13 @@ def run_variant(
     run_dir = out / task / variant / f"seed{seed}"
     done = run_dir / "result.json"
     desc: dict[str, Any] = {"variant": variant, **({"max_series": max_series} if max_series else {})}
-    if variant == "sparse-binary":
+    if variant in BINARY_VARIANTS:
         desc.update(density=density, qkv_keep=qkv_keep if TASKS[task]["kind"] == "classification" else 1.0)
+    source = None
+    if variant == "sparse-binary-ft":
+        src_variant = "dense" if TASKS[task]["kind"] == "classification" else "dense-step-t"
+        source = out / task / src_variant / f"seed{seed}" / "best.pt"
+        desc["init_from"] = src_variant
     settings = TrainSettings(**{**settings.__dict__, "seed": seed})
     if done.exists():  # finished: reuse it if it is the same run
         old = json.loads((run_dir / "run.json").read_text())
@@ -87,11 +96,22 @@ def run_variant(
         return json.loads(done.read_text())
     spec = _variant_task(task, variant, qkv_keep, max_series)
     prepare = None
-    if variant == "sparse-binary":
+    if variant in BINARY_VARIANTS:
         from ..binary import binarize, trainable_binary
 
+        if source is not None and not source.exists():
+            raise ValueError(
+                f"sparse-binary-ft starts from the trained {desc['init_from']} run of seed {seed}, but {source} does "
+                f"not exist: train it first (--variant {desc['init_from']} sparse-binary-ft, same --out)"
+            )
+
         def prepare(model: CompactTransformer) -> list[torch.nn.Parameter]:
-            binarize(model, density=density, init="random", seed=seed)
+            if source is not None:  # the dense weights of the same structure (its biases have no slot here)
+                dense = torch.load(source, weights_only=True)
+                own = model.state_dict()
+                model.load_state_dict({k: v for k, v in dense.items() if k in own and v.shape == own[k].shape},
+                                      strict=False)  # fmt: skip
+            binarize(model, density=density, init="random" if source is None else "weights", seed=seed)
             return trainable_binary(model, train_norms=True)
 
     model, res = train_run(spec, run_dir, settings, prepare=prepare, variant=desc, progress=progress)
@@ -194,7 +214,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.2), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         for r in (r for r in rows if r["task"] == task):
-            color = {"dense": "C0", "dense-step-t": "C1", "sparse-binary": "C2"}.get(r["variant"])
+            color = {"dense": "C0", "dense-step-t": "C1", "sparse-binary": "C2", "sparse-binary-ft": "C3"}.get(
+                r["variant"]
+            )
             ax.errorbar(r["storage_x"], r["mean"], yerr=r["std"], fmt="o", capsize=3, label=r["variant"], color=color)
         ax.set_xscale("log")
         ax.set_title(task)
@@ -225,7 +247,7 @@ def _main(argv: list[str] | None) -> int:
     t.add_argument("--density", type=float, default=0.1)
     t.add_argument("--qkv-keep", type=float, default=0.5)
     t.add_argument("--epochs", type=int, default=150)
-    t.add_argument("--lr", type=float, default=None, help="default: 1e-3 dense, 3e-2 sparse-binary (scores)")
+    t.add_argument("--lr", type=float, default=None, help="default: 1e-3 dense, 3e-2 sparse-binary(-ft) (scores)")
     t.add_argument("--schedule", choices=SCHEDULES, default="constant",
                    help="learning rate per epoch: constant, or cosine decay to 0 over --epochs")  # fmt: skip
     t.add_argument("--batch-size", type=int, default=32)
@@ -247,7 +269,7 @@ def _main(argv: list[str] | None) -> int:
                 if variant == "dense-step-t" and TASKS[task]["kind"] == "classification":
                     continue
                 for seed in a.seeds:
-                    lr = a.lr if a.lr is not None else (3e-2 if variant == "sparse-binary" else 1e-3)
+                    lr = a.lr if a.lr is not None else (3e-2 if variant in BINARY_VARIANTS else 1e-3)
                     settings = TrainSettings(epochs=a.epochs, batch_size=a.batch_size, lr=lr, patience=a.patience,
                                              max_batches_per_epoch=a.max_batches, threads=a.threads,
                                              schedule=a.schedule)  # fmt: skip
