@@ -133,6 +133,29 @@ def test_cli_trains_reports_and_skips_finished_runs(tmp_path, capsys):
         main(["train", "--task", "no_such_task"])
 
 
+def test_sparse_binary_ft_starts_from_the_trained_dense_model(tmp_path, capsys):
+    from mergeplug.binary import binary_layers
+
+    base = ["train", "--task", "kdd_tsad_135", "--seeds", "0", "--epochs", "1", "--max-series", "200",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert main(base + ["--variant", "sparse-binary-ft"]) == 2  # no dense-step-t run to start from yet
+    assert "train it first (--variant dense-step-t sparse-binary-ft" in capsys.readouterr().err
+    assert main(base + ["--variant", "dense-step-t", "sparse-binary-ft", "--lr", "0"]) == 0  # lr 0: init only
+    run = tmp_path / "kdd_tsad_135"
+    res = json.loads((run / "sparse-binary-ft" / "seed0" / "result.json").read_text())
+    assert res["init_from"] == "dense-step-t" and res["efficiency"]["storage"]["format"] == "packed"
+    dense = torch.load(run / "dense-step-t" / "seed0" / "best.pt", weights_only=True)
+    cfg = json.loads((run / "sparse-binary-ft" / "seed0" / "run.json").read_text())["model"]
+    model = CompactTransformer(SBTConfig(**cfg))
+    binarize(model, density=0.1, init="weights")
+    model.load_state_dict(torch.load(run / "sparse-binary-ft" / "seed0" / "best.pt", weights_only=True))
+    for name, m in binary_layers(model).items():  # signs and kept positions come from the dense weights
+        w, eff = dense[f"{name}.weight"], m.effective_weight()
+        kept = eff != 0
+        assert torch.equal(torch.sign(eff[kept]), torch.sign(w[kept])), name
+        assert kept.flatten()[w.abs().flatten().topk(int(kept.sum())).indices].all(), name
+
+
 def test_threshold_free_anomaly_metrics():
     from mergeplug.sbt.train import average_precision, top1_hit
 
