@@ -363,4 +363,11 @@ def test_binary_fine_tuning_resumes_exports_and_loads_in_the_harness(tmp_path):
     pipe = BaseChronosPipeline.from_pretrained(str(out))
     pipe.model = a
     with torch.no_grad():
-        assert torch.equal(fc.pipe.predict(ctx, prediction_length=16), pipe.predict(ctx, prediction_length=16))
+        expected = pipe.predict(ctx, prediction_length=16)
+        assert torch.equal(fc.pipe.predict(ctx, prediction_length=16), expected)
+    small = export(tmp_path / "straight", tmp_path / "packed-model", packed_only=True)  # no float weights
+    assert not (small / "model.safetensors").exists()
+    with torch.no_grad():
+        assert torch.equal(load_model(str(small)).pipe.predict(ctx, prediction_length=16), expected)
+    with pytest.raises(ValueError, match="needs a binarized run"):
+        export(tmp_path / "float", tmp_path / "nope", packed_only=True)

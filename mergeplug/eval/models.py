@@ -239,6 +239,17 @@ def _load_supervised(path: Path) -> torch.nn.Module:
     return cls[model_type].from_pretrained(path).eval()
 
 
+SUPERVISED_TYPES = ("patchtst", "time_series_transformer")
+
+
+def _packed_only(path: Path) -> bool:
+    """A directory written by ``mergeplug.save_pretrained(..., float_weights=False)``."""
+    from ..hub import CONFIG_NAME
+
+    cfg = path / CONFIG_NAME
+    return cfg.exists() and json.loads(cfg.read_text()).get("float_weights", True) is False
+
+
 def _with_binary_layers(model: Any, path: Path) -> Any:
     """Load the packed sparse binary layers of a directory written by ``mergeplug.save_pretrained`` (if any)."""
     from ..hub import CONFIG_NAME, load_binary_layers, read_config
@@ -309,7 +320,14 @@ def load_model(spec: str | Forecaster, *, device: str = "cpu", dtype: str = "flo
             )
             raise ValueError(f"unknown shipped model {spec!r}; shipped: {', '.join(f'mergeplug:{h}' for h in have)}")
     config = Path(path) / "config.json"
-    if config.exists() and json.loads(config.read_text()).get("model_type") in ("patchtst", "time_series_transformer"):
+    supervised = config.exists() and json.loads(config.read_text()).get("model_type") in SUPERVISED_TYPES
+    if _packed_only(Path(path)):  # a binarized export without float weights: only mergeplug's loader reads it
+        from ..hub import from_pretrained
+
+        if supervised:
+            return SupervisedForecaster(from_pretrained(path), name=spec)
+        return ChronosForecaster(from_pretrained(path, device_map=device, dtype=torch_dtype), spec)
+    if supervised:
         return SupervisedForecaster(_with_binary_layers(_load_supervised(Path(path)), Path(path)), name=spec)
     from chronos import BaseChronosPipeline
 

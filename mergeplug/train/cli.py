@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--name", default=None, help="model name in the card (default: the output directory's name)")
     p.add_argument("--eval-dir", action="append", default=[], help="mergeplug-eval results to put in the card")
+    p.add_argument(
+        "--packed-only", action="store_true", help="binarized runs: config.json + the packed file, no float weights"
+    )
     p = sub.add_parser("card", help="re-render the model card of an exported directory (e.g. with new results)")
     p.add_argument("directory")
     p.add_argument("--name", default=None, help="model name in the card (default: the directory's name)")
@@ -102,7 +105,11 @@ def _main(args: argparse.Namespace) -> int:
     if args.command == "card":
         print(write_card(args.directory, name=args.name, eval_dirs=args.eval_dir))
         return 0
-    path = export(args.run, args.out, name=args.name, eval_dirs=args.eval_dir)
+    try:
+        path = export(args.run, args.out, name=args.name, eval_dirs=args.eval_dir, packed_only=args.packed_only)
+    except ValueError as exc:
+        print(f"mergeplug-train: error: {exc}", file=sys.stderr)
+        return 2
     print(path)
     return 0
 

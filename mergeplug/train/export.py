@@ -92,9 +92,19 @@ Zero-shot: datasets never seen in training."""
 
 
 def export(
-    run_dir: str | Path, out: str | Path, *, name: str | None = None, eval_dirs: list[str] | None = None
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    name: str | None = None,
+    eval_dirs: list[str] | None = None,
+    packed_only: bool = False,
 ) -> Path:
-    """Write the run's latest checkpoint to ``out`` as a loadable model with ``training.json`` and a model card."""
+    """Write the run's latest checkpoint to ``out`` as a loadable model with ``training.json`` and a model card.
+
+    ``packed_only``: for a binarized run, write no float weights (``mergeplug.save_pretrained(...,
+    float_weights=False)``): the directory is as small as the packed file, and ``mergeplug.from_pretrained`` (and
+    the evaluation harness) load it.
+    """
     from .loop import load_checkpoint_model
 
     _recipe, model, state = load_checkpoint_model(run_dir)
@@ -104,8 +114,10 @@ def export(
     from ..binary import binarization
     from ..hub import save_pretrained, write_config
 
-    if binarization(model) is not None:  # float weights + the packed binary layers + the config
-        save_pretrained(model, out, card=False)
+    if packed_only and binarization(model) is None:
+        raise ValueError(f"--packed-only needs a binarized run (--binary-density), and {run_dir} is not one")
+    if binarization(model) is not None:  # float weights (unless packed_only) + the packed binary layers + the config
+        save_pretrained(model, out, card=False, float_weights=not packed_only)
     else:
         model.save_pretrained(out)
         write_config(model, out)
@@ -116,6 +128,13 @@ def export(
 
 def _load_exported(directory: Path, kind: str):
     """The model saved in an exported directory (the inner model for Chronos kinds)."""
+    from ..eval.models import _packed_only
+
+    if _packed_only(directory):
+        from ..hub import from_pretrained
+
+        loaded = from_pretrained(directory)
+        return getattr(loaded, "inner_model", loaded)
     if kind in ("bolt", "chronos-t5"):
         from chronos import BaseChronosPipeline
 
