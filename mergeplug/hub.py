@@ -156,7 +156,7 @@ def save_pretrained(
     if meta["binarization"] is not None:
         from .binary import save_packed
 
-        save_packed(obj, out / PACKED_NAME)
+        save_packed(obj, out / PACKED_NAME, mask_encoding="auto")  # per layer the smaller mask encoding
     if card:
         model_card(out, obj=obj, results=results, license=license, model_name=model_name).save(out / "README.md")
     return out
