@@ -70,3 +70,40 @@ def test_order_of_patches_and_remove_restore_stock(pipe):
 def test_fast_sampling_rejects_other_models():
     with pytest.raises(TypeError, match="Chronos-Bolt and Chronos-2 predict quantiles"):
         mergeplug.fast_sampling(chronos_bolt("test"))
+
+
+@pytest.mark.parametrize("kw", [{"top_k": 5}, {"top_k": 12, "temperature": 0.7, "top_p": 0.8}, {"top_k": 1}])
+def test_top_k_sampler_has_the_distribution_of_generate(kw):
+    from mergeplug.patches.chronos_sampling import _processors, sample_top_k
+
+    g = torch.Generator().manual_seed(0)
+    logits = (2.0 * torch.randn(1, 40, generator=g)).expand(60_000, 40).contiguous()
+    logits[:, 3] = logits.max() + 1.0  # the EOS token would be the favourite: it must never be drawn
+    procs = _processors(1, 10, 3, kw.get("temperature", 1.0), kw["top_k"], kw.get("top_p", 1.0))
+    start = torch.zeros(logits.shape[0], 1, dtype=torch.long)
+    torch.manual_seed(1)
+    stock = torch.multinomial(procs(start, logits.clone()).softmax(-1), 1).squeeze(1)
+    torch.manual_seed(2)
+    ours = sample_top_k(logits, kw["top_k"], temperature=kw.get("temperature", 1.0), top_p=kw.get("top_p"), eos=3)
+    p_stock = torch.bincount(stock, minlength=40).double() / len(stock)
+    p_ours = torch.bincount(ours, minlength=40).double() / len(ours)
+    assert p_ours[3] == 0 and (p_ours > 0).sum() <= kw["top_k"]
+    assert set(p_ours.nonzero().flatten().tolist()) <= set(p_stock.nonzero().flatten().tolist())
+    assert 0.5 * (p_ours - p_stock).abs().sum() < 0.015  # total variation, 60k draws each
+
+
+def test_top_k_sampler_end_to_end(pipe):
+    mergeplug.remove(pipe)
+    greedy = _predict(pipe, top_k=1)
+    mergeplug.fast_sampling(pipe, exact=False)
+    try:
+        assert torch.equal(_predict(pipe, top_k=1), greedy)  # greedy: generate's tokens
+        out = _predict(pipe)
+        assert out.shape == (3, 6, 12) and torch.isfinite(out).all()
+        mergeplug.fast_sampling(pipe, exact=True)  # switching back: the exact path again
+        mergeplug.remove(pipe)
+        stock = _predict(pipe)
+        mergeplug.fast_sampling(pipe)
+        assert torch.equal(_predict(pipe), stock)
+    finally:
+        mergeplug.remove(pipe)
