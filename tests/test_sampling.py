@@ -107,3 +107,15 @@ def test_top_k_sampler_end_to_end(pipe):
         assert torch.equal(_predict(pipe), stock)
     finally:
         mergeplug.remove(pipe)
+
+
+def test_sampling_benchmark_runs_every_setting():
+    from mergeplug.bench_sampling import format_table, run
+
+    merges = {"k=1, 30%": {"k": 1, "ratio": 0.3}}
+    rows = run(size="test", batches=(2,), context=64, horizon=8, samples=3, reps=1, merges=merges)
+    labels = [r["setting"] for r in rows]
+    assert labels[:3] == ["stock", "fast", "fast, top-k sampler"] and len(labels) == 5
+    assert rows[0]["speedup"] == 1.0 and all(r["time_s"] > 0 for r in rows)
+    assert rows[1]["same_samples_as_stock"] is True  # the exact fast path
+    assert "fast, top-k sampler + k=1, 30%" in format_table(rows)
