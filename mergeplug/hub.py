@@ -53,6 +53,11 @@ APPLY_KEYS = ("k", "r", "ratio", "threshold", "causal", "proportional_attention"
 
 
 # ------------------------------------------------------------------------------------------------ what it is
+def is_packed_only(meta: dict[str, Any]) -> bool:
+    """Whether a ``mergeplug_config.json`` (as a dict) describes a directory without float weights."""
+    return meta.get("float_weights", True) is False
+
+
 def _is_chronos_pipeline(obj: Any) -> bool:
     try:
         from chronos import BaseChronosPipeline
@@ -128,18 +133,23 @@ def save_pretrained(
     """
     if not weights and not base_model:
         raise ValueError("weights=False saves only a reference to the base model: pass base_model='<hub id or path>'")
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = write_config(obj, out, base_model=base_model, weights=weights, float_weights=float_weights)
-    if not float_weights:
-        if meta["binarization"] is None:
+    if not float_weights:  # checked before anything is written: a refused call leaves the directory as it was
+        from .binary import binarization
+
+        if binarization(_inner(obj)) is None:
             raise ValueError(
                 "float_weights=False stores only packed sparse binary layers, but the model is not binarized: "
                 "call mergeplug.binarize first, or keep float_weights=True"
             )
         if not weights:
             raise ValueError("float_weights=False needs weights=True (the packed file is the weights)")
-        (out / "model.safetensors").unlink(missing_ok=True)  # a stale float file must not be mistaken for it
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = write_config(obj, out, base_model=base_model, weights=weights, float_weights=float_weights)
+    if not float_weights:
+        stale = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"]
+        for f in [out / n for n in stale] + sorted(out.glob("model-*-of-*.safetensors")):
+            f.unlink(missing_ok=True)  # stale float files must not be mistaken for this model's weights
         _inner(obj).config.save_pretrained(out)
     elif weights:
         from .binary import suspended
@@ -170,7 +180,10 @@ def write_config(
     weights: bool = True,
     float_weights: bool = True,
 ) -> dict:
-    """Write (and return) ``mergeplug_config.json`` for ``obj``'s current settings; no weights, no card."""
+    """Write (and return) ``mergeplug_config.json`` for ``obj``'s current settings; no weights, no card.
+
+    ``weights`` / ``float_weights`` record what :func:`save_pretrained` writes next to it (see there).
+    """
     from . import __version__
     from .core import settings
 
@@ -303,7 +316,7 @@ def from_pretrained(directory_or_hub_id: str | Path, **kwargs: Any) -> Any:
         if not source:
             raise ValueError(f"{path / CONFIG_NAME}: weights=false but no base_model to load them from")
     try:
-        if meta.get("float_weights", True) is False:
+        if is_packed_only(meta):
             obj = _from_config_and_packed(meta, directory_or_hub_id, path, kwargs)
         elif meta["loader"] == "chronos":
             from chronos import BaseChronosPipeline
@@ -387,19 +400,21 @@ def load_binary_layers(obj: Any, meta: dict[str, Any], directory_or_hub_id: str 
     if meta.get("binarization"):
         import torch
 
-        from .binary import _root, binary_layers, load_packed
+        from .binary import _root, binary_layers, load_packed, packed_float_tensors
 
-        load_packed(obj, _packed_path(meta, directory_or_hub_id, path))
-        if meta.get("float_weights", True) is False:  # no float file: unbinarize() returns the binary weights
+        packed = _packed_path(meta, directory_or_hub_id, path)
+        load_packed(obj, packed)
+        if is_packed_only(meta):  # no float file: unbinarize() gives the binary weights as float weights
             root = _root(obj)
-            uses: dict[int, int] = {}
-            for _, p in root.named_parameters(remove_duplicate=False):
-                uses[id(p)] = uses.get(id(p), 0) + 1
+            in_file = set(packed_float_tensors(packed))
+            names: dict[int, list[str]] = {}
+            for n, p in root.named_parameters(remove_duplicate=False):
+                names.setdefault(id(p), []).append(n)
             with torch.no_grad():
                 for m in binary_layers(root).values():
                     w = m._parameters["weight"]
-                    if uses.get(id(w), 0) == 1:  # a tied weight (e.g. T5's lm_head = embedding) is in the file
-                        w.copy_(m.effective_weight())
+                    if not in_file.intersection(names.get(id(w), [])):  # a weight tied to a stored tensor (T5's
+                        w.copy_(m.effective_weight())  # lm_head = the embedding) keeps that tensor's values
     return obj
 
 
@@ -491,7 +506,7 @@ def _binary_line(meta: dict[str, Any]) -> str:
         "`mergeplug.from_pretrained` restores them. "
         + (
             "There are no float weights in this directory."
-            if meta.get("float_weights", True) is False
+            if is_packed_only(meta)
             else "Plain loaders see the float weights they were made from."
         )
     )
@@ -575,7 +590,7 @@ def model_card(
             _USAGE.format(location=location, imports=location_import + "\n" if location_import else "", what=what)
             + (
                 _USAGE_PACKED_ONLY
-                if meta.get("float_weights", True) is False
+                if is_packed_only(meta)
                 else _USAGE_PLAIN.format(plain=_plain_usage(meta, location, location_import, _mergeable(obj)))
             ),
         ),

@@ -562,21 +562,31 @@ def test_save_pretrained_packed_only(tmp_path, case):
     card = model_card(out).text
     assert "Only `mergeplug.from_pretrained` loads it" in card and "from_pretrained(" in card
     assert ".from_pretrained(" not in card.replace("mergeplug.from_pretrained(", "")  # no plain-loader snippet
-    y1 = run(loaded)
-    for a, b in zip(y0 if isinstance(y0, list) else [y0], y1 if isinstance(y1, list) else [y1], strict=True):
+
+    def as_list(y):
+        return y if isinstance(y, list) else [y]
+
+    for a, b in zip(as_list(y0), as_list(run(loaded)), strict=True):
         assert torch.equal(a, b)
-    if case == "chronos-t5":  # its lm_head is tied to the embedding: unbinarize() returns that float weight
+    if case == "chronos-t5":  # its lm_head is tied to the embedding, which the file stores: unbinarize() gives it
+        mergeplug.unbinarize(loaded)
+        assert torch.equal(loaded.model.model.lm_head.weight, loaded.model.model.shared.weight)
+        assert torch.equal(loaded.model.model.shared.weight, mergeplug.binary._root(model).shared.weight)
         return
     # without a float file, unbinarize() gives the binary weights as float weights: the same outputs again
     mergeplug.unbinarize(loaded)
-    y2 = run(loaded)
-    for a, b in zip(y0 if isinstance(y0, list) else [y0], y2 if isinstance(y2, list) else [y2], strict=True):
+    for a, b in zip(as_list(y0), as_list(run(loaded)), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_packed_only_needs_a_binarized_model(tmp_path):
+    pipe = _t5()
+    out = mergeplug.save_pretrained(pipe, tmp_path / "m", card=False)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
     with pytest.raises(ValueError, match="not binarized"):
-        mergeplug.save_pretrained(_t5(), tmp_path / "m", card=False, float_weights=False)
+        mergeplug.save_pretrained(pipe, out, card=False, float_weights=False)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # refused before writing anything
+    assert torch.equal(_t5_predict(mergeplug.from_pretrained(out), CTX), _t5_predict(pipe, CTX))
 
 
 def test_fast_sampling_reads_the_binary_layers():

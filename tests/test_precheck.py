@@ -178,7 +178,7 @@ def test_validation_study_end_to_end(tmp_path):
 
 
 def test_confirmation_on_unseen_variants(tmp_path):
-    from mergeplug.eval.precheck_study import confirm, parse_variant
+    from mergeplug.eval.precheck_study import CONFIRM_SEED, confirm, parse_variant
 
     cal = load_calibration()
     one = {**cal, "settings": {"k=1,reduction=0.5": cal["settings"]["k=1,reduction=0.5"]}}
@@ -193,10 +193,10 @@ def test_confirmation_on_unseen_variants(tmp_path):
     )
     assert res["points"] == 2 and res["per_setting"]["k=1,reduction=0.5"]["n"] == 2
     for ds in ("taylor_30min~noise0.2", "traffic_volume_hourly~noise0.2"):  # predictions are the frozen precheck's
-        expected = precheck(variant(load_dataset(ds.split("~")[0]), "noise", 0.2), calibration=one)
+        expected = precheck(variant(load_dataset(ds.split("~")[0]), "noise", 0.2, seed=CONFIRM_SEED), calibration=one)
         assert f"{expected.predictions['k=1,reduction=0.5']:+.1%}" in (tmp_path / "out" / "report.md").read_text()
     recs = res["recommendations"]["0.05"]
-    assert recs["recommended"] + recs["none_recommended"] == 2 and 0 <= recs["held"] <= recs["recommended"]
+    assert recs["recommended"] + recs["none_recommended"] == 2
     assert (tmp_path / "out" / "predicted_vs_measured.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="not out of sample"):  # the calibration was fitted on noise0.1
         confirm(tmp_path / "o2", calibration=path, bases=("taylor_30min",), variants=(("noise", 0.1),))

@@ -92,6 +92,14 @@ def test_top_k_sampler_has_the_distribution_of_generate(kw):
     assert 0.5 * (p_ours - p_stock).abs().sum() < 0.015  # total variation, 60k draws each
 
 
+@pytest.mark.parametrize("bad", [{"top_k": 0}, {"top_k": 5, "temperature": 0.0}, {"top_k": 5, "top_p": 1.5}])
+def test_top_k_sampler_names_bad_settings(bad):
+    from mergeplug.patches.chronos_sampling import sample_top_k
+
+    with pytest.raises(ValueError, match=next(iter(k for k in bad if k != "top_k" or len(bad) == 1))):
+        sample_top_k(torch.zeros(2, 10), **bad)
+
+
 def test_top_k_sampler_end_to_end(pipe):
     mergeplug.remove(pipe)
     greedy = _predict(pipe, top_k=1)

@@ -77,6 +77,12 @@ def sample_top_k(
         (N,) long token ids. The distribution is that of ``generate``'s processors + ``torch.multinomial`` over the
         whole vocabulary, except that ties at the k-th logit keep exactly k tokens (``generate`` keeps them all).
     """
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1 (candidates per row), got {top_k}; for no top-k use exact sampling")
+    if temperature is not None and not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if eos is not None:
         logits = logits.clone()
         logits[:, eos] = -float("inf")

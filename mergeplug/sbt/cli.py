@@ -86,12 +86,15 @@ def run_variant(
     settings = TrainSettings(**{**settings.__dict__, "seed": seed})
     if done.exists():  # finished: reuse it if it is the same run
         old = json.loads((run_dir / "run.json").read_text())
-        same = old["variant"] == desc and {k: v for k, v in old["settings"].items() if k != "threads"} == {
-            k: v for k, v in asdict(settings).items() if k != "threads"
-        }
-        if not same:
+        before = {"schedule": "constant", **old["settings"]}  # runs written before schedules existed
+        now = asdict(settings)
+        differ = sorted(k for k in set(before) | set(now) if k != "threads" and before.get(k) != now.get(k))
+        if old["variant"] != desc:
+            differ.append("variant")
+        if differ:
             raise ValueError(
-                f"{run_dir} holds a finished run with other settings ({old['settings']}); use another --out"
+                f"{run_dir} holds a finished run with other settings ({', '.join(differ)} differ: "
+                f"{ {k: before.get(k) for k in differ if k != 'variant'} }); use another --out"
             )
         return json.loads(done.read_text())
     spec = _variant_task(task, variant, qkv_keep, max_series)
@@ -107,10 +110,14 @@ def run_variant(
 
         def prepare(model: CompactTransformer) -> list[torch.nn.Parameter]:
             if source is not None:  # the dense weights of the same structure (its biases have no slot here)
-                dense = torch.load(source, weights_only=True)
-                own = model.state_dict()
-                model.load_state_dict({k: v for k, v in dense.items() if k in own and v.shape == own[k].shape},
-                                      strict=False)  # fmt: skip
+                dense = {k: v for k, v in torch.load(source, weights_only=True).items() if not k.endswith(".bias")}
+                missing, unexpected = model.load_state_dict(dense, strict=False)
+                missing = [k for k in missing if not k.endswith(".bias")]
+                if missing or unexpected:
+                    raise ValueError(
+                        f"{source} is not a dense run of this model (missing {missing[:3]}, unexpected "
+                        f"{unexpected[:3]}): train dense / dense-step-t with the same task settings in this --out"
+                    )
             binarize(model, density=density, init="random" if source is None else "weights", seed=seed)
             return trainable_binary(model, train_norms=True)
 

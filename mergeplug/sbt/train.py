@@ -290,7 +290,7 @@ def train_run(
             state["stale"] += 1
         state["epoch"] = epoch + 1
         _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state}, ckpt)
-        line = {"epoch": epoch, "loss": float(np.mean(losses)), "val": metric, "lr": settings.lr_at(epoch)}
+        line = {"epoch": epoch, "loss": float(np.mean(losses)), "val": metric, "lr": opt.param_groups[0]["lr"]}
         line["s"] = time.perf_counter() - t0
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")

@@ -109,13 +109,13 @@ def export(
 
     _recipe, model, state = load_checkpoint_model(run_dir)
     meta = json.loads((Path(run_dir) / "run.json").read_text())
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     from ..binary import binarization
     from ..hub import save_pretrained, write_config
 
     if packed_only and binarization(model) is None:
         raise ValueError(f"--packed-only needs a binarized run (--binary-density), and {run_dir} is not one")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     if binarization(model) is not None:  # float weights (unless packed_only) + the packed binary layers + the config
         save_pretrained(model, out, card=False, float_weights=not packed_only)
     else:
