@@ -47,6 +47,7 @@ __all__ = [
     "spectral_stats",
     "cutoff",
     "precheck",
+    "recommend",
     "PrecheckResult",
     "load_calibration",
 ]
@@ -229,6 +230,15 @@ class PrecheckResult:
         return self.to_markdown()
 
 
+def recommend(
+    predictions: Mapping[str, float], settings: Mapping[str, Mapping[str, Any]], tolerance: float
+) -> str | None:
+    """The setting with the largest token reduction whose predicted WQL change is within ``tolerance`` (ties: the
+    smaller predicted change); None if no setting is."""
+    ok = [label for label, v in predictions.items() if v <= tolerance]
+    return max(ok, key=lambda lb: (settings[lb]["reduction"], -predictions[lb]), default=None)
+
+
 def precheck(
     data: Any,
     *,
@@ -259,7 +269,6 @@ def precheck(
     for label, s in settings.items():
         value = stat_value(stats, cal["statistic"], float(s["reduction"]))
         preds[label] = float(s["intercept"] + s["slope"] * value)
-    ok = [label for label, v in preds.items() if v <= tolerance]
-    best = max(ok, key=lambda lb: (settings[lb]["reduction"], -preds[lb]), default=None)
+    best = recommend(preds, settings, tolerance)
     info = {k: v for k, v in cal.items() if k != "settings"}
     return PrecheckResult(stats, preds, best, tolerance, info)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..precheck import PER_REDUCTION, STATISTICS, load_calibration, precheck, spectral_stats, stat_value
+from ..precheck import PER_REDUCTION, STATISTICS, load_calibration, precheck, recommend, spectral_stats, stat_value
 from .data import EvalDataset, load_dataset, variant
 from .run import run
 
@@ -298,7 +298,7 @@ def confirm(
     recommended: dict[str, dict[float, str | None]] = {}
     for ds in datasets:
         pred = precheck(ds, calibration=cal)
-        recommended[ds.name] = {t: precheck(ds, calibration=cal, tolerance=t).recommended for t in tolerances}
+        recommended[ds.name] = {t: recommend(pred.predictions, cal["settings"], t) for t in tolerances}
         for s in settings:
             r = by.get((ds.name, s))
             if r is not None:
