@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         help=f"a merge setting, e.g. 'k=1,ratio=0.2' or 'k=1,reduction=0.75,schedule=front' (repeatable); "
-        f"keys: {', '.join(MERGE_KEYS)}",
+        f"keys: {', '.join(MERGE_KEYS)}; Chronos-T5: 'sampling=fast' (fast path, same samples as stock) or "
+        "'sampling=fast-topk', alone or with a merge",
     )
     r.add_argument("--out", default="results/eval", help="results directory (rerun to resume)")
     r.add_argument("--reps", type=int, default=3, help="interleaved timing repetitions (median)")

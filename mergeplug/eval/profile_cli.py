@@ -76,6 +76,8 @@ def profile_model(
         settings = {"unmerged": None}
         for m in merges:
             s = parse_merge(m, fc.num_layers)
+            if s.sampling:
+                raise ValueError(f"{m!r}: sampling=... is a `mergeplug-eval run` setting; profile counts merging only")
             settings[s.label] = s.kwargs
         rows = compare(fc.target, settings, run=run, reps=reps, seed=seed, series=len(inputs))
         text += "\n\n" + format_comparison(rows)

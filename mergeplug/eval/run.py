@@ -36,15 +36,24 @@ from .models import QUANTILES, Forecaster, chronos_quantiles, load_model
 
 __all__ = ["QUANTILES", "MergeSetting", "parse_merge", "load_model", "chronos_quantiles", "evaluate", "run"]
 
-MERGE_KEYS = ("k", "r", "ratio", "input_ratio", "reduction", "schedule", "proportional_attention")
+MERGE_KEYS = ("k", "r", "ratio", "input_ratio", "reduction", "schedule", "proportional_attention", "sampling")
+#: ``sampling=`` values -> ``fast_sampling``'s mode (None: stock ``generate``)
+SAMPLING = {"stock": None, "fast": "exact", "exact": "exact", "fast-topk": "top-k", "top-k": "top-k", "topk": "top-k"}
 
 
 @dataclass(frozen=True)
 class MergeSetting:
-    """One merge setting of a run: its label and the keyword arguments for ``mergeplug.apply``."""
+    """One setting of a run: its label, the keyword arguments for ``mergeplug.apply`` (empty: no merging) and
+    the Chronos-T5 sampling path (``None``: stock ``generate``; ``"exact"`` / ``"top-k"``: ``fast_sampling``)."""
 
     label: str
     kwargs: dict[str, Any]
+    sampling: str | None = None
+
+    @property
+    def is_reference(self) -> bool:
+        """The unmerged model as shipped (no merging, stock sampling)."""
+        return not self.kwargs and self.sampling is None
 
 
 def parse_merge(text: str, num_layers: int | None = None) -> MergeSetting:
@@ -52,10 +61,12 @@ def parse_merge(text: str, num_layers: int | None = None) -> MergeSetting:
 
     Keys: ``k`` (int or ``global``), ``r`` (int, or per-layer ints joined by ``:``), ``ratio`` (float or
     per-layer floats joined by ``:``), ``input_ratio``, ``proportional_attention`` (true/false), and
-    ``reduction`` + optional ``schedule`` (constant / front / front-input) which need ``num_layers``.
+    ``reduction`` + optional ``schedule`` (constant / front / front-input) which need ``num_layers``, and
+    ``sampling`` (Chronos-T5 only: ``stock``, ``fast`` = ``fast_sampling(exact=True)``, same samples as stock, or
+    ``fast-topk`` = ``fast_sampling(exact=False)``); ``"sampling=fast"`` alone is the fast path without merging.
     """
     kwargs: dict[str, Any] = {}
-    reduction, schedule = None, "constant"
+    reduction, schedule, sampling = None, "constant", None
     for part in filter(None, (p.strip() for p in text.split(","))):
         if "=" not in part:
             raise ValueError(f"merge setting {text!r}: expected key=value, got {part!r}")
@@ -77,6 +88,10 @@ def parse_merge(text: str, num_layers: int | None = None) -> MergeSetting:
                 reduction = float(value)
             elif key == "schedule":
                 schedule = value
+            elif key == "sampling":
+                if value.lower() not in SAMPLING:
+                    raise ValueError(f"use one of {', '.join(SAMPLING)}")
+                sampling = SAMPLING[value.lower()]
             else:
                 raise KeyError(key)
         except KeyError:
@@ -87,8 +102,18 @@ def parse_merge(text: str, num_layers: int | None = None) -> MergeSetting:
         if num_layers is None:
             raise ValueError("reduction=... needs the model's number of encoder layers")
         kwargs.update(schedule_for_reduction(reduction, num_layers, schedule))  # type: ignore[arg-type]
-    MergeConfig(**{k: v for k, v in kwargs.items()})  # validate now, with the config's own messages
-    return MergeSetting(label=text.replace(" ", ""), kwargs=kwargs)
+    if kwargs:
+        MergeConfig(**kwargs)  # validate now, with the config's own messages
+    elif sampling is None:
+        raise ValueError(f"merge setting {text!r} changes nothing: give a merge (k=..., ratio=...) or sampling=fast")
+    return MergeSetting(label=text.replace(" ", ""), kwargs=kwargs, sampling=sampling)
+
+
+def _samples_tokens(forecaster: Forecaster | None) -> bool:
+    """Is this a Chronos-T5 pipeline (the model ``fast_sampling`` applies to)?"""
+    from chronos import ChronosPipeline
+
+    return forecaster is not None and isinstance(forecaster.target, ChronosPipeline)
 
 
 # --------------------------------------------------------------------------------------------- forecasting
@@ -254,6 +279,11 @@ def run(
     settings = (
         [MergeSetting("unmerged", {})] + [parse_merge(m, layers) for m in merges] if forecaster is not None else []
     )
+    if any(s.sampling for s in settings) and not _samples_tokens(forecaster):
+        raise ValueError(
+            f"sampling=... switches Chronos-T5's token sampling; {forecaster.name or model!r} is not a Chronos-T5 "
+            "pipeline (Chronos-Bolt and Chronos-2 predict quantiles directly): drop sampling= from --merge"
+        )
     name = model if isinstance(model, str) else (model.name or type(model).__name__)
     meta = {"model": name, "quantiles": list(QUANTILES), "seed": seed, "merges": list(merges), "reps": reps}
     from accelerate import PartialState
@@ -265,10 +295,11 @@ def run(
     def configure(fc: Forecaster, s: MergeSetting) -> None:
         if not merges:  # nothing to apply or remove (and the model may not be patchable at all)
             return
-        if not s.kwargs:
-            mergeplug.remove(fc.target)
-        else:
+        mergeplug.remove(fc.target)  # also switches fast sampling off
+        if s.kwargs:
             mergeplug.apply(fc.target, **s.kwargs)
+        if s.sampling:
+            mergeplug.fast_sampling(fc.target, exact=s.sampling == "exact")
 
     for item in tqdm(datasets, desc="datasets", disable=not progress):
         ds = item if isinstance(item, EvalDataset) else load_dataset(item, max_series=max_series)
@@ -285,7 +316,7 @@ def run(
         fc = forecaster.for_dataset(ds)
         test_data = _windows(ds)
         inputs = list(test_data.input)
-        timed = [settings[0]] + [s for s in pending if s.kwargs]  # the unmerged reference is always re-timed
+        timed = [settings[0]] + [s for s in pending if not s.is_reference]  # the reference is always re-timed
         times: dict[str, list[float]] = {s.label: [] for s in timed}
         accuracy: dict[str, dict[str, float]] = {}
         counts: dict[str, list[int] | None] = {}
@@ -335,6 +366,7 @@ def run(
                     **base,
                     "setting": s.label,
                     "merge": s.kwargs,
+                    "sampling": s.sampling or "stock",
                     **acc,
                     "MASE_change": acc["MASE"] / ref_acc["MASE"] - 1.0,
                     "WQL_change": acc["WQL"] / ref_acc["WQL"] - 1.0,
