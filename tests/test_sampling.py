@@ -14,17 +14,18 @@ def pipe():
     return chronos_t5("test", prediction_length=12, num_samples=6)
 
 
-def _ctx() -> torch.Tensor:
+def _ctx(pad: bool = True) -> torch.Tensor:
     torch.manual_seed(5)
     x = torch.randn(3, 150).cumsum(-1)
-    x[1, :40] = float("nan")  # padding / missing values in one row
+    if pad:
+        x[1, :40] = float("nan")  # padding / missing values in one row
     return x
 
 
-def _predict(pipe, **kw) -> torch.Tensor:
+def _predict(pipe, pad: bool = True, **kw) -> torch.Tensor:
     torch.manual_seed(0)
     with torch.inference_mode():
-        return pipe.predict(_ctx(), **{"prediction_length": 12, **kw})
+        return pipe.predict(_ctx(pad), **{"prediction_length": 12, **kw})
 
 
 @pytest.mark.parametrize("merge", [None, {"k": 1, "ratio": 0.3}, {"k": None, "r": 20}])
@@ -35,6 +36,7 @@ def _predict(pipe, **kw) -> torch.Tensor:
         {},  # Chronos' defaults (top_k 50)
         {"temperature": 0.7, "top_p": 0.9, "top_k": 0},
         {"prediction_length": 30},  # longer than the model's horizon: Chronos decodes in chunks
+        {"pad": False},  # no padding: the cross-attention adds no mask
     ],
 )
 def test_fast_path_gives_stock_tokens(pipe, merge, kw):

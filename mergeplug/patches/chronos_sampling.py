@@ -141,6 +141,8 @@ def sample_tokens(
     memory = enc.last_hidden_state  # (B, L, C)
     dtype = memory.dtype
     cross_bias = _cross_bias(enc, attention_mask, dtype, merge_record)  # (B, 1, 1, L)
+    if not cross_bias.any():  # no padding and no size bias: adding zeros changes nothing, skip the pass
+        cross_bias = None
     dec = model.decoder
     heads, d_kv = cfg.num_heads, cfg.d_kv
     cross_kv = []
@@ -176,7 +178,9 @@ def sample_tokens(
             h = ca.layer_norm(x)
             q = ca.EncDecAttention.q(h).view(n_b, s, heads, d_kv).transpose(1, 2)  # (B, H, S, d_kv)
             k_t, v = cross_kv[i]
-            scores = q @ k_t + cross_bias  # (B, H, S, L): the S samples of a series share one K/V
+            scores = q @ k_t  # (B, H, S, L): the S samples of a series share one K/V
+            if cross_bias is not None:
+                scores = scores + cross_bias
             a = torch.softmax(scores.float(), dim=-1).to(dtype) @ v  # (B, H, S, d_kv)
             x = x + ca.EncDecAttention.o(a.transpose(1, 2).reshape(rows, 1, heads * d_kv))
             x = block.layer[2](x)
