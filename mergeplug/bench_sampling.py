@@ -24,7 +24,7 @@ from . import apply, fast_sampling, remove
 from .bench import synthetic_context
 from .config import schedule_for_reduction
 from .eval.run import PeakMemory
-from .models import chronos_t5
+from .models import chronos_t5, t5_config
 
 __all__ = ["run", "main"]
 
@@ -124,7 +124,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=20)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--out", default=None, help="also write the rows as JSON")
+    p.add_argument(
+        "--merge",
+        action="append",
+        default=[],
+        help="merge setting for the 'fast + merging' rows, as for mergeplug-eval run (e.g. 'k=1,reduction=0.5'; "
+        "repeatable; default: k=1 at 75%% and 90%% front-input)",
+    )
     a = p.parse_args(argv)
+    merges = None
+    if a.merge:
+        from .eval.run import parse_merge
+
+        layers = t5_config(a.size).num_layers
+        parsed = [parse_merge(m, layers) for m in a.merge]
+        if any(m.sampling for m in parsed):
+            p.error("sampling=... is not a merge setting here: every setting is run with each sampler")
+        merges = {m.label: m.kwargs for m in parsed}
     rows = run(
         size=a.size,
         batches=tuple(int(b) for b in a.batches.split(",")),
@@ -132,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         horizon=a.horizon,
         samples=a.samples,
         reps=a.reps,
+        merges=merges,
     )
     print(format_table(rows))
     if a.out:

@@ -129,3 +129,19 @@ def test_sampling_benchmark_runs_every_setting():
     assert rows[0]["speedup"] == 1.0 and all(r["time_s"] > 0 for r in rows)
     assert rows[1]["same_samples_as_stock"] is True  # the exact fast path
     assert "fast, top-k sampler + k=1, 30%" in format_table(rows)
+
+
+def test_sampling_benchmark_cli_takes_merge_settings(tmp_path, capsys):
+    import json
+
+    from mergeplug.bench_sampling import main
+
+    out = tmp_path / "rows.json"
+    argv = ["--size", "test", "--batches", "2", "--context", "64", "--horizon", "8", "--samples", "3", "--reps", "1"]
+    assert main([*argv, "--merge", "k=1,reduction=0.5", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["setting"] for r in rows][-2:] == ["fast + k=1,reduction=0.5", "fast, top-k sampler + k=1,reduction=0.5"]
+    assert rows[-1]["merge"]["k"] == 1 and "fast + k=1,reduction=0.5" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*argv, "--merge", "k=1,ratio=0.2,sampling=fast"])
+    assert "not a merge setting" in capsys.readouterr().err
