@@ -105,11 +105,12 @@ def run(
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'batch':>5}  {'setting':<46}{'time s':>9}{'speed-up':>10}{'peak MB':>9}  same samples"]
+    width = max([46, *(len(r["setting"]) + 2 for r in rows)])
+    lines = [f"{'batch':>5}  {'setting':<{width}}{'time s':>9}{'speed-up':>10}{'peak MB':>9}  same samples"]
     for r in rows:
         same = "" if r["same_samples_as_stock"] is None else str(r["same_samples_as_stock"])
         lines.append(
-            f"{r['batch']:>5}  {r['setting']:<46}{r['time_s']:>9.2f}{r['speedup']:>9.2f}x"
+            f"{r['batch']:>5}  {r['setting']:<{width}}{r['time_s']:>9.2f}{r['speedup']:>9.2f}x"
             f"{r['peak_mem_mb']:>9.0f}  {same}"
         )
     return "\n".join(lines)
@@ -137,9 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         from .eval.run import parse_merge
 
         layers = t5_config(a.size).num_layers
-        parsed = [parse_merge(m, layers) for m in a.merge]
+        try:
+            parsed = [parse_merge(m, layers) for m in a.merge]
+        except ValueError as exc:
+            p.error(str(exc))
         if any(m.sampling for m in parsed):
-            p.error("sampling=... is not a merge setting here: every setting is run with each sampler")
+            p.error("sampling=... is not a merge setting here: each merge setting runs with both fast samplers")
         merges = {m.label: m.kwargs for m in parsed}
     rows = run(
         size=a.size,

@@ -81,13 +81,15 @@ def test_parse_merge():
         parse_merge("k=0,r=3")
     with pytest.raises(ValueError, match="bad value"):
         parse_merge("k=one")
-    assert parse_merge("sampling=fast").sampling == "exact" and parse_merge("sampling=fast").kwargs == {}
+    assert parse_merge("sampling=fast").sampling == "fast" and parse_merge("sampling=fast").kwargs == {}
     topk = parse_merge("k=1,ratio=0.2,sampling=fast-topk")
-    assert topk.sampling == "top-k" and topk.kwargs == {"k": 1, "ratio": 0.2} and not topk.is_reference
+    assert topk.sampling == "fast-topk" and topk.kwargs == {"k": 1, "ratio": 0.2} and not topk.is_reference
     with pytest.raises(ValueError, match="bad value for 'sampling'.*fast-topk"):
         parse_merge("sampling=quick")
+    with pytest.raises(ValueError, match="sampling=stock is the default"):
+        parse_merge("k=1,ratio=0.2,sampling=stock")
     with pytest.raises(ValueError, match="changes nothing"):
-        parse_merge("sampling=stock")
+        parse_merge(" ")
 
 
 def test_run_chronos_t5_fast_sampling_settings(tmp_path):
@@ -97,15 +99,16 @@ def test_run_chronos_t5_fast_sampling_settings(tmp_path):
     merges = ["sampling=fast", "k=1,ratio=0.3,sampling=fast-topk", "k=1,ratio=0.3"]
     rows = run("random:chronos-t5-test", ["m3_yearly"], merges, out=tmp_path / "t5", **kwargs)
     by = {r["setting"]: r for r in rows}
-    assert by["unmerged"]["sampling"] == "stock" and by["sampling=fast"]["sampling"] == "exact"
+    assert by["unmerged"]["sampling"] == "stock" and by["sampling=fast"]["sampling"] == "fast"
     assert by["sampling=fast"]["WQL"] == by["unmerged"]["WQL"] and by["sampling=fast"]["MASE_change"] == 0.0
     assert by["sampling=fast"]["tokens_per_layer"] is None and by["sampling=fast"]["speedup"] > 0
     both = by["k=1,ratio=0.3,sampling=fast-topk"]
-    assert both["sampling"] == "top-k" and both["merge"] == {"k": 1, "ratio": 0.3}
+    assert both["sampling"] == "fast-topk" and both["merge"] == {"k": 1, "ratio": 0.3}
     assert both["tokens_per_layer"] == by["k=1,ratio=0.3"]["tokens_per_layer"]  # the merge is applied too
     assert np.isfinite(both["WQL"]) and both["WQL"] != by["k=1,ratio=0.3"]["WQL"]  # other samples, same merge
-    with pytest.raises(ValueError, match="not a Chronos-T5 pipeline"):
-        run("random:chronos-bolt-test", ["m3_yearly"], ["sampling=fast"], out=tmp_path / "b", **kwargs)
+    for other in ("random:chronos-bolt-test", "random:chronos-2-test"):  # checked before mergeability
+        with pytest.raises(ValueError, match=r"not a Chronos-T5 \(seq2seq\) pipeline"):
+            run(other, ["m3_yearly"], ["sampling=fast"], out=tmp_path / "b", **kwargs)
 
 
 def test_run_end_to_end_resumes_and_reports(tmp_path):

@@ -28,7 +28,10 @@ def _predict(pipe, pad: bool = True, **kw) -> torch.Tensor:
         return pipe.predict(_ctx(pad), **{"prediction_length": 12, **kw})
 
 
-@pytest.mark.parametrize("merge", [None, {"k": 1, "ratio": 0.3}, {"k": None, "r": 20}])
+@pytest.mark.parametrize(
+    "merge",
+    [None, {"k": 1, "ratio": 0.3}, {"k": None, "r": 20}, {"k": 1, "ratio": 0.3, "proportional_attention": False}],
+)
 @pytest.mark.parametrize(
     "kw",
     [
@@ -145,3 +148,6 @@ def test_sampling_benchmark_cli_takes_merge_settings(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*argv, "--merge", "k=1,ratio=0.2,sampling=fast"])
     assert "not a merge setting" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*argv, "--merge", "k=1,rr=2"])
+    assert "unknown merge key 'rr'" in capsys.readouterr().err

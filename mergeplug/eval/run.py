@@ -37,14 +37,15 @@ from .models import QUANTILES, Forecaster, chronos_quantiles, load_model
 __all__ = ["QUANTILES", "MergeSetting", "parse_merge", "load_model", "chronos_quantiles", "evaluate", "run"]
 
 MERGE_KEYS = ("k", "r", "ratio", "input_ratio", "reduction", "schedule", "proportional_attention", "sampling")
-#: ``sampling=`` values -> ``fast_sampling``'s mode (None: stock ``generate``)
-SAMPLING = {"stock": None, "fast": "exact", "exact": "exact", "fast-topk": "top-k", "top-k": "top-k", "topk": "top-k"}
+#: ``sampling=`` values: stock ``generate``, ``fast_sampling(exact=True)``, ``fast_sampling(exact=False)``
+SAMPLING = ("stock", "fast", "fast-topk")
 
 
 @dataclass(frozen=True)
 class MergeSetting:
     """One setting of a run: its label, the keyword arguments for ``mergeplug.apply`` (empty: no merging) and
-    the Chronos-T5 sampling path (``None``: stock ``generate``; ``"exact"`` / ``"top-k"``: ``fast_sampling``)."""
+    the Chronos-T5 sampling path (``None``: stock ``generate``; ``"fast"`` / ``"fast-topk"``: ``fast_sampling`` with
+    ``exact=True`` / ``False``)."""
 
     label: str
     kwargs: dict[str, Any]
@@ -89,9 +90,9 @@ def parse_merge(text: str, num_layers: int | None = None) -> MergeSetting:
             elif key == "schedule":
                 schedule = value
             elif key == "sampling":
-                if value.lower() not in SAMPLING:
+                if value not in SAMPLING:
                     raise ValueError(f"use one of {', '.join(SAMPLING)}")
-                sampling = SAMPLING[value.lower()]
+                sampling = None if value == "stock" else value
             else:
                 raise KeyError(key)
         except KeyError:
@@ -102,6 +103,8 @@ def parse_merge(text: str, num_layers: int | None = None) -> MergeSetting:
         if num_layers is None:
             raise ValueError("reduction=... needs the model's number of encoder layers")
         kwargs.update(schedule_for_reduction(reduction, num_layers, schedule))  # type: ignore[arg-type]
+    if "sampling=stock" in text.replace(" ", ""):
+        raise ValueError(f"merge setting {text!r}: sampling=stock is the default, drop it (one label per setting)")
     if kwargs:
         MergeConfig(**kwargs)  # validate now, with the config's own messages
     elif sampling is None:
@@ -110,10 +113,11 @@ def parse_merge(text: str, num_layers: int | None = None) -> MergeSetting:
 
 
 def _samples_tokens(forecaster: Forecaster | None) -> bool:
-    """Is this a Chronos-T5 pipeline (the model ``fast_sampling`` applies to)?"""
+    """Is this a Chronos-T5 (seq2seq) pipeline, the model ``fast_sampling`` speeds up?"""
     from chronos import ChronosPipeline
 
-    return forecaster is not None and isinstance(forecaster.target, ChronosPipeline)
+    target = None if forecaster is None else forecaster.target
+    return isinstance(target, ChronosPipeline) and target.model.config.model_type == "seq2seq"
 
 
 # --------------------------------------------------------------------------------------------- forecasting
@@ -270,11 +274,6 @@ def run(
     if reps < 1:
         raise ValueError(f"reps must be >= 1, got {reps}")
     forecaster = None if model == "seasonal-naive" else load_model(model, device=device, dtype=dtype)
-    if forecaster is not None and merges and not forecaster.mergeable():
-        raise ValueError(
-            f"token merging does not apply to {forecaster.name or model!r} (supported families: "
-            f"{', '.join(f.name for f in families())}); evaluate it without --merge"
-        )
     layers = forecaster.num_layers if forecaster is not None else None
     settings = (
         [MergeSetting("unmerged", {})] + [parse_merge(m, layers) for m in merges] if forecaster is not None else []
@@ -282,7 +281,12 @@ def run(
     if any(s.sampling for s in settings) and not _samples_tokens(forecaster):
         raise ValueError(
             f"sampling=... switches Chronos-T5's token sampling; {forecaster.name or model!r} is not a Chronos-T5 "
-            "pipeline (Chronos-Bolt and Chronos-2 predict quantiles directly): drop sampling= from --merge"
+            "(seq2seq) pipeline (Chronos-Bolt and Chronos-2 predict quantiles directly): drop sampling= from --merge"
+        )
+    if forecaster is not None and merges and not forecaster.mergeable():
+        raise ValueError(
+            f"token merging does not apply to {forecaster.name or model!r} (supported families: "
+            f"{', '.join(f.name for f in families())}); evaluate it without --merge"
         )
     name = model if isinstance(model, str) else (model.name or type(model).__name__)
     meta = {"model": name, "quantiles": list(QUANTILES), "seed": seed, "merges": list(merges), "reps": reps}
@@ -299,7 +303,7 @@ def run(
         if s.kwargs:
             mergeplug.apply(fc.target, **s.kwargs)
         if s.sampling:
-            mergeplug.fast_sampling(fc.target, exact=s.sampling == "exact")
+            mergeplug.fast_sampling(fc.target, exact=s.sampling == "fast")
 
     for item in tqdm(datasets, desc="datasets", disable=not progress):
         ds = item if isinstance(item, EvalDataset) else load_dataset(item, max_series=max_series)
