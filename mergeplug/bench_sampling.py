@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from . import apply, fast_sampling, remove
+from . import remove
 from .bench import synthetic_context
 from .config import schedule_for_reduction
-from .eval.run import PeakMemory
+from .eval.run import MergeSetting, PeakMemory, apply_setting
 from .models import chronos_t5, t5_config
 
 __all__ = ["run", "main"]
@@ -50,18 +50,10 @@ def run(
         "k=1, 75%": {"k": 1, **schedule_for_reduction(0.75, layers)},
         "k=1, 90% front-input": {"k": 1, **schedule_for_reduction(0.9, layers, "front-input")},
     }
-    # value: (fast path: False / "exact" / "top-k", merge settings)
-    settings: dict[str, tuple[Any, dict[str, Any] | None]] = {"stock": (False, None), "fast": ("exact", None)}
-    settings["fast, top-k sampler"] = ("top-k", None)
-    settings.update({f"fast + {label}": ("exact", m) for label, m in merges.items()})
-    settings.update({f"fast, top-k sampler + {label}": ("top-k", m) for label, m in merges.items()})
-
-    def configure(fast: Any, m: dict[str, Any] | None) -> None:
-        remove(pipe)
-        if m:
-            apply(pipe, **m)
-        if fast:
-            fast_sampling(pipe, exact=fast == "exact")
+    settings = [MergeSetting("stock", {}), MergeSetting("fast", {}, "fast")]
+    settings.append(MergeSetting("fast, top-k sampler", {}, "fast-topk"))
+    settings += [MergeSetting(f"fast + {label}", m, "fast") for label, m in merges.items()]
+    settings += [MergeSetting(f"fast, top-k sampler + {label}", m, "fast-topk") for label, m in merges.items()]
 
     rows = []
     for batch in batches:
@@ -72,23 +64,24 @@ def run(
             with torch.inference_mode():
                 return pipe.predict(ctx, prediction_length=horizon, num_samples=samples)
 
-        times: dict[str, list[float]] = {k: [] for k in settings}
+        times: dict[str, list[float]] = {st.label: [] for st in settings}
         mem: dict[str, float] = {}
         outs: dict[str, torch.Tensor] = {}
-        for label, (fast, m) in settings.items():  # warm-up, memory, outputs
-            configure(fast, m)
+        for st in settings:  # warm-up, memory, outputs
+            apply_setting(pipe, st)
             with PeakMemory() as pm:
-                outs[label] = predict()
-            mem[label] = pm.extra_mb
+                outs[st.label] = predict()
+            mem[st.label] = pm.extra_mb
         for _ in range(reps):
-            for label, (fast, m) in settings.items():
-                configure(fast, m)
+            for st in settings:
+                apply_setting(pipe, st)
                 start = time.perf_counter()
                 predict()
-                times[label].append(time.perf_counter() - start)
+                times[st.label].append(time.perf_counter() - start)
         remove(pipe)
         ref = statistics.median(times["stock"])
-        for label in settings:
+        for st in settings:
+            label = st.label
             t = statistics.median(times[label])
             rows.append(
                 {
@@ -98,7 +91,7 @@ def run(
                     "speedup": ref / t,
                     "peak_mem_mb": mem[label],
                     "same_samples_as_stock": bool(torch.equal(outs[label], outs["stock"])) if label == "fast" else None,
-                    "merge": settings[label][1],
+                    "merge": st.kwargs or None,
                 }
             )
     return rows

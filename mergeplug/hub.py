@@ -58,6 +58,23 @@ def is_packed_only(meta: dict[str, Any]) -> bool:
     return meta.get("float_weights", True) is False
 
 
+def saved_packed_only(directory_or_hub_id: str | Path) -> bool:
+    """Whether a local directory or hub repository was written by ``save_pretrained(..., float_weights=False)``
+    (False for directories and repositories without a ``mergeplug_config.json``, and for hub ids offline: the stock
+    loaders handle those)."""
+    path = Path(directory_or_hub_id)
+    if path.exists():
+        cfg = path / CONFIG_NAME
+        return cfg.is_file() and is_packed_only(json.loads(cfg.read_text()))
+    if str(directory_or_hub_id).count("/") != 1:
+        return False
+    try:
+        meta, _ = read_config(directory_or_hub_id)
+    except (OSError, ValueError):
+        return False
+    return is_packed_only(meta)
+
+
 def _is_chronos_pipeline(obj: Any) -> bool:
     try:
         from chronos import BaseChronosPipeline

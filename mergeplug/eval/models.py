@@ -242,28 +242,6 @@ def _load_supervised(path: Path) -> torch.nn.Module:
 SUPERVISED_TYPES = ("patchtst", "time_series_transformer")
 
 
-def _packed_only(path: Path) -> bool:
-    """A directory written by ``mergeplug.save_pretrained(..., float_weights=False)``."""
-    from ..hub import CONFIG_NAME, is_packed_only
-
-    cfg = path / CONFIG_NAME
-    return cfg.exists() and is_packed_only(json.loads(cfg.read_text()))
-
-
-def _packed_only_on_hub(spec: str) -> bool:
-    """A Hugging Face Hub repository written by ``save_pretrained(..., float_weights=False)`` (False offline, or
-    for repositories without a ``mergeplug_config.json``: the stock loaders handle those)."""
-    if Path(spec).exists() or spec.count("/") != 1:
-        return False
-    from ..hub import is_packed_only, read_config
-
-    try:
-        meta, _ = read_config(spec)
-    except (OSError, ValueError):
-        return False
-    return is_packed_only(meta)
-
-
 def _with_binary_layers(model: Any, path: Path) -> Any:
     """Load the packed sparse binary layers of a directory written by ``mergeplug.save_pretrained`` (if any)."""
     from ..hub import CONFIG_NAME, load_binary_layers, read_config
@@ -335,7 +313,9 @@ def load_model(spec: str | Forecaster, *, device: str = "cpu", dtype: str = "flo
             raise ValueError(f"unknown shipped model {spec!r}; shipped: {', '.join(f'mergeplug:{h}' for h in have)}")
     config = Path(path) / "config.json"
     supervised = config.exists() and json.loads(config.read_text()).get("model_type") in SUPERVISED_TYPES
-    if _packed_only(Path(path)) or _packed_only_on_hub(str(path)):  # no float weights: only mergeplug loads it
+    from ..hub import saved_packed_only
+
+    if saved_packed_only(path):  # no float weights: only mergeplug loads it
         from ..hub import from_pretrained
 
         if supervised:

@@ -67,7 +67,7 @@ def parse_merge(text: str, num_layers: int | None = None) -> MergeSetting:
     ``fast-topk`` = ``fast_sampling(exact=False)``); ``"sampling=fast"`` alone is the fast path without merging.
     """
     kwargs: dict[str, Any] = {}
-    reduction, schedule, sampling = None, "constant", None
+    reduction, schedule, sampling, stock = None, "constant", None, False
     for part in filter(None, (p.strip() for p in text.split(","))):
         if "=" not in part:
             raise ValueError(f"merge setting {text!r}: expected key=value, got {part!r}")
@@ -92,7 +92,8 @@ def parse_merge(text: str, num_layers: int | None = None) -> MergeSetting:
             elif key == "sampling":
                 if value not in SAMPLING:
                     raise ValueError(f"use one of {', '.join(SAMPLING)}")
-                sampling = None if value == "stock" else value
+                stock = value == "stock"
+                sampling = None if stock else value
             else:
                 raise KeyError(key)
         except KeyError:
@@ -103,13 +104,24 @@ def parse_merge(text: str, num_layers: int | None = None) -> MergeSetting:
         if num_layers is None:
             raise ValueError("reduction=... needs the model's number of encoder layers")
         kwargs.update(schedule_for_reduction(reduction, num_layers, schedule))  # type: ignore[arg-type]
-    if "sampling=stock" in text.replace(" ", ""):
+    if stock:
         raise ValueError(f"merge setting {text!r}: sampling=stock is the default, drop it (one label per setting)")
     if kwargs:
         MergeConfig(**kwargs)  # validate now, with the config's own messages
     elif sampling is None:
         raise ValueError(f"merge setting {text!r} changes nothing: give a merge (k=..., ratio=...) or sampling=fast")
     return MergeSetting(label=text.replace(" ", ""), kwargs=kwargs, sampling=sampling)
+
+
+def apply_setting(target: Any, s: MergeSetting) -> None:
+    """Put ``target`` (a model or pipeline) in setting ``s``: as shipped, then merged, then the sampling path."""
+    import mergeplug
+
+    mergeplug.remove(target)  # also switches fast sampling off
+    if s.kwargs:
+        mergeplug.apply(target, **s.kwargs)
+    if s.sampling:
+        mergeplug.fast_sampling(target, exact=s.sampling == "fast")
 
 
 def _samples_tokens(forecaster: Forecaster | None) -> bool:
@@ -297,13 +309,8 @@ def run(
     store = ResultStore(out, meta, write=dist.is_main_process)
 
     def configure(fc: Forecaster, s: MergeSetting) -> None:
-        if not merges:  # nothing to apply or remove (and the model may not be patchable at all)
-            return
-        mergeplug.remove(fc.target)  # also switches fast sampling off
-        if s.kwargs:
-            mergeplug.apply(fc.target, **s.kwargs)
-        if s.sampling:
-            mergeplug.fast_sampling(fc.target, exact=s.sampling == "fast")
+        if merges:  # else nothing to apply or remove (and the model may not be patchable at all)
+            apply_setting(fc.target, s)
 
     for item in tqdm(datasets, desc="datasets", disable=not progress):
         ds = item if isinstance(item, EvalDataset) else load_dataset(item, max_series=max_series)

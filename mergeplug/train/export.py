@@ -128,9 +128,9 @@ def export(
 
 def _load_exported(directory: Path, kind: str):
     """The model saved in an exported directory (the inner model for Chronos kinds)."""
-    from ..eval.models import _packed_only
+    from ..hub import saved_packed_only
 
-    if _packed_only(directory):
+    if saved_packed_only(directory):
         from ..hub import from_pretrained
 
         loaded = from_pretrained(directory)
