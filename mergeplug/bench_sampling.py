@@ -6,6 +6,11 @@ warm-up per setting, then ``--reps`` repetitions that run every setting once in 
 It also reports the peak resident memory above the starting level of each setting's calls, and checks that the
 fast path gives the same samples as stock for the same seed. "top-k sampler" rows use ``fast_sampling(pipe,
 exact=False)`` (same distribution, other samples).
+
+A bound comes with every row: the multiply-accumulates the call really runs (counted by
+:func:`mergeplug.profile`) divided by the best rate this machine reaches on the decoder's matrix products
+(measured in the same run, :func:`gemm_rate`) is the least time any implementation of that arithmetic needs,
+and stock's time over it the largest speed-up it could show.
 """
 
 from __future__ import annotations
@@ -23,10 +28,30 @@ import torch
 from . import remove
 from .bench import synthetic_context
 from .config import schedule_for_reduction
+from .cost import profile
 from .eval.run import MergeSetting, PeakMemory, apply_setting
 from .models import chronos_t5, t5_config
 
-__all__ = ["run", "main"]
+__all__ = ["run", "main", "gemm_rate"]
+
+
+def gemm_rate(rows: int, d_model: int, d_ff: int, vocab: int, reps: int = 20) -> float:
+    """Best float32 rate (GMAC/s) of this machine on the decoder's products, median of ``reps`` each.
+
+    Shapes: (rows, d_model) @ (d_model, n) for n = 3 d_model (q, k, v), d_ff and vocab, and (rows, d_ff) @
+    (d_ff, d_model); ``rows`` = batch x samples.
+    """
+    best = 0.0
+    for k, n in ((d_model, 3 * d_model), (d_model, d_ff), (d_ff, d_model), (d_model, vocab)):
+        x, w = torch.randn(rows, k), torch.randn(n, k)
+        torch.nn.functional.linear(x, w)
+        ts = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            torch.nn.functional.linear(x, w)
+            ts.append(time.perf_counter() - start)
+        best = max(best, rows * k * n / statistics.median(ts) / 1e9)
+    return best
 
 
 def run(
@@ -39,7 +64,8 @@ def run(
     reps: int = 3,
     merges: dict[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (batch, setting): median seconds, speed-up vs stock, peak memory, same samples as stock.
+    """One row per (batch, setting): median seconds, speed-up vs stock, peak memory, same samples as stock, MACs
+    and the bound (``floor_s`` = MACs at the best measured matrix-product rate, ``bound_speedup`` = stock / floor).
 
     ``merges``: label -> ``mergeplug.apply`` arguments for the "fast + merging" rows (default: k=1 removing 75%
     of the encoder tokens with a constant schedule, and 90% with the front-input schedule).
@@ -66,12 +92,16 @@ def run(
 
         times: dict[str, list[float]] = {st.label: [] for st in settings}
         mem: dict[str, float] = {}
+        macs: dict[str, int] = {}
         outs: dict[str, torch.Tensor] = {}
-        for st in settings:  # warm-up, memory, outputs
+        for st in settings:  # warm-up, memory, outputs, MACs
             apply_setting(pipe, st)
             with PeakMemory() as pm:
                 outs[st.label] = predict()
             mem[st.label] = pm.extra_mb
+            macs[st.label] = profile(pipe, run=predict, storage=False).macs
+        cfg = pipe.model.model.config
+        rate = gemm_rate(batch * samples, cfg.d_model, cfg.d_ff, cfg.vocab_size)
         for _ in range(reps):
             for st in settings:
                 apply_setting(pipe, st)
@@ -83,6 +113,7 @@ def run(
         for st in settings:
             label = st.label
             t = statistics.median(times[label])
+            floor = macs[label] / (rate * 1e9)
             rows.append(
                 {
                     "batch": batch,
@@ -92,6 +123,10 @@ def run(
                     "peak_mem_mb": mem[label],
                     "same_samples_as_stock": bool(torch.equal(outs[label], outs["stock"])) if label == "fast" else None,
                     "merge": st.kwargs or None,
+                    "macs": macs[label],
+                    "gemm_gmacs": rate,
+                    "floor_s": floor,
+                    "bound_speedup": ref / floor,
                 }
             )
     return rows
@@ -99,13 +134,21 @@ def run(
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     width = max([46, *(len(r["setting"]) + 2 for r in rows)])
-    lines = [f"{'batch':>5}  {'setting':<{width}}{'time s':>9}{'speed-up':>10}{'peak MB':>9}  same samples"]
+    lines = [
+        f"{'batch':>5}  {'setting':<{width}}{'time s':>9}{'speed-up':>10}{'peak MB':>9}{'GMAC':>8}"
+        f"{'floor s':>9}{'bound':>8}  same samples"
+    ]
     for r in rows:
         same = "" if r["same_samples_as_stock"] is None else str(r["same_samples_as_stock"])
         lines.append(
             f"{r['batch']:>5}  {r['setting']:<{width}}{r['time_s']:>9.2f}{r['speedup']:>9.2f}x"
-            f"{r['peak_mem_mb']:>9.0f}  {same}"
+            f"{r['peak_mem_mb']:>9.0f}{r['macs'] / 1e9:>8.0f}{r['floor_s']:>9.2f}{r['bound_speedup']:>7.2f}x  {same}"
         )
+    rate = ", ".join(f"batch {r['batch']}: {r['gemm_gmacs']:.0f}" for r in rows if r["setting"] == "stock")
+    lines.append(
+        f"floor = the call's MACs at the best measured float32 matrix-product rate (GMAC/s, {rate}); "
+        "bound = stock time / floor, the most any implementation of that arithmetic could gain"
+    )
     return "\n".join(lines)
 
 

@@ -271,3 +271,18 @@ def test_profile_cli(tmp_path, capsys):
     assert "not a PyTorch model" in capsys.readouterr().err
     assert main(["profile", "--model", "random:chronos-2-test", "--merge", "k=1,ratio=0.2"]) == 0
     assert "k=1,ratio=0.2" in capsys.readouterr().out
+
+
+def test_peak_memory_sees_memory_an_earlier_call_freed():
+    import torch
+
+    from mergeplug.eval.run import PeakMemory
+
+    def work() -> int:  # 200 MB in 100 kB blocks: heap memory, kept by the allocator once freed
+        return len([torch.ones(25_000) for _ in range(2000)])
+
+    work()
+    with PeakMemory() as pm:
+        work()
+    assert pm.extra_mb > 150, pm.extra_mb  # without giving freed memory back at entry this reads ~0
+    assert pm.peak_mb >= pm.start_mb + pm.extra_mb - 1e-9

@@ -192,3 +192,18 @@ def test_a_run_directory_never_mixes_settings_and_bad_input_is_named(tmp_path, c
            "--epochs", "1", "--out", str(tmp_path / "b")]  # fmt: skip
     assert main(bad) == 2
     assert "density" in capsys.readouterr().err
+
+
+def test_d_model_override_is_used_and_recorded(tmp_path, capsys):
+    args = ["train", "--task", "kdd_tsad_135", "--variant", "sparse-binary", "--seeds", "0", "--epochs", "1",
+            "--max-series", "100", "--out", str(tmp_path)]  # fmt: skip
+    assert main([*args, "--d-model", "16"]) == 0
+    run = tmp_path / "kdd_tsad_135" / "sparse-binary" / "seed0"
+    assert json.loads((run / "run.json").read_text())["model"]["d_model"] == 16
+    assert json.loads((run / "result.json").read_text())["d_model"] == 16
+    assert torch.load(run / "best.pt", weights_only=True)["embed.weight"].shape[0] == 16
+    capsys.readouterr()
+    assert main(args) == 2  # the task's default width is another run: not mixed into this directory
+    assert "other settings" in capsys.readouterr().err
+    assert main([*args, "--d-model", "0", "--out", str(tmp_path / "z")]) == 2
+    assert "d_model must be a positive width" in capsys.readouterr().err

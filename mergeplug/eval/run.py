@@ -218,10 +218,25 @@ def _rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _release_free_memory() -> None:
+    """Hand memory freed earlier back to the OS (glibc ``malloc_trim``; elsewhere nothing).
+
+    Without it the allocator keeps the blocks an earlier, larger call freed, a later call reuses them without
+    raising the resident size, and its "peak above entry" reads as ~0.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+
+
 class PeakMemory:
     """Peak resident memory above the level at entry, sampled every ``interval`` seconds in a thread.
 
-    ``with PeakMemory() as m: ...`` then ``m.extra_mb`` (peak minus entry level, MB) and ``m.peak_mb``.
+    ``with PeakMemory() as m: ...`` then ``m.extra_mb`` (peak minus entry level, MB) and ``m.peak_mb``. Entry
+    first returns freed heap memory to the OS, so that memory an earlier call freed does not hide this one's.
     """
 
     def __init__(self, interval: float = 0.005) -> None:
@@ -231,6 +246,7 @@ class PeakMemory:
     def __enter__(self) -> PeakMemory:
         import threading
 
+        _release_free_memory()
         self.start_mb = self.peak_mb = _rss_mb()
         self._stop = threading.Event()
 

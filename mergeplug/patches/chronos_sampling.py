@@ -11,8 +11,9 @@ self-attention cache by concatenation and pays ``generate``'s general-purpose lo
 * the encoder runs once per series (merged, if ``mergeplug.apply`` merged it);
 * each decoder layer's cross-attention keys / values are computed once per series, (B, H, L, d_kv), and the
   S samples of a series attend to them together as S query rows;
-* the self-attention keys / values go into a preallocated (B*S, H, T, d_kv) cache; T5's relative position bias
-  is computed once for all T steps;
+* the self-attention keys / values go into a preallocated (B, S, H, T, d_kv) cache, their q / k / v come from one
+  product with the three weights stacked (the same numbers as three products); T5's relative position bias is
+  computed once for all T steps;
 * the logits are processed by ``transformers``' own processors in ``generate``'s order (EOS suppressed until
   ``min_new_tokens``; temperature, top-k, top-p) and sampled with one ``torch.multinomial`` per step, as
   ``generate`` does, so a seed gives the same samples wherever the arithmetic rounds alike.
@@ -20,8 +21,10 @@ self-attention cache by concatenation and pays ``generate``'s general-purpose lo
 ``fast_sampling(pipe, exact=False)`` samples each step among the top-k tokens only (:func:`sample_top_k`): the
 same distribution (EOS suppressed, temperature, top-k, then top-p on the survivors, as ``generate`` orders them),
 but ``torch.multinomial`` draws over k = 50 candidates instead of the whole vocabulary of 4,096, whose random
-numbers were ~10% of a forecast. The samples are then not those of ``generate`` for the same seed (a test
-compares the distributions); greedy decoding (top-k 1) still gives ``generate``'s tokens.
+numbers were ~10% of a forecast. That path also runs the first decoding step once per series (its input is the
+start token for every sample), which is not bitwise the arithmetic of S rows for every batch size. The samples
+are then not those of ``generate`` for the same seed (a test compares the distributions); greedy decoding
+(top-k 1) still gives ``generate``'s tokens.
 """
 
 from __future__ import annotations
@@ -153,41 +156,57 @@ def sample_tokens(
         v = ca.v(memory).view(n_b, -1, heads, d_kv).transpose(1, 2).contiguous()
         cross_kv.append((k_t, v))
     rows = n_b * s
-    cache_k = [memory.new_zeros(rows, heads, t_len, d_kv) for _ in dec.block]
-    cache_v = [memory.new_zeros(rows, heads, t_len, d_kv) for _ in dec.block]
+    # self-attention cache, (B, S, H, T, d_kv) so that a step shared by the S samples can write all of them
+    cache_k = [memory.new_zeros(n_b, s, heads, t_len, d_kv) for _ in dec.block]
+    cache_v = [memory.new_zeros(n_b, s, heads, t_len, d_kv) for _ in dec.block]
+    # q, k and v of the self-attention in one product (the same numbers as three: rows do not mix)
+    w_qkv = [torch.cat([b.layer[0].SelfAttention.q.weight, b.layer[0].SelfAttention.k.weight,
+                        b.layer[0].SelfAttention.v.weight]) for b in dec.block]  # fmt: skip
     self_bias = dec.block[0].layer[0].SelfAttention.compute_bias(t_len, t_len, device=memory.device).to(dtype)
-    tokens = torch.full((rows,), cfg.decoder_start_token_id, dtype=torch.long, device=memory.device)
     seq = torch.empty(rows, t_len + 1, dtype=torch.long, device=memory.device)  # start token + sampled tokens
-    seq[:, 0] = tokens
+    seq[:, 0] = cfg.decoder_start_token_id
     scale = cfg.d_model**-0.5 if getattr(cfg, "scale_decoder_outputs", False) else None
-    procs = _processors(1, t_len, eos_token_id, temperature, top_k, top_p)
-    top_k_only = not exact and top_k is not None and top_k > 0
-    for t in range(t_len):
-        x = dec.embed_tokens(tokens)[:, None, :]  # (B*S, 1, C)
+
+    def step(tokens: torch.Tensor, t: int, s_step: int) -> torch.Tensor:
+        """Decoder step t for (B * s_step,) tokens; fills cache position t of all S samples; (B * s_step, V) logits."""
+        n = n_b * s_step
+        x = dec.embed_tokens(tokens)[:, None, :]  # (n, 1, C)
         for i, block in enumerate(dec.block):
             sa = block.layer[0]
-            h = sa.layer_norm(x)
-            att = sa.SelfAttention
-            q = att.q(h).view(rows, heads, 1, d_kv)
-            cache_k[i][:, :, t] = att.k(h).view(rows, heads, d_kv)
-            cache_v[i][:, :, t] = att.v(h).view(rows, heads, d_kv)
-            scores = q @ cache_k[i][:, :, : t + 1].transpose(-1, -2) + self_bias[:, :, t : t + 1, : t + 1]
-            a = torch.softmax(scores.float(), dim=-1).to(dtype) @ cache_v[i][:, :, : t + 1]  # (B*S, H, 1, d_kv)
-            x = x + att.o(a.reshape(rows, 1, heads * d_kv))
+            qkv = nn.functional.linear(sa.layer_norm(x), w_qkv[i]).view(n_b, s_step, 3, heads, d_kv)
+            cache_k[i][:, :, :, t] = qkv[:, :, 1]  # s_step 1: broadcast to the S samples
+            cache_v[i][:, :, :, t] = qkv[:, :, 2]
+            keys = cache_k[i][:, :s_step, :, : t + 1].reshape(n, heads, t + 1, d_kv)
+            values = cache_v[i][:, :s_step, :, : t + 1].reshape(n, heads, t + 1, d_kv)
+            q = qkv[:, :, 0].reshape(n, heads, 1, d_kv)
+            scores = q @ keys.transpose(-1, -2) + self_bias[:, :, t : t + 1, : t + 1]
+            a = torch.softmax(scores.float(), dim=-1).to(dtype) @ values  # (n, H, 1, d_kv)
+            x = x + sa.SelfAttention.o(a.reshape(n, 1, heads * d_kv))
             ca = block.layer[1]
             h = ca.layer_norm(x)
-            q = ca.EncDecAttention.q(h).view(n_b, s, heads, d_kv).transpose(1, 2)  # (B, H, S, d_kv)
+            q = ca.EncDecAttention.q(h).view(n_b, s_step, heads, d_kv).transpose(1, 2)  # (B, H, s_step, d_kv)
             k_t, v = cross_kv[i]
-            scores = q @ k_t  # (B, H, S, L): the S samples of a series share one K/V
+            scores = q @ k_t  # (B, H, s_step, L): the samples of a series share one K/V
             if cross_bias is not None:
                 scores = scores + cross_bias
-            a = torch.softmax(scores.float(), dim=-1).to(dtype) @ v  # (B, H, S, d_kv)
-            x = x + ca.EncDecAttention.o(a.transpose(1, 2).reshape(rows, 1, heads * d_kv))
+            a = torch.softmax(scores.float(), dim=-1).to(dtype) @ v  # (B, H, s_step, d_kv)
+            x = x + ca.EncDecAttention.o(a.transpose(1, 2).reshape(n, 1, heads * d_kv))
             x = block.layer[2](x)
         h = dec.final_layer_norm(x)
         if scale is not None:
             h = h * scale
-        logits = model.lm_head(h)[:, 0, :].float()  # (B*S, V)
+        return model.lm_head(h)[:, 0, :].float()  # (n, V)
+
+    procs = _processors(1, t_len, eos_token_id, temperature, top_k, top_p)
+    top_k_only = not exact and top_k is not None and top_k > 0
+    tokens = seq[:, 0]
+    for t in range(t_len):
+        if t == 0 and not exact:
+            # the first step sees only the start token, the same for the S samples of a series: run it once per
+            # series (not bitwise the numbers of S rows for every batch size, hence not on the exact path)
+            logits = step(tokens[::s], 0, 1).repeat_interleave(s, dim=0)
+        else:
+            logits = step(tokens, t, s)
         if top_k_only:
             tokens = sample_top_k(logits, top_k, temperature=temperature, top_p=top_p, eos=eos_token_id)
         else:

@@ -44,11 +44,13 @@ BINARY_VARIANTS = ("sparse-binary", "sparse-binary-ft")
 METRIC = {"classification": ("accuracy", True), "anomaly": ("f1", True), "forecast": ("mse", False)}
 
 
-def _variant_task(task: str, variant: str, qkv_keep: float, max_series: int | None) -> TaskSpec:
+def _variant_task(
+    task: str, variant: str, qkv_keep: float, max_series: int | None, d_model: int | None = None
+) -> TaskSpec:
     kind = TASKS[task]["kind"]
     if variant == "dense-step-t" and kind == "classification":
         raise ValueError("dense-step-t is for anomaly / forecast tasks (classification reads every step)")
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {} if d_model is None else {"d_model": d_model}
     if variant in ("dense-step-t", *BINARY_VARIANTS) and kind != "classification":
         overrides["attention"] = "step-t"
     if variant in BINARY_VARIANTS:
@@ -68,14 +70,22 @@ def run_variant(
     density: float = 0.1,
     qkv_keep: float = 0.5,
     max_series: int | None = None,
+    d_model: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train (or resume, or reload) one (task, variant, seed) and return its result (also in result.json)."""
+    """Train (or resume, or reload) one (task, variant, seed) and return its result (also in result.json).
+
+    ``d_model``: model width instead of the task's default (recorded with the run).
+    """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+    if d_model is not None and d_model < 1:
+        raise ValueError(f"d_model must be a positive width, got {d_model}")
     run_dir = out / task / variant / f"seed{seed}"
     done = run_dir / "result.json"
     desc: dict[str, Any] = {"variant": variant, **({"max_series": max_series} if max_series else {})}
+    if d_model is not None:
+        desc["d_model"] = d_model
     if variant in BINARY_VARIANTS:
         desc.update(density=density, qkv_keep=qkv_keep if TASKS[task]["kind"] == "classification" else 1.0)
     source = None
@@ -97,7 +107,7 @@ def run_variant(
                 f"{ {k: before.get(k) for k in differ if k != 'variant'} }); use another --out"
             )
         return json.loads(done.read_text())
-    spec = _variant_task(task, variant, qkv_keep, max_series)
+    spec = _variant_task(task, variant, qkv_keep, max_series, d_model)
     prepare = None
     if variant in BINARY_VARIANTS:
         from ..binary import binarize, trainable_binary
@@ -262,6 +272,7 @@ def _main(argv: list[str] | None) -> int:
     t.add_argument("--max-batches", type=int, default=None, help="batches per epoch (large window sets)")
     t.add_argument("--max-series", type=int, default=None, help="first N series / windows per split (smoke runs)")
     t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--d-model", type=int, default=None, help="model width (default: the task's, see the task table)")
     r = sub.add_parser("report", help="mean ± std table over seeds (markdown) and a plot")
     r.add_argument("--out", type=Path, default=Path("runs/sbt"))
     r.add_argument("--md", type=Path, default=None)
@@ -281,7 +292,7 @@ def _main(argv: list[str] | None) -> int:
                                              max_batches_per_epoch=a.max_batches, threads=a.threads,
                                              schedule=a.schedule)  # fmt: skip
                     res = run_variant(task, variant, seed, a.out, settings, density=a.density, qkv_keep=a.qkv_keep,
-                                      max_series=a.max_series)  # fmt: skip
+                                      max_series=a.max_series, d_model=a.d_model)  # fmt: skip
                     name, _ = METRIC[res["kind"]]
                     print(f"{task} {variant} seed {seed}: test {name} {res['test'][name]:.4f}", flush=True)
         return 0
