@@ -101,6 +101,16 @@ def sample_top_k(
     return idx.gather(1, choice).squeeze(1)
 
 
+def _feed_forward(ff: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """T5's feed-forward sub-layer ``x + wo(relu(wi(norm(x))))``, (N, 1, C), with the ReLU in place (same numbers);
+    other activations, gated ones and training mode go through the module itself."""
+    dense = getattr(ff, "DenseReluDense", None)
+    if ff.training or type(getattr(dense, "act", None)) is not nn.ReLU or not hasattr(dense, "wi"):
+        return ff(x)
+    h = dense.wi(ff.layer_norm(x)).relu_()
+    return x + dense.wo(h.to(dense.wo.weight.dtype))
+
+
 def _cross_bias(enc: Any, attention_mask: torch.Tensor, dtype: torch.dtype, record: PatchRecord | None):
     """(B, 1, 1, L) additive bias for cross-attention over the encoder output (merged or not)."""
     if hasattr(enc, "attention_bias") and getattr(enc, "token_sizes", None) is not None:
@@ -157,8 +167,9 @@ def sample_tokens(
         cross_kv.append((k_t, v))
     rows = n_b * s
     # self-attention cache, (B, S, H, T, d_kv) so that a step shared by the S samples can write all of them
-    cache_k = [memory.new_zeros(n_b, s, heads, t_len, d_kv) for _ in dec.block]
-    cache_v = [memory.new_zeros(n_b, s, heads, t_len, d_kv) for _ in dec.block]
+    # (never read before written: position t is filled before a step reads positions <= t)
+    cache_k = [memory.new_empty(n_b, s, heads, t_len, d_kv) for _ in dec.block]
+    cache_v = [memory.new_empty(n_b, s, heads, t_len, d_kv) for _ in dec.block]
     # q, k and v of the self-attention in one product (the same numbers as three: rows do not mix)
     w_qkv = [torch.cat([b.layer[0].SelfAttention.q.weight, b.layer[0].SelfAttention.k.weight,
                         b.layer[0].SelfAttention.v.weight]) for b in dec.block]  # fmt: skip
@@ -191,7 +202,7 @@ def sample_tokens(
                 scores = scores + cross_bias
             a = torch.softmax(scores.float(), dim=-1).to(dtype) @ v  # (B, H, s_step, d_kv)
             x = x + ca.EncDecAttention.o(a.transpose(1, 2).reshape(n, 1, heads * d_kv))
-            x = block.layer[2](x)
+            x = _feed_forward(block.layer[2], x)
         h = dec.final_layer_norm(x)
         if scale is not None:
             h = h * scale
