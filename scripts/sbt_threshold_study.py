@@ -14,6 +14,7 @@ selection signal a rule can have; test F1 / AP are reported for every rule so th
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +30,13 @@ TASKS = {"kdd_tsad_135": 5, "pm25_injected": 3}
 VARIANTS = ("dense", "dense-step-t", "sparse-binary")
 
 
-def scores(run_dir: Path, task: str, variant: str, seed: int, density: float = 0.1) -> dict[str, np.ndarray]:
+def scores(run_dir: Path, task: str, variant: str, seed: int) -> dict[str, np.ndarray]:
     """Per-window scores (T,) of the fit / val / test parts and the val / test labels of one trained run."""
-    spec = _variant_task(task, variant, 1.0, None)
+    run = json.loads((run_dir / "run.json").read_text())  # the run's own width and density
+    spec = _variant_task(task, variant, 1.0, None, run["model"]["d_model"])
     model = CompactTransformer(spec.model)
     if variant in BINARY_VARIANTS:
-        binarize(model, density=density, init="random", seed=seed)
+        binarize(model, density=run["variant"]["density"], init="random", seed=seed)
     model.load_state_dict(torch.load(run_dir / "best.pt", weights_only=True))
     targets = {"train": spec.train[2], "val": spec.extra["val_target"], "test": spec.extra["test_target"]}
     out = {k: ((predict(model, getattr(spec, k)[0], None) - t) ** 2).mean(-1).numpy() for k, t in targets.items()}

@@ -203,6 +203,8 @@ def test_d_model_override_is_used_and_recorded(tmp_path, capsys):
     assert json.loads((run / "result.json").read_text())["d_model"] == 16
     assert torch.load(run / "best.pt", weights_only=True)["embed.weight"].shape[0] == 16
     capsys.readouterr()
+    assert main(["report", "--out", str(tmp_path)]) == 0  # its own row, labelled with the width
+    assert "sparse-binary (d_model 16)" in capsys.readouterr().out
     assert main(args) == 2  # the task's default width is another run: not mixed into this directory
     assert "other settings" in capsys.readouterr().err
     assert main([*args, "--d-model", "0", "--out", str(tmp_path / "z")]) == 2

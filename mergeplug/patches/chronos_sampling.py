@@ -11,9 +11,8 @@ self-attention cache by concatenation and pays ``generate``'s general-purpose lo
 * the encoder runs once per series (merged, if ``mergeplug.apply`` merged it);
 * each decoder layer's cross-attention keys / values are computed once per series, (B, H, L, d_kv), and the
   S samples of a series attend to them together as S query rows;
-* the self-attention keys / values go into a preallocated (B, S, H, T, d_kv) cache, their q / k / v come from one
-  product with the three weights stacked (the same numbers as three products); T5's relative position bias is
-  computed once for all T steps;
+* the self-attention keys / values go into a preallocated (B, S, H, T, d_kv) cache; T5's relative position bias
+  is computed once for all T steps; every projection is the module's own call (adapters and hooks apply);
 * the logits are processed by ``transformers``' own processors in ``generate``'s order (EOS suppressed until
   ``min_new_tokens``; temperature, top-k, top-p) and sampled with one ``torch.multinomial`` per step, as
   ``generate`` does, so a seed gives the same samples wherever the arithmetic rounds alike.
@@ -101,16 +100,6 @@ def sample_top_k(
     return idx.gather(1, choice).squeeze(1)
 
 
-def _feed_forward(ff: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """T5's feed-forward sub-layer ``x + wo(relu(wi(norm(x))))``, (N, 1, C), with the ReLU in place (same numbers);
-    other activations, gated ones and training mode go through the module itself."""
-    dense = getattr(ff, "DenseReluDense", None)
-    if ff.training or type(getattr(dense, "act", None)) is not nn.ReLU or not hasattr(dense, "wi"):
-        return ff(x)
-    h = dense.wi(ff.layer_norm(x)).relu_()
-    return x + dense.wo(h.to(dense.wo.weight.dtype))
-
-
 def _cross_bias(enc: Any, attention_mask: torch.Tensor, dtype: torch.dtype, record: PatchRecord | None):
     """(B, 1, 1, L) additive bias for cross-attention over the encoder output (merged or not)."""
     if hasattr(enc, "attention_bias") and getattr(enc, "token_sizes", None) is not None:
@@ -170,9 +159,6 @@ def sample_tokens(
     # (never read before written: position t is filled before a step reads positions <= t)
     cache_k = [memory.new_empty(n_b, s, heads, t_len, d_kv) for _ in dec.block]
     cache_v = [memory.new_empty(n_b, s, heads, t_len, d_kv) for _ in dec.block]
-    # q, k and v of the self-attention in one product (the same numbers as three: rows do not mix)
-    w_qkv = [torch.cat([b.layer[0].SelfAttention.q.weight, b.layer[0].SelfAttention.k.weight,
-                        b.layer[0].SelfAttention.v.weight]) for b in dec.block]  # fmt: skip
     self_bias = dec.block[0].layer[0].SelfAttention.compute_bias(t_len, t_len, device=memory.device).to(dtype)
     seq = torch.empty(rows, t_len + 1, dtype=torch.long, device=memory.device)  # start token + sampled tokens
     seq[:, 0] = cfg.decoder_start_token_id
@@ -184,15 +170,17 @@ def sample_tokens(
         x = dec.embed_tokens(tokens)[:, None, :]  # (n, 1, C)
         for i, block in enumerate(dec.block):
             sa = block.layer[0]
-            qkv = nn.functional.linear(sa.layer_norm(x), w_qkv[i]).view(n_b, s_step, 3, heads, d_kv)
-            cache_k[i][:, :, :, t] = qkv[:, :, 1]  # s_step 1: broadcast to the S samples
-            cache_v[i][:, :, :, t] = qkv[:, :, 2]
+            att = sa.SelfAttention
+            h = sa.layer_norm(x)
+            # the modules themselves (not their weights), so that adapters and hooks on them keep working
+            cache_k[i][:, :, :, t] = att.k(h).view(n_b, s_step, heads, d_kv)  # s_step 1: broadcast to all S
+            cache_v[i][:, :, :, t] = att.v(h).view(n_b, s_step, heads, d_kv)
             keys = cache_k[i][:, :s_step, :, : t + 1].reshape(n, heads, t + 1, d_kv)
             values = cache_v[i][:, :s_step, :, : t + 1].reshape(n, heads, t + 1, d_kv)
-            q = qkv[:, :, 0].reshape(n, heads, 1, d_kv)
+            q = att.q(h).view(n, heads, 1, d_kv)
             scores = q @ keys.transpose(-1, -2) + self_bias[:, :, t : t + 1, : t + 1]
             a = torch.softmax(scores.float(), dim=-1).to(dtype) @ values  # (n, H, 1, d_kv)
-            x = x + sa.SelfAttention.o(a.reshape(n, 1, heads * d_kv))
+            x = x + att.o(a.reshape(n, 1, heads * d_kv))
             ca = block.layer[1]
             h = ca.layer_norm(x)
             q = ca.EncDecAttention.q(h).view(n_b, s_step, heads, d_kv).transpose(1, 2)  # (B, H, s_step, d_kv)
@@ -202,7 +190,7 @@ def sample_tokens(
                 scores = scores + cross_bias
             a = torch.softmax(scores.float(), dim=-1).to(dtype) @ v  # (B, H, s_step, d_kv)
             x = x + ca.EncDecAttention.o(a.transpose(1, 2).reshape(n, 1, heads * d_kv))
-            x = _feed_forward(block.layer[2], x)
+            x = block.layer[2](x)
         h = dec.final_layer_norm(x)
         if scale is not None:
             h = h * scale

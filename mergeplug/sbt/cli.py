@@ -159,21 +159,22 @@ def efficiency(spec: TaskSpec, model: CompactTransformer, batch: int = 64) -> di
 
 
 def summarize(out: Path) -> list[dict[str, Any]]:
-    """One row per (task, variant): metric mean ± std over seeds and efficiency ratios against ``dense``."""
-    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    """One row per (task, variant, width): metric mean ± std over seeds and efficiency ratios against ``dense`` of
+    the same width (runs trained with ``--d-model`` are their own rows, labelled with it)."""
+    results: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for path in sorted(out.glob("*/*/seed*/result.json")):
         r = json.loads(path.read_text())
-        results.setdefault((r["task"], r["variant"]), []).append(r)
+        results.setdefault((r["task"], r["variant"], r.get("d_model", 0)), []).append(r)
     rows = []
-    for (task, variant), rs in sorted(results.items()):
+    for (task, variant, width), rs in sorted(results.items()):
         kind = rs[0]["kind"]
         name, _ = METRIC[kind]
         vals = [r["test"][name] for r in rs]
         eff = rs[0]["efficiency"]
-        base = results.get((task, "dense"), rs)[0]["efficiency"]
+        base = results.get((task, "dense", width), rs)[0]["efficiency"]
         row = {
             "task": task,
-            "variant": variant,
+            "variant": f"{variant} (d_model {width})" if width else variant,
             "seeds": len(rs),
             "metric": name,
             "mean": float(np.mean(vals)),
