@@ -27,7 +27,7 @@ from mergeplug.sbt.model import CompactTransformer
 from mergeplug.sbt.train import average_precision, best_f1_threshold, f1_scores, predict
 
 TASKS = {"kdd_tsad_135": 5, "pm25_injected": 3}
-VARIANTS = ("dense", "dense-step-t", "sparse-binary")
+VARIANTS = ("dense", "dense-step-t", "sparse-binary", "sparse-binary-kd")  # those with runs are used
 
 
 def scores(run_dir: Path, task: str, variant: str, seed: int) -> dict[str, np.ndarray]:
@@ -80,22 +80,35 @@ def main() -> None:
     res: dict[tuple[str, str], list[dict[int | None, dict[str, float]]]] = {}
     for task, n_seeds in TASKS.items():
         for variant in VARIANTS:
+            if not (a.runs / task / variant / "seed0").exists():
+                continue  # e.g. sparse-binary-kd was trained for #135 only
             for seed in range(n_seeds):
                 s = scores(a.runs / task / variant / f"seed{seed}", task, variant, seed)
                 res.setdefault((task, variant), []).append({w: evaluate(s, w) for w in rules})
+    binary = [v for v in VARIANTS if v.startswith("sparse-binary")]
     lines = [
-        "| rule | PM2.5 val AP (all runs) | task | test F1 dense / dense-step-t / sparse-binary | F1 gap dense - SB "
-        "(points) | test AP dense / step-t / SB |",
+        f"| rule | PM2.5 val AP (all runs) | task | test F1 {' / '.join(VARIANTS)} | F1 gap dense - "
+        f"{' / '.join(binary)} (points) | test AP {' / '.join(VARIANTS)} |",
         "|---|---|---|---|---|---|",
     ]
+
+    def mean(task: str, v: str, w: int | None, key: str) -> float | None:
+        runs = res.get((task, v))
+        return None if runs is None else float(np.mean([r[w][key] for r in runs]))
+
+    def text(xs: list[float | None], fmt: str) -> str:
+        return " / ".join("-" if x is None else format(x, fmt) for x in xs)
+
     for w in rules:
         name = "raw score" if w is None else f"score / median of previous {w}"
-        val_ap = np.mean([r[w]["val_ap"] for v in VARIANTS for r in res[("pm25_injected", v)]])
+        val_ap = np.mean([r[w]["val_ap"] for (t, _), runs in res.items() if t == "pm25_injected" for r in runs])
         for task in TASKS:
-            f1 = [np.mean([r[w]["test_f1"] for r in res[(task, v)]]) for v in VARIANTS]
-            ap = [np.mean([r[w]["test_ap"] for r in res[(task, v)]]) for v in VARIANTS]
-            f1_text, ap_text = " / ".join(f"{x:.3f}" for x in f1), " / ".join(f"{x:.3f}" for x in ap)
-            lines.append(f"| {name} | {val_ap:.3f} | {task} | {f1_text} | {100 * (f1[0] - f1[2]):+.1f} | {ap_text} |")
+            f1 = [mean(task, v, w, "test_f1") for v in VARIANTS]
+            ap = [mean(task, v, w, "test_ap") for v in VARIANTS]
+            gaps = [None if f is None else 100 * (f1[0] - f) for v, f in zip(VARIANTS, f1, strict=True) if v in binary]
+            lines.append(
+                f"| {name} | {val_ap:.3f} | {task} | {text(f1, '.3f')} | {text(gaps, '+.1f')} | {text(ap, '.3f')} |"
+            )
     text = "\n".join(lines)
     print(text)
     if a.out:

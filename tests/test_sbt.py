@@ -156,6 +156,42 @@ def test_sparse_binary_ft_starts_from_the_trained_dense_model(tmp_path, capsys):
         assert kept.flatten()[w.abs().flatten().topk(int(kept.sum())).indices].all(), name
 
 
+def test_sparse_binary_kd_learns_from_the_trained_dense_step_t_model(tmp_path, capsys):
+    from mergeplug.sbt.cli import _load_teacher, distilled, run_variant
+    from mergeplug.sbt.train import predict
+
+    base = ["train", "--task", "kdd_tsad_135", "--seeds", "0", "--epochs", "2", "--max-series", "200",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert main(base + ["--variant", "sparse-binary-kd"]) == 2  # no teacher yet
+    assert "train it first (--variant dense-step-t sparse-binary-kd" in capsys.readouterr().err
+    assert main(base + ["--variant", "dense-step-t", "sparse-binary-kd", "--kd-beta", "0.25"]) == 0
+    run = tmp_path / "kdd_tsad_135" / "sparse-binary-kd" / "seed0"
+    res = json.loads((run / "result.json").read_text())
+    assert res["teacher"] == "dense-step-t" and res["kd_beta"] == 0.25
+    assert res["efficiency"]["storage"]["format"] == "packed" and "f1" in res["test"]
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["loss"] < log[0]["loss"]
+
+    # the training targets are the blend; validation and test keep the true targets
+    spec = build_task("kdd_tsad_135", max_series=200, attention="step-t", bias=False)
+    teacher = _load_teacher(tmp_path / "kdd_tsad_135" / "dense-step-t" / "seed0" / "best.pt", "kdd_tsad_135", 1.0,
+                            200, None)  # fmt: skip
+    kd = distilled(spec, teacher, 0.25)
+    with torch.no_grad():
+        t = predict(teacher, spec.train[0], None)
+    assert not torch.equal(t, spec.train[2])
+    torch.testing.assert_close(kd.train[2], 0.75 * spec.train[2] + 0.25 * t, rtol=0, atol=0)
+    assert kd.val[2] is spec.val[2] and kd.test[2] is spec.test[2] and kd.train[0] is spec.train[0]
+
+    settings = TrainSettings(epochs=1)
+    with pytest.raises(ValueError, match="kd_beta .* must be in \\(0, 1\\]"):
+        run_variant("kdd_tsad_135", "sparse-binary-kd", 0, tmp_path, settings, kd_beta=0.0, max_series=200)
+    with pytest.raises(ValueError, match="distils regression targets"):
+        run_variant("japanese_vowels", "sparse-binary-kd", 0, tmp_path, settings)
+    assert main(["report", "--out", str(tmp_path)]) == 0
+    assert "kdd_tsad_135 | sparse-binary-kd" in capsys.readouterr().out
+
+
 def test_threshold_free_anomaly_metrics():
     from mergeplug.sbt.train import average_precision, top1_hit
 

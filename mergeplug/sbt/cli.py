@@ -13,6 +13,9 @@ Variants (one structure, see :mod:`mergeplug.sbt.model`):
 * ``sparse-binary-ft``: the same structure, binarized from the trained dense model of the same seed (``dense-step-t``
   for anomaly / forecast, ``dense`` for classification, from the same ``--out``; its biases are dropped): signs
   and initial scores from those weights (``init="weights"``), then scores and layer norms trained as above.
+* ``sparse-binary-kd``: ``sparse-binary`` trained by distillation (anomaly / forecast): the training target of each
+  window is ``(1 - β) · y + β · teacher(x)``, the teacher being the trained ``dense-step-t`` model of the same seed
+  (from the same ``--out``), ``β = --kd-beta`` (default 0.5). Validation and test use the true targets.
 
 Every run writes its directory (resumable; finished runs are skipped) and a ``result.json`` with the test
 metric of the validation-selected model and its efficiency figures: parameters (total / non-zero), storage
@@ -25,7 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +38,12 @@ import torch
 from .efficiency import honest_flops, parameter_summary, reference_flops, storage_summary, time_forward
 from .model import CompactTransformer
 from .tasks import TASKS, build_task
-from .train import SCHEDULES, TaskSpec, TrainSettings, train_run
+from .train import SCHEDULES, TaskSpec, TrainSettings, predict, train_run
 
 __all__ = ["main", "run_variant", "VARIANTS", "summarize"]
 
-VARIANTS = ("dense", "dense-step-t", "sparse-binary", "sparse-binary-ft")
-BINARY_VARIANTS = ("sparse-binary", "sparse-binary-ft")
+VARIANTS = ("dense", "dense-step-t", "sparse-binary", "sparse-binary-ft", "sparse-binary-kd")
+BINARY_VARIANTS = ("sparse-binary", "sparse-binary-ft", "sparse-binary-kd")
 METRIC = {"classification": ("accuracy", True), "anomaly": ("f1", True), "forecast": ("mse", False)}
 
 
@@ -71,11 +74,13 @@ def run_variant(
     qkv_keep: float = 0.5,
     max_series: int | None = None,
     d_model: int | None = None,
+    kd_beta: float = 0.5,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train (or resume, or reload) one (task, variant, seed) and return its result (also in result.json).
 
-    ``d_model``: model width instead of the task's default (recorded with the run).
+    ``d_model``: model width instead of the task's default (recorded with the run). ``kd_beta``: the teacher's
+    share of the training target of ``sparse-binary-kd``, in (0, 1].
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
@@ -88,11 +93,23 @@ def run_variant(
         desc["d_model"] = d_model
     if variant in BINARY_VARIANTS:
         desc.update(density=density, qkv_keep=qkv_keep if TASKS[task]["kind"] == "classification" else 1.0)
-    source = None
+    source = teacher = None
     if variant == "sparse-binary-ft":
         src_variant = "dense" if TASKS[task]["kind"] == "classification" else "dense-step-t"
         source = out / task / src_variant / f"seed{seed}" / "best.pt"
         desc["init_from"] = src_variant
+    if variant == "sparse-binary-kd":
+        if TASKS[task]["kind"] == "classification":
+            raise ValueError(
+                "sparse-binary-kd distils regression targets (anomaly / forecast tasks); for classification use "
+                "sparse-binary or sparse-binary-ft"
+            )
+        if isinstance(kd_beta, bool) or not 0.0 < float(kd_beta) <= 1.0:
+            raise ValueError(
+                f"kd_beta is the teacher's share of the training target and must be in (0, 1], got {kd_beta!r}"
+            )
+        teacher = out / task / "dense-step-t" / f"seed{seed}" / "best.pt"
+        desc.update(teacher="dense-step-t", kd_beta=float(kd_beta))
     settings = TrainSettings(**{**settings.__dict__, "seed": seed})
     if done.exists():  # finished: reuse it if it is the same run
         old = json.loads((run_dir / "run.json").read_text())
@@ -108,6 +125,8 @@ def run_variant(
             )
         return json.loads(done.read_text())
     spec = _variant_task(task, variant, qkv_keep, max_series, d_model)
+    if teacher is not None:
+        spec = distilled(spec, _load_teacher(teacher, task, qkv_keep, max_series, d_model), kd_beta)
     prepare = None
     if variant in BINARY_VARIANTS:
         from ..binary import binarize, trainable_binary
@@ -136,6 +155,34 @@ def run_variant(
     res["efficiency"] = efficiency(spec, model)
     done.write_text(json.dumps(res, indent=1))
     return res
+
+
+def _load_teacher(
+    path: Path, task: str, qkv_keep: float, max_series: int | None, d_model: int | None
+) -> CompactTransformer:
+    """The trained ``dense-step-t`` model at ``path`` (same task and width), in eval mode."""
+    if not path.exists():
+        raise ValueError(
+            f"sparse-binary-kd learns from the trained dense-step-t run of the same seed, but {path} does not exist: "
+            "train it first (--variant dense-step-t sparse-binary-kd, same --out)"
+        )
+    model = CompactTransformer(_variant_task(task, "dense-step-t", qkv_keep, max_series, d_model).model)
+    try:
+        model.load_state_dict(torch.load(path, weights_only=True))
+    except RuntimeError as exc:
+        raise ValueError(f"{path} is not a dense-step-t run of this model (other width?): {exc}") from exc
+    return model.eval()
+
+
+def distilled(spec: TaskSpec, teacher: CompactTransformer, beta: float) -> TaskSpec:
+    """``spec`` with the training targets (N, C) replaced by ``(1 - beta) · y + beta · teacher(x)``.
+
+    Validation and test are unchanged (selection and the reported metric use the true targets).
+    """
+    x, mask, y = spec.train
+    with torch.no_grad():
+        t = predict(teacher, x, mask)
+    return replace(spec, train=(x, mask, (1.0 - beta) * y + beta * t.to(y.dtype)))
 
 
 def efficiency(spec: TaskSpec, model: CompactTransformer, batch: int = 64) -> dict[str, Any]:
@@ -232,9 +279,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.2), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         for r in (r for r in rows if r["task"] == task):
-            color = {"dense": "C0", "dense-step-t": "C1", "sparse-binary": "C2", "sparse-binary-ft": "C3"}.get(
-                r["variant"]
-            )
+            color = {
+                "dense": "C0",
+                "dense-step-t": "C1",
+                "sparse-binary": "C2",
+                "sparse-binary-ft": "C3",
+                "sparse-binary-kd": "C4",
+            }.get(r["variant"])
             ax.errorbar(r["storage_x"], r["mean"], yerr=r["std"], fmt="o", capsize=3, label=r["variant"], color=color)
         ax.set_xscale("log")
         ax.set_title(task)
@@ -274,6 +325,8 @@ def _main(argv: list[str] | None) -> int:
     t.add_argument("--max-series", type=int, default=None, help="first N series / windows per split (smoke runs)")
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--d-model", type=int, default=None, help="model width (default: the task's, see the task table)")
+    t.add_argument("--kd-beta", type=float, default=0.5,
+                   help="sparse-binary-kd: the teacher's share of the training target, in (0, 1]")  # fmt: skip
     r = sub.add_parser("report", help="mean ± std table over seeds (markdown) and a plot")
     r.add_argument("--out", type=Path, default=Path("runs/sbt"))
     r.add_argument("--md", type=Path, default=None)
@@ -285,15 +338,15 @@ def _main(argv: list[str] | None) -> int:
             torch.set_num_threads(a.threads)
         for task in a.task:
             for variant in a.variant:
-                if variant == "dense-step-t" and TASKS[task]["kind"] == "classification":
-                    continue
+                if variant in ("dense-step-t", "sparse-binary-kd") and TASKS[task]["kind"] == "classification":
+                    continue  # both are for window tasks (run_variant says so when called directly)
                 for seed in a.seeds:
                     lr = a.lr if a.lr is not None else (3e-2 if variant in BINARY_VARIANTS else 1e-3)
                     settings = TrainSettings(epochs=a.epochs, batch_size=a.batch_size, lr=lr, patience=a.patience,
                                              max_batches_per_epoch=a.max_batches, threads=a.threads,
                                              schedule=a.schedule)  # fmt: skip
                     res = run_variant(task, variant, seed, a.out, settings, density=a.density, qkv_keep=a.qkv_keep,
-                                      max_series=a.max_series, d_model=a.d_model)  # fmt: skip
+                                      max_series=a.max_series, d_model=a.d_model, kd_beta=a.kd_beta)  # fmt: skip
                     name, _ = METRIC[res["kind"]]
                     print(f"{task} {variant} seed {seed}: test {name} {res['test'][name]:.4f}", flush=True)
         return 0
