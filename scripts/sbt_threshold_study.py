@@ -26,7 +26,7 @@ from mergeplug.sbt.cli import BINARY_VARIANTS, _variant_task
 from mergeplug.sbt.model import CompactTransformer
 from mergeplug.sbt.train import average_precision, best_f1_threshold, f1_scores, predict
 
-TASKS = {"kdd_tsad_135": 5, "pm25_injected": 3}
+TASKS = ("kdd_tsad_135", "pm25_injected")
 VARIANTS = ("dense", "dense-step-t", "sparse-binary", "sparse-binary-kd")  # those with runs are used
 
 
@@ -78,13 +78,15 @@ def main() -> None:
     torch.set_num_threads(1)
     rules: list[int | None] = [None, *(int(w) for w in a.windows.split(","))]
     res: dict[tuple[str, str], list[dict[int | None, dict[str, float]]]] = {}
-    for task, n_seeds in TASKS.items():
-        for variant in VARIANTS:
-            if not (a.runs / task / variant / "seed0").exists():
-                continue  # e.g. sparse-binary-kd was trained for #135 only
-            for seed in range(n_seeds):
-                s = scores(a.runs / task / variant / f"seed{seed}", task, variant, seed)
+    for task in TASKS:
+        for variant in VARIANTS:  # every finished seed (e.g. sparse-binary-kd was trained for #135 only)
+            for done in sorted((a.runs / task / variant).glob("seed*/result.json")):
+                seed = json.loads(done.read_text())["seed"]
+                s = scores(done.parent, task, variant, seed)
                 res.setdefault((task, variant), []).append({w: evaluate(s, w) for w in rules})
+    for task in TASKS:
+        if (task, "dense") not in res:
+            raise SystemExit(f"no finished dense runs of {task} under {a.runs}: run make sbt first")
     binary = [v for v in VARIANTS if v.startswith("sparse-binary")]
     lines = [
         f"| rule | PM2.5 val AP (all runs) | task | test F1 {' / '.join(VARIANTS)} | F1 gap dense - "
@@ -109,10 +111,10 @@ def main() -> None:
             lines.append(
                 f"| {name} | {val_ap:.3f} | {task} | {text(f1, '.3f')} | {text(gaps, '+.1f')} | {text(ap, '.3f')} |"
             )
-    text = "\n".join(lines)
-    print(text)
+    table = "\n".join(lines)
+    print(table)
     if a.out:
-        a.out.write_text(text + "\n")
+        a.out.write_text(table + "\n")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -156,38 +157,51 @@ def test_sparse_binary_ft_starts_from_the_trained_dense_model(tmp_path, capsys):
         assert kept.flatten()[w.abs().flatten().topk(int(kept.sum())).indices].all(), name
 
 
-def test_sparse_binary_kd_learns_from_the_trained_dense_step_t_model(tmp_path, capsys):
-    from mergeplug.sbt.cli import _load_teacher, distilled, run_variant
+def test_sparse_binary_kd_learns_from_the_trained_dense_step_t_model(tmp_path, capsys, monkeypatch):
+    import mergeplug.sbt.cli as cli
     from mergeplug.sbt.train import predict
 
+    seen = {}
+
+    def recording_train_run(spec, *args, **kw):
+        seen[kw["variant"]["variant"]] = spec
+        return train_run(spec, *args, **kw)
+
+    monkeypatch.setattr(cli, "train_run", recording_train_run)
     base = ["train", "--task", "kdd_tsad_135", "--seeds", "0", "--epochs", "2", "--max-series", "200",
             "--out", str(tmp_path)]  # fmt: skip
     assert main(base + ["--variant", "sparse-binary-kd"]) == 2  # no teacher yet
     assert "train it first (--variant dense-step-t sparse-binary-kd" in capsys.readouterr().err
+    assert main(base + ["--variant", "sparse-binary-kd", "--kd-beta", "1.5"]) == 2  # checked before any training
+    assert "kd_beta" in capsys.readouterr().err and not seen
     assert main(base + ["--variant", "dense-step-t", "sparse-binary-kd", "--kd-beta", "0.25"]) == 0
-    run = tmp_path / "kdd_tsad_135" / "sparse-binary-kd" / "seed0"
-    res = json.loads((run / "result.json").read_text())
+    res = json.loads((tmp_path / "kdd_tsad_135" / "sparse-binary-kd" / "seed0" / "result.json").read_text())
     assert res["teacher"] == "dense-step-t" and res["kd_beta"] == 0.25
     assert res["efficiency"]["storage"]["format"] == "packed" and "f1" in res["test"]
-    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert log[-1]["loss"] < log[0]["loss"]
 
-    # the training targets are the blend; validation and test keep the true targets
-    spec = build_task("kdd_tsad_135", max_series=200, attention="step-t", bias=False)
-    teacher = _load_teacher(tmp_path / "kdd_tsad_135" / "dense-step-t" / "seed0" / "best.pt", "kdd_tsad_135", 1.0,
-                            200, None)  # fmt: skip
-    kd = distilled(spec, teacher, 0.25)
+    # what the student trained on: the blend; validation and test keep the true targets
+    student, plain = seen["sparse-binary-kd"], seen["dense-step-t"]
+    teacher = cli._load_teacher(tmp_path / "kdd_tsad_135" / "dense-step-t" / "seed0" / "best.pt", "kdd_tsad_135",
+                                1.0, 200, None)  # fmt: skip
     with torch.no_grad():
-        t = predict(teacher, spec.train[0], None)
-    assert not torch.equal(t, spec.train[2])
-    torch.testing.assert_close(kd.train[2], 0.75 * spec.train[2] + 0.25 * t, rtol=0, atol=0)
-    assert kd.val[2] is spec.val[2] and kd.test[2] is spec.test[2] and kd.train[0] is spec.train[0]
+        t = predict(teacher, plain.train[0], None)
+    y = plain.train[2]
+    assert not torch.equal(t, y)
+    torch.testing.assert_close(student.train[2], 0.75 * y + 0.25 * t, rtol=0, atol=0)
+    for part in ("val", "test"):
+        assert torch.equal(getattr(student, part)[2], getattr(plain, part)[2])
+    assert torch.equal(student.train[0], plain.train[0])
 
+    capsys.readouterr()
+    assert main(base + ["--variant", "sparse-binary-kd", "--kd-beta", "0.5"]) == 2  # another beta, same directory
+    assert "'kd_beta': 0.25" in capsys.readouterr().err
     settings = TrainSettings(epochs=1)
-    with pytest.raises(ValueError, match="kd_beta .* must be in \\(0, 1\\]"):
-        run_variant("kdd_tsad_135", "sparse-binary-kd", 0, tmp_path, settings, kd_beta=0.0, max_series=200)
     with pytest.raises(ValueError, match="distils regression targets"):
-        run_variant("japanese_vowels", "sparse-binary-kd", 0, tmp_path, settings)
+        cli.run_variant("japanese_vowels", "sparse-binary-kd", 0, tmp_path, settings)
+    other = tmp_path / "other" / "kdd_tsad_135"
+    shutil.copytree(tmp_path / "kdd_tsad_135" / "dense-step-t", other / "dense-step-t")
+    with pytest.raises(ValueError, match="another model or data"):  # the teacher was trained on 200 windows
+        cli.run_variant("kdd_tsad_135", "sparse-binary-kd", 0, other.parent, settings, max_series=100)
     assert main(["report", "--out", str(tmp_path)]) == 0
     assert "kdd_tsad_135 | sparse-binary-kd" in capsys.readouterr().out
 

@@ -104,10 +104,7 @@ def run_variant(
                 "sparse-binary-kd distils regression targets (anomaly / forecast tasks); for classification use "
                 "sparse-binary or sparse-binary-ft"
             )
-        if isinstance(kd_beta, bool) or not 0.0 < float(kd_beta) <= 1.0:
-            raise ValueError(
-                f"kd_beta is the teacher's share of the training target and must be in (0, 1], got {kd_beta!r}"
-            )
+        _check_kd_beta(kd_beta)
         teacher = out / task / "dense-step-t" / f"seed{seed}" / "best.pt"
         desc.update(teacher="dense-step-t", kd_beta=float(kd_beta))
     settings = TrainSettings(**{**settings.__dict__, "seed": seed})
@@ -119,9 +116,12 @@ def run_variant(
         if old["variant"] != desc:
             differ.append("variant")
         if differ:
+            was = {k: before.get(k) for k in differ if k != "variant"}
+            if "variant" in differ:
+                was["variant"] = f"{old['variant']} (now {desc})"
             raise ValueError(
-                f"{run_dir} holds a finished run with other settings ({', '.join(differ)} differ: "
-                f"{ {k: before.get(k) for k in differ if k != 'variant'} }); use another --out"
+                f"{run_dir} holds a finished run with other settings ({', '.join(differ)} differ: {was}); "
+                "use another --out"
             )
         return json.loads(done.read_text())
     spec = _variant_task(task, variant, qkv_keep, max_series, d_model)
@@ -157,20 +157,32 @@ def run_variant(
     return res
 
 
+def _check_kd_beta(kd_beta: float) -> None:
+    if isinstance(kd_beta, bool) or not isinstance(kd_beta, (int, float)) or not 0.0 < float(kd_beta) <= 1.0:
+        raise ValueError(
+            f"kd_beta is the teacher's share of the training target and must be in (0, 1], got {kd_beta!r}"
+        )
+
+
 def _load_teacher(
     path: Path, task: str, qkv_keep: float, max_series: int | None, d_model: int | None
 ) -> CompactTransformer:
-    """The trained ``dense-step-t`` model at ``path`` (same task and width), in eval mode."""
-    if not path.exists():
+    """The finished ``dense-step-t`` run whose weights are at ``path`` (same task, width and data), in eval mode."""
+    if not (path.parent / "result.json").exists():
         raise ValueError(
-            f"sparse-binary-kd learns from the trained dense-step-t run of the same seed, but {path} does not exist: "
-            "train it first (--variant dense-step-t sparse-binary-kd, same --out)"
+            f"sparse-binary-kd learns from the finished dense-step-t run of the same seed, but {path.parent} holds "
+            "none: train it first (--variant dense-step-t sparse-binary-kd, same --out and settings)"
         )
-    model = CompactTransformer(_variant_task(task, "dense-step-t", qkv_keep, max_series, d_model).model)
-    try:
-        model.load_state_dict(torch.load(path, weights_only=True))
-    except RuntimeError as exc:
-        raise ValueError(f"{path} is not a dense-step-t run of this model (other width?): {exc}") from exc
+    cfg = _variant_task(task, "dense-step-t", qkv_keep, max_series, d_model).model
+    run = json.loads((path.parent / "run.json").read_text())
+    if run["model"] != cfg.to_dict() or run["variant"].get("max_series") != max_series:
+        raise ValueError(
+            f"{path.parent} is a dense-step-t run of another model or data (model {run['model']}, max_series "
+            f"{run['variant'].get('max_series')}; this run needs {cfg.to_dict()}, max_series {max_series}): train the "
+            "teacher with the same --d-model / --max-series in this --out"
+        )
+    model = CompactTransformer(cfg)
+    model.load_state_dict(torch.load(path, weights_only=True))
     return model.eval()
 
 
@@ -316,7 +328,7 @@ def _main(argv: list[str] | None) -> int:
     t.add_argument("--density", type=float, default=0.1)
     t.add_argument("--qkv-keep", type=float, default=0.5)
     t.add_argument("--epochs", type=int, default=150)
-    t.add_argument("--lr", type=float, default=None, help="default: 1e-3 dense, 3e-2 sparse-binary(-ft) (scores)")
+    t.add_argument("--lr", type=float, default=None, help="default: 1e-3 dense, 3e-2 sparse-binary* (scores)")
     t.add_argument("--schedule", choices=SCHEDULES, default="constant",
                    help="learning rate per epoch: constant, or cosine decay to 0 over --epochs")  # fmt: skip
     t.add_argument("--batch-size", type=int, default=32)
@@ -334,12 +346,15 @@ def _main(argv: list[str] | None) -> int:
     r.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
     if a.cmd == "train":
+        if "sparse-binary-kd" in a.variant:
+            _check_kd_beta(a.kd_beta)
         if a.threads:
             torch.set_num_threads(a.threads)
         for task in a.task:
             for variant in a.variant:
                 if variant in ("dense-step-t", "sparse-binary-kd") and TASKS[task]["kind"] == "classification":
-                    continue  # both are for window tasks (run_variant says so when called directly)
+                    print(f"{task}: {variant} is for anomaly / forecast tasks, skipped", file=sys.stderr)
+                    continue
                 for seed in a.seeds:
                     lr = a.lr if a.lr is not None else (3e-2 if variant in BINARY_VARIANTS else 1e-3)
                     settings = TrainSettings(epochs=a.epochs, batch_size=a.batch_size, lr=lr, patience=a.patience,
