@@ -44,7 +44,7 @@ bench-families: $(STAMP)
 	$(BIN)/python -m mergeplug.bench_families --cases causal-lm --context 512 --out results/bench_families_512.json
 
 # The compact Transformer, dense vs sparse-binary, on the shipped classification / anomaly / forecasting tasks,
-# 3 seeds each (resumable; about 1 hour on 2 cores); table and plot in runs/sbt/.
+# 3 seeds each, 20 for UCR #135 (resumable; about 1.7 hours on 2 cores); tables and plot in runs/sbt/.
 sbt: $(STAMP)
 	MERGEPLUG_SBT=$(BIN)/mergeplug-sbt scripts/sbt_experiments.sh
 

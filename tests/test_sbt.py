@@ -259,3 +259,15 @@ def test_d_model_override_is_used_and_recorded(tmp_path, capsys):
     assert "other settings" in capsys.readouterr().err
     assert main([*args, "--d-model", "0", "--out", str(tmp_path / "z")]) == 2
     assert "d_model must be a positive width" in capsys.readouterr().err
+
+
+def test_best_of_chooses_restarts_on_validation_only():
+    from mergeplug.sbt.cli import best_of
+
+    runs = [{"seed": s, "val_metric": v, "test": {"f1": f}} for s, v, f in
+            [(0, -3.0, 0.9), (1, -1.0, 0.1), (2, -2.0, 0.2), (3, -5.0, 0.8), (4, -1.0, 0.5)]]  # fmt: skip
+    assert [r["seed"] for r in best_of(runs, 2)] == [1, 2]  # seed 4 alone is an incomplete group: left out
+    assert [r["seed"] for r in best_of(runs, 1)] == [0, 1, 2, 3, 4]
+    assert [r["seed"] for r in best_of(runs[1:], 2)] == [2]  # group 0-1 lacks seed 0
+    with pytest.raises(ValueError, match="at least 1"):
+        best_of(runs, 0)

@@ -217,13 +217,26 @@ def efficiency(spec: TaskSpec, model: CompactTransformer, batch: int = 64) -> di
     }
 
 
-def summarize(out: Path) -> list[dict[str, Any]]:
+def best_of(runs: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """Restarts chosen on validation: seeds 0..k-1, k..2k-1, ... form groups, and each group gives its run with the
+    best validation metric. Groups of fewer than ``k`` finished seeds are left out."""
+    if k < 1:
+        raise ValueError(f"best-of needs at least 1 run per group, got {k}")
+    by_seed = {r["seed"]: r for r in runs}
+    groups = [[by_seed.get(s) for s in range(g, g + k)] for g in range(0, max(by_seed) + 1, k)]
+    return [max(grp, key=lambda r: r["val_metric"]) for grp in groups if all(r is not None for r in grp)]
+
+
+def summarize(out: Path, best: int = 1) -> list[dict[str, Any]]:
     """One row per (task, variant, width): metric mean ± std over seeds and efficiency ratios against ``dense`` of
-    the same width (runs trained with ``--d-model`` are their own rows, labelled with it)."""
+    the same width (runs trained with ``--d-model`` are their own rows, labelled with it). ``best`` > 1: each row is
+    over the restarts chosen on validation (:func:`best_of`) instead of over all seeds."""
     results: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for path in sorted(out.glob("*/*/seed*/result.json")):
         r = json.loads(path.read_text())
         results.setdefault((r["task"], r["variant"], r.get("d_model", 0)), []).append(r)
+    if best > 1:
+        results = {key: chosen for key, rs in results.items() if (chosen := best_of(rs, best))}
     rows = []
     for (task, variant, width), rs in sorted(results.items()):
         kind = rs[0]["kind"]
@@ -233,7 +246,8 @@ def summarize(out: Path) -> list[dict[str, Any]]:
         base = results.get((task, "dense", width), rs)[0]["efficiency"]
         row = {
             "task": task,
-            "variant": f"{variant} (d_model {width})" if width else variant,
+            "variant": (f"{variant} (d_model {width})" if width else variant)
+            + (f" (best of {best} on validation)" if best > 1 else ""),
             "seeds": len(rs),
             "metric": name,
             "mean": float(np.mean(vals)),
@@ -344,6 +358,9 @@ def _main(argv: list[str] | None) -> int:
     r.add_argument("--md", type=Path, default=None)
     r.add_argument("--plot", type=Path, default=None)
     r.add_argument("--json", type=Path, default=None)
+    r.add_argument("--best-of", type=int, default=1,
+                   help="K > 1: per group of K seeds (0..K-1, K..2K-1, ...) only the run with the best validation "
+                        "metric counts (restarts chosen on validation)")  # fmt: skip
     a = p.parse_args(argv)
     if a.cmd == "train":
         if "sparse-binary-kd" in a.variant:
@@ -365,7 +382,7 @@ def _main(argv: list[str] | None) -> int:
                     name, _ = METRIC[res["kind"]]
                     print(f"{task} {variant} seed {seed}: test {name} {res['test'][name]:.4f}", flush=True)
         return 0
-    rows = summarize(a.out)
+    rows = summarize(a.out, a.best_of)
     if not rows:
         print(f"no finished runs under {a.out}", file=sys.stderr)
         return 2
