@@ -271,3 +271,4 @@ def test_best_of_chooses_restarts_on_validation_only():
     assert [r["seed"] for r in best_of(runs[1:], 2)] == [2]  # group 0-1 lacks seed 0
     with pytest.raises(ValueError, match="at least 1"):
         best_of(runs, 0)
+    assert main(["report", "--out", "unused", "--best-of", "0"]) == 2

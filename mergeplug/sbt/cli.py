@@ -382,6 +382,8 @@ def _main(argv: list[str] | None) -> int:
                     name, _ = METRIC[res["kind"]]
                     print(f"{task} {variant} seed {seed}: test {name} {res['test'][name]:.4f}", flush=True)
         return 0
+    if a.best_of < 1:
+        raise ValueError(f"--best-of needs at least 1 run per group, got {a.best_of}")
     rows = summarize(a.out, a.best_of)
     if not rows:
         print(f"no finished runs under {a.out}", file=sys.stderr)
