@@ -87,7 +87,7 @@ def main() -> None:
     for task in TASKS:
         if (task, "dense") not in res:
             raise SystemExit(f"no finished dense runs of {task} under {a.runs}: run make sbt first")
-    binary = [v for v in VARIANTS if v.startswith("sparse-binary")]
+    binary = [v for v in VARIANTS if v in BINARY_VARIANTS]
     lines = [
         f"| rule | PM2.5 val AP (all runs) | task | test F1 {' / '.join(VARIANTS)} | F1 gap dense - "
         f"{' / '.join(binary)} (points) | test AP {' / '.join(VARIANTS)} |",
