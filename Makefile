@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.mergeplug-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test bench bench-sampling bench-families profile eval-quick eval-full train-supervised sbt clean
+.PHONY: install demo test bench bench-sampling bench-families profile eval-quick eval-full train-supervised sbt clean \
+	forecast-safe
 
 install: $(STAMP)
 
@@ -53,10 +54,12 @@ profile: $(STAMP)
 	BIN=$(BIN) scripts/profile_models.sh
 
 # Quick offline evaluation with the harness: accuracy (MASE, WQL vs seasonal naive) and speed of the shipped
-# trained PatchTST models, unmerged and merged, on three real series (about 1 minute).
+# trained Chronos-Bolt and PatchTST models, unmerged and merged (forecast-safe defaults; one plain setting,
+# safe=false, beside them), on three real series (about 1 minute).
 eval-quick: $(STAMP)
 	$(BIN)/mergeplug-eval run --model mergeplug:bolt-ref --datasets electricity_hourly traffic_volume_hourly taylor_30min \
-		--merge k=global,reduction=0.75 --merge k=1,reduction=0.5 --out results/demo-bolt --no-progress
+		--merge k=global,reduction=0.75 --merge k=1,reduction=0.5 --merge k=1,reduction=0.5,safe=false \
+		--out results/demo-bolt --no-progress
 	$(BIN)/mergeplug-eval run --model mergeplug:patchtst --datasets electricity_hourly traffic_volume_hourly taylor_30min \
 		--merge k=global,reduction=0.75 --merge k=1,reduction=0.75 --merge k=3,reduction=0.75 --out results/demo-patchtst \
 		--no-progress
@@ -74,6 +77,11 @@ eval-full: $(STAMP)
 # model and 15-30 min per TimeSeriesTransformer on one core).
 train-supervised: $(STAMP)
 	scripts/train_supervised.sh
+
+# Forecast-safe merging: the validation study that chose the defaults (runs/safe/) and the held-out grid on the test
+# windows (benchmarks/forecast-safe/); resumable; about 1 hour on 2 cores.
+forecast-safe: $(STAMP)
+	BIN=$(BIN) scripts/forecast_safe_experiments.sh
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

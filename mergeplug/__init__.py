@@ -19,6 +19,7 @@ from .patches.chronos_sampling import fast_sampling
 from .patches.generic import register_patch
 from .patches.t5 import decoder_token_counts, merge_decoder
 from .precheck import precheck
+from .tune import TuneResult, tune
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,8 @@ __all__ = [
     "from_pretrained",
     "push_to_hub",
     "precheck",
+    "tune",
+    "TuneResult",
     "fast_sampling",
     "register_patch",
     "merge_decoder",

@@ -84,8 +84,13 @@ def run(
     seed: int = 0,
     progress: bool = True,
     encoder_only: bool = False,
+    safe: bool = True,
 ) -> dict[str, Any]:
-    """Run the benchmark and return a JSON-serialisable result (settings with per-repetition timings)."""
+    """Run the benchmark and return a JSON-serialisable result (settings with per-repetition timings).
+
+    ``safe``: the forecast-safe defaults (protected recent tokens, token floor, seasonal twins), as
+    ``mergeplug.apply`` has them; ``False``: plain merging, so the token reductions are met exactly where they can be.
+    """
     if family == "t5":
         pipe = chronos_t5(size, context_length=context, prediction_length=horizon, num_samples=samples, seed=seed)
         layers = pipe.model.model.config.num_layers
@@ -111,7 +116,7 @@ def run(
         if s.reduction is None:
             remove(pipe)
         else:
-            apply(pipe, k=s.k, **s.kwargs)
+            apply(pipe, k=s.k, safe=safe, **s.kwargs)
 
     def predict() -> torch.Tensor:
         torch.manual_seed(seed)
@@ -227,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     p.add_argument("--encoder-only", action="store_true", help="time only the encoder (embed), not predict")
+    p.add_argument(
+        "--plain", action="store_true", help="plain merging (safe=False) instead of the forecast-safe defaults"
+    )
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.reps < 1:
@@ -252,12 +260,14 @@ def main(argv: list[str] | None = None) -> int:
         reps=args.reps,
         progress=not args.no_progress,
         encoder_only=args.encoder_only,
+        safe=not args.plain,
     )
     header = (
         f"Chronos-{args.family.upper() if args.family == 't5' else 'Bolt'} '{args.size}' dims {result['dims']}, "
         f"random weights, batch {args.batch}, context {context}, horizon {args.horizon}"
         + (f", {args.samples} samples" if args.family == "t5" else "")
-        + f", float32, {result['threads']} threads, torch {result['torch']}, median of {args.reps} interleaved runs"
+        + f", float32, {result['threads']} threads, torch {result['torch']}, median of {args.reps} interleaved runs, "
+        + ("plain merging (safe=False)" if args.plain else "forecast-safe merging (the defaults)")
     )
     print(header)
     print(format_table(result))

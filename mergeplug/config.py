@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 __all__ = ["MergeConfig", "ratio_for_reduction", "schedule_for_reduction"]
@@ -86,6 +86,26 @@ class MergeConfig:
         input_ratio: fraction of the *input* tokens merged before the first block, with the input embeddings as
             the similarity metric, in [0, 1) (capped at about half); 0 = off. This also shrinks the first block's
             attention, which the per-layer schedule (applied after each block's attention) cannot.
+        safe: forecast-safe merging (default ``True``). For forecasting families (Chronos-T5, Chronos-Bolt,
+            Chronos-2, PatchTST, TimeSeriesTransformer / Informer) ``protect_recent`` and ``min_tokens`` left at
+            ``None`` take the family's defaults (see ``mergeplug.patches.families()``); ``safe=False`` is the plain
+            merging of the local-merging paper (both 0 unless given). Other families have no such defaults.
+        protect_recent: number of tokens just before the forecast origin (the last context tokens, before [REG] /
+            EOS / read-out tokens) that never merge; ``None`` = the family default (see ``safe``).
+        min_tokens: floor on the sequence: no merge step (input merging included) leaves fewer than this many token
+            slots; short series are left (almost) untouched. ``None`` = the family default (see ``safe``).
+        period: seasonal period in *time steps* of the input series (e.g. 24 for hourly data with a daily cycle).
+            An A token may then also merge with the B tokens nearest to one period before and after it (its
+            seasonal twins, found by position), besides its ``k`` neighbours: still O(T·k·C). Converted to tokens
+            with the family's time steps per token (``steps_per_token``, set by ``mergeplug.apply``). ``"auto"``:
+            each series' period is found from its own tokens (:func:`mergeplug.merge.detect_period`; the
+            forecast-safe default of forecasting families); ``0``: off; ``None``: the family default (see ``safe``).
+        min_similarity: a pair merges only if its cosine similarity is at least this (in [-1, 1]); where fewer pairs
+            are alike, fewer tokens merge than ``r`` / ``ratio`` ask (models whose attention takes a mask let each
+            series merge what it can; others take the batch's most constrained series). ``None``: the family
+            default (see ``safe``); ``-1``: off.
+        steps_per_token: input time steps per token (1 for Chronos-T5 and TimeSeriesTransformer, the patch stride
+            for patch models); set by ``mergeplug.apply`` from the model, not by users.
     """
 
     k: int | None = 1
@@ -95,6 +115,12 @@ class MergeConfig:
     causal: bool = False
     proportional_attention: bool = True
     input_ratio: float = 0.0
+    safe: bool = True
+    protect_recent: int | None = None
+    min_tokens: int | None = None
+    period: float | str | None = None
+    min_similarity: float | None = None
+    steps_per_token: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -127,6 +153,30 @@ class MergeConfig:
                 self.ratio = list(self.ratio)
         if isinstance(self.input_ratio, bool) or not 0.0 <= float(self.input_ratio) < 1.0:
             raise ValueError(f"input_ratio must be in [0, 1) (fraction of input tokens merged), got {self.input_ratio}")
+        if not isinstance(self.safe, bool):
+            raise ValueError(f"safe must be True (forecast-safe merging) or False (plain merging), got {self.safe!r}")
+        for name in ("protect_recent", "min_tokens"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ValueError(f"{name} must be an int >= 0 (a number of tokens) or None (family default), got {v!r}")
+        if self.period is not None and self.period != "auto":
+            if isinstance(self.period, bool) or not isinstance(self.period, (int, float)) or not self.period >= 0:
+                raise ValueError(
+                    f"period must be a number of time steps > 0 (e.g. 24 for hourly data), 'auto' (found per series "
+                    f"from its tokens), 0 (off) or None (the family default), got {self.period!r}"
+                )
+            if self.threshold is not None:
+                raise ValueError(
+                    "period (seasonal candidates) applies to the r / ratio modes, not to threshold merging"
+                )
+        if self.min_similarity is not None:
+            v = self.min_similarity
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not -1.0 <= v <= 1.0:
+                raise ValueError(f"min_similarity is a cosine similarity in [-1, 1] (-1: off) or None, got {v!r}")
+            if self.threshold is not None:
+                raise ValueError("min_similarity applies to the r / ratio modes; threshold merging has its own floor")
+        if isinstance(self.steps_per_token, bool) or not float(self.steps_per_token) > 0:
+            raise ValueError(f"steps_per_token must be > 0, got {self.steps_per_token!r}")
         if self.threshold is not None:
             if not self.causal:
                 raise ValueError("threshold selects the strict causal mode: pass causal=True with it")
@@ -134,18 +184,56 @@ class MergeConfig:
                 raise ValueError(f"threshold is a cosine similarity and must be in [-1, 1], got {self.threshold}")
 
     def merges_at(self, layer: int, length: int) -> int:
-        """Number of tokens to merge in ``layer`` when ``length`` tokens enter it (before capping)."""
+        """Number of tokens to merge in ``layer`` when ``length`` tokens enter it (before the engine's caps), at
+        most what keeps ``min_tokens`` slots."""
         if self.ratio is not None:
-            return int(math.floor(_per_layer(self.ratio, layer) * length + 0.5))
-        return int(_per_layer(self.r, layer))
+            r = int(math.floor(_per_layer(self.ratio, layer) * length + 0.5))
+        else:
+            r = int(_per_layer(self.r, layer))
+        return self._floored(r, length)
 
     def input_merges(self, length: int) -> int:
-        """Number of input tokens to merge before the first block (before capping)."""
-        return int(math.floor(self.input_ratio * length + 0.5))
+        """Number of input tokens to merge before the first block (before capping), at most what keeps
+        ``min_tokens`` slots."""
+        return self._floored(int(math.floor(self.input_ratio * length + 0.5)), length)
 
-    def is_noop(self, num_layers: int) -> bool:
-        """True when no layer would merge anything: patched models then run the original code path."""
-        if self.threshold is not None or self.input_ratio > 0:
+    def _floored(self, r: int, length: int) -> int:
+        return max(0, min(r, length - (self.min_tokens or 0)))
+
+    @property
+    def token_period(self) -> float | str | None:
+        """The seasonal period in tokens (``period / steps_per_token``), ``"auto"`` or None."""
+        if self.period is None or self.period == "auto":
+            return self.period
+        if not self.period:
+            return None
+        return float(self.period) / float(self.steps_per_token)
+
+    def resolved(self, defaults: dict[str, Any], steps_per_token: float = 1.0) -> MergeConfig:
+        """A copy with ``protect_recent`` / ``min_tokens`` filled in (``defaults`` when ``safe``, else 0), ``period``
+        and ``min_similarity`` too where they are None and the defaults give them (``safe`` only), and
+        ``steps_per_token`` set: the settings a patched model runs with."""
+        out = replace(self, extra=dict(self.extra), steps_per_token=float(steps_per_token))
+        for name in ("protect_recent", "min_tokens"):
+            if getattr(out, name) is None:
+                setattr(out, name, int(defaults.get(name, 0)) if self.safe else 0)
+        if self.safe and self.threshold is None:
+            if out.period is None:
+                out.period = defaults.get("period")
+            if out.min_similarity is None:
+                out.min_similarity = defaults.get("min_similarity")
+        return out
+
+    def is_noop(self, num_layers: int, length: int | None = None) -> bool:
+        """True when no layer would merge anything: patched models then run the original code path.
+
+        ``length``: tokens entering the model; a sequence of at most ``min_tokens`` tokens never merges (the floor
+        holds in every step), so short series run the original code, bitwise."""
+        if self.threshold is not None:
+            return False
+        if length is not None and self.min_tokens and length <= self.min_tokens:
+            return True
+        if self.input_ratio > 0:
             return False
         return all(_per_layer(self.ratio if self.ratio is not None else self.r, i) == 0 for i in range(num_layers))
 

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from .config import MergeConfig
 from .patches import find_family
 from .patches.base import PatchRecord, find_record, restore
 
-__all__ = ["apply", "remove", "settings", "token_counts"]
+__all__ = ["apply", "remove", "settings", "token_counts", "apply_kwargs", "unmerged", "APPLY_KEYS"]
+
+#: the ``apply`` arguments a :class:`MergeConfig` records (``decoder`` apart)
+APPLY_KEYS = (
+    "k", "r", "ratio", "threshold", "causal", "proportional_attention", "input_ratio", "safe", "protect_recent",
+    "min_tokens", "period", "min_similarity",
+)  # fmt: skip
+_DECODER_KEYS = ("k", "r", "ratio", "threshold", "proportional_attention")
 
 T = TypeVar("T")
 
@@ -24,6 +33,11 @@ def apply(
     proportional_attention: bool = True,
     input_ratio: float = 0.0,
     decoder: dict[str, Any] | None = None,
+    safe: bool = True,
+    protect_recent: int | None = None,
+    min_tokens: int | None = None,
+    period: float | str | None = None,
+    min_similarity: float | None = None,
 ) -> T:
     """Inject local token merging into ``obj`` and return the same object.
 
@@ -42,6 +56,15 @@ def apply(
             positions at once (teacher forcing / training): the keyword arguments of
             :func:`mergeplug.merge_decoder` (``k``, ``r`` / ``ratio`` / ``threshold``, ``proportional_attention``).
             T5 / Chronos-T5 and Hugging Face time-series Transformers; ``generate()`` is unaffected.
+        safe: forecast-safe merging (default). Forecasting families (Chronos-T5, Chronos-Bolt, Chronos-2, PatchTST,
+            TimeSeriesTransformer / Informer) then keep the ``protect_recent`` tokens next to the forecast origin
+            unmerged and never merge below ``min_tokens`` tokens, with their family defaults where these are None;
+            ``safe=False`` is plain merging (the local-merging paper's). :func:`settings` shows the values in use.
+        protect_recent: tokens just before the forecast origin that never merge (None: family default).
+        min_tokens: no merge step leaves fewer token slots than this (None: family default).
+        period: seasonal period in time steps of the input (e.g. 24 for hourly data): A tokens may also merge with
+            their seasonal twins one period away; ``"auto"``: found per series; 0: off; None: the family default.
+        min_similarity: merge only pairs at least this similar (cosine; -1: off; None: the family default).
 
     Applying to an already patched model replaces its settings; ``r=0`` (or ``ratio=0``) runs the original
     code, so outputs are bitwise those of the unpatched model.
@@ -58,9 +81,20 @@ def apply(
         causal=causal,
         proportional_attention=proportional_attention,
         input_ratio=input_ratio,
+        safe=safe,
+        protect_recent=protect_recent,
+        min_tokens=min_tokens,
+        period=period,
+        min_similarity=min_similarity,
     )
     family = find_family(obj)
     family.check(config)
+    if protect_recent and not family.forecasting:
+        raise ValueError(
+            f"protect_recent applies to forecasting families (chronos-t5, chronos-bolt, chronos-2, patchtst, "
+            f"hf-time-series), whose tokens end at a forecast origin; {family.name} has none: drop protect_recent"
+        )
+    config = family.resolve(config, obj)
     record = find_record(family.modules(obj))
     if record is not None:  # already patched (possibly through its pipeline or inner model): new settings
         record.config = config
@@ -92,6 +126,34 @@ def settings(obj: Any) -> MergeConfig | None:
     """The merge settings currently applied to ``obj``, or None if it is not patched."""
     record = find_record(find_family(obj).modules(obj))
     return None if record is None else record.config
+
+
+def apply_kwargs(config: MergeConfig) -> dict[str, Any]:
+    """The :func:`apply` keyword arguments that reproduce ``config`` (JSON-serialisable; decoder merging as a nested
+    ``decoder`` dict)."""
+    out = {k: v for k, v in config.to_dict().items() if k in APPLY_KEYS}
+    decoder = config.extra.get("decoder")
+    if isinstance(decoder, MergeConfig):
+        out["decoder"] = {k: v for k, v in decoder.to_dict().items() if k in _DECODER_KEYS}
+    elif isinstance(decoder, dict):
+        out["decoder"] = dict(decoder)
+    return out
+
+
+@contextmanager
+def unmerged(obj: T) -> Iterator[T]:
+    """Inside the block ``obj`` runs with its original classes (e.g. to ``save_pretrained`` it); its merge settings
+    are applied again afterwards. A model that is not patched is left as it is."""
+    config = settings(obj)
+    if config is None:
+        yield obj
+        return
+    kwargs = apply_kwargs(config)
+    remove(obj)
+    try:
+        yield obj
+    finally:
+        apply(obj, **kwargs)
 
 
 def token_counts(obj: Any) -> list[int] | None:

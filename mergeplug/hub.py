@@ -34,6 +34,7 @@ from typing import Any
 from torch import nn
 
 from .config import MergeConfig
+from .core import APPLY_KEYS, apply_kwargs, unmerged
 
 __all__ = [
     "FORMAT_VERSION",
@@ -49,7 +50,6 @@ __all__ = [
 FORMAT_VERSION = 1
 CONFIG_NAME = "mergeplug_config.json"
 PACKED_NAME = "mergeplug_packed.safetensors"  # binarized layers (mergeplug.binary.save_packed), if any
-APPLY_KEYS = ("k", "r", "ratio", "threshold", "causal", "proportional_attention", "input_ratio")
 
 
 # ------------------------------------------------------------------------------------------------ what it is
@@ -170,16 +170,11 @@ def save_pretrained(
         _inner(obj).config.save_pretrained(out)
     elif weights:
         from .binary import suspended
-        from .core import apply, remove
 
-        if meta["merge"] is not None:  # save from the original classes, then patch again with the same settings
-            remove(obj)
-        try:
-            with suspended(obj):  # binarized layers: their float weights (the packed file holds the binary ones)
-                _inner(obj).save_pretrained(out)
-        finally:
-            if meta["merge"] is not None:
-                apply(obj, **meta["merge"])
+        # from the original classes (then patched again with the same settings); binarized layers: their float
+        # weights (the packed file holds the binary ones)
+        with unmerged(obj), suspended(obj):
+            _inner(obj).save_pretrained(out)
     if meta["binarization"] is not None:
         from .binary import save_packed
 
@@ -225,24 +220,11 @@ def write_config(
         "base_model": base_model,
         "weights": weights,
         "float_weights": float_weights,
-        "merge": None if config is None else _merge_settings(config),
+        "merge": None if config is None else apply_kwargs(config),
         "binarization": None if binary is None else {**binary.to_dict(), "file": PACKED_NAME},
     }
     Path(directory, CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
-
-
-def _merge_settings(config: MergeConfig) -> dict[str, Any]:
-    """The ``apply`` arguments that reproduce ``config`` (decoder merging as a nested ``decoder`` dict)."""
-    out = {k: v for k, v in config.to_dict().items() if k in APPLY_KEYS}
-    decoder = config.extra.get("decoder")
-    if isinstance(decoder, MergeConfig):
-        out["decoder"] = {
-            k: v for k, v in decoder.to_dict().items() if k in APPLY_KEYS and k not in ("causal", "input_ratio")
-        }
-    elif isinstance(decoder, dict):
-        out["decoder"] = dict(decoder)
-    return out
 
 
 # ------------------------------------------------------------------------------------------------------ load
@@ -478,7 +460,7 @@ def _plain_usage(meta: dict[str, Any], location: str, location_import: str = "",
     else:
         defaults = MergeConfig()
         args = ", ".join(
-            f"{k}={v!r}"
+            f"{k}={json.dumps(v) if isinstance(v, str) else repr(v)}"
             for k, v in merge.items()
             if k == "k" or (k in APPLY_KEYS and v is not None and v != getattr(defaults, k))
         )
@@ -508,7 +490,14 @@ def _settings_table(meta: dict[str, Any]) -> str:
     rows.append(f"| family | `{meta.get('family')}` |")
     note = (
         "\n\n`k` is the locality (merge only with tokens at most `k` positions away; `None` = global), "
-        "`r` / `ratio` the tokens merged per layer, `input_ratio` the share merged before the first block."
+        "`r` / `ratio` the tokens merged per layer, `input_ratio` the share merged before the first block. "
+        + (
+            "Forecast-safe merging (`safe=True`): the `protect_recent` tokens before the forecast origin never merge, "
+            "no step leaves fewer than `min_tokens` tokens, only pairs at least `min_similarity` alike merge, and "
+            "`period` lets a token merge with its seasonal twin (`'auto'`: found per series)."
+            if merge.get("safe", True)
+            else "Plain merging (`safe=False`, the local-merging paper's): no forecast-safe protections."
+        )
     )
     return "\n".join(rows) + note
 

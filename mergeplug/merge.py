@@ -55,6 +55,9 @@ __all__ = [
     "merge_step",
     "merge_layer",
     "head_mean",
+    "recent_mask",
+    "seasonal_candidates",
+    "detect_period",
 ]
 
 # Score given to pairs that may never merge, and to pairs of two padding tokens (merged first: free).
@@ -74,6 +77,8 @@ class MergeState:
         protected: (B, T) bool, tokens that never merge (EOS, [REG], read-out tokens).
         source: (B, N) long, for every original position the index of the token that now holds it.
         causal: whether positions follow the latest member.
+        period: (B,) float seasonal period in input tokens found by :func:`detect_period` (0: none), once
+            ``period="auto"`` merging has looked at this sequence; None before.
     """
 
     size: torch.Tensor
@@ -82,6 +87,7 @@ class MergeState:
     protected: torch.Tensor
     source: torch.Tensor
     causal: bool = False
+    period: torch.Tensor | None = None
 
     @classmethod
     def init(
@@ -155,6 +161,21 @@ def causal_bias(
     return torch.where(allowed, seen, torch.finfo(dtype).min)[:, None]
 
 
+def recent_mask(
+    batch: int, length: int, recent: int | None, *, tail: int = 0, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """(batch, length) bool, True for the ``recent`` tokens just before the last ``tail`` tokens.
+
+    Forecasting families protect these (OR them into :attr:`MergeState.protected`): the context tokens next to the
+    forecast origin, which sit before read-out tokens such as [REG] / EOS (the ``tail``), keep full resolution.
+    """
+    out = torch.zeros(batch, length, dtype=torch.bool, device=device)
+    if recent:
+        end = max(length - tail, 0)
+        out[:, max(end - recent, 0) : end] = True
+    return out
+
+
 def _normalize(metric: torch.Tensor) -> torch.Tensor:
     return metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
@@ -214,12 +235,115 @@ def band_scores(metric: torch.Tensor, k: int | None, *, causal: bool = False) ->
     return scores, cand.clamp(0, max(t_b - 1, 0))
 
 
+def seasonal_candidates(
+    metric: torch.Tensor, pos: torch.Tensor, period: float | torch.Tensor, *, causal: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Similarity of every A token to its seasonal twins: the B tokens nearest to one ``period`` before and after it.
+
+    Args:
+        metric: (B, T, C) features; pos: (B, T) positions of the tokens (in input tokens, ascending along T).
+        period: the seasonal period in input tokens (may be fractional), or (B,) one per row (0: no twins).
+        causal: only twins one period *after* the A token (later B tokens).
+
+    Returns:
+        scores: (B, Ta, 4) cosine similarities to the two B tokens bracketing ``pos_a + period`` and the two
+            bracketing ``pos_a - period`` (``-inf`` where such a token does not exist or is out of the rules).
+        cand: (B, Ta, 4) long, indices into set B.
+
+    Twins are found by position (``searchsorted`` on the B tokens' positions), so they stay right in every layer,
+    after tokens have merged and indices no longer match time. With the alternate A/B split a twin at an even
+    distance is an A token itself; the bracketing B tokens (one token to either side) are then the candidates.
+    Cost: O(T log T + T·C).
+    """
+    m = _normalize(metric)
+    a, b = m[:, ::2], m[:, 1::2]
+    pos_a, pos_b = pos[:, ::2].contiguous(), pos[:, 1::2].contiguous()
+    t_b = b.shape[1]
+    if t_b == 0:
+        empty = torch.full((*a.shape[:2], 0), _NEVER, dtype=m.dtype, device=m.device)
+        return empty, torch.zeros(empty.shape, dtype=torch.long, device=m.device)
+    # searchsorted needs ascending values: empty slots (+inf) stay last, and a token that merged with a twin sits
+    # between its members (bidirectional), so search the running maximum of the positions
+    finite_b = torch.where(torch.isfinite(pos_b), pos_b, torch.finfo(pos_b.dtype).max).cummax(dim=1).values
+    per_row = torch.as_tensor(period, dtype=pos.dtype, device=pos.device).reshape(-1, 1)  # (1 | B, 1)
+    cands, valid = [], []
+    for sign in (1.0, -1.0):
+        j = torch.searchsorted(finite_b, pos_a + sign * per_row)  # first B token at or after the twin position
+        for c in (j - 1, j):
+            ok = (c >= 0) & (c < t_b) & (per_row > 0)
+            if causal:  # later B tokens only: B index j sits after A index i iff j >= i
+                ok = ok & (c >= torch.arange(a.shape[1], device=m.device)[None, :])
+            cands.append(c.clamp(0, t_b - 1))
+            valid.append(ok)
+    cand = torch.stack(cands, dim=-1)  # (B, Ta, 4)
+    ok = torch.stack(valid, dim=-1)
+    twins = b.gather(1, cand.flatten(1)[..., None].expand(-1, -1, b.shape[-1])).view(*cand.shape, b.shape[-1])
+    scores = (a.unsqueeze(-2) * twins).sum(-1)
+    return scores.masked_fill(~ok, _NEVER), cand
+
+
+def detect_period(
+    metric: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    max_lag: int = 512,
+    min_similarity: float = 0.2,
+    groups: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The seasonal period of every row, in tokens, from its own features: the lag at which tokens repeat best.
+
+    Args:
+        metric: (B, T, C) features of an unmerged sequence (token ``t`` at position ``t``).
+        valid: (B, T) bool, tokens to use (real, unprotected).
+        max_lag: longest period looked at (also at most half of the valid tokens: two cycles must be seen).
+        min_similarity: a peak below this mean cosine similarity means no period (0).
+        groups: (B,) labels of rows that must share one period (their curves are averaged).
+
+    Returns:
+        (B,) float, the period in tokens, 0 where none is found.
+
+    The features are centred per row and normalised per token; the mean cosine similarity of tokens ``L`` apart is
+    computed for every lag at once by FFT (O(T log T · C)). The period is the shortest lag whose similarity is
+    within 10% of the highest one after the curve first dips (a local minimum or a negative value), so plain
+    smoothness (neighbours alike) is not taken for a cycle, nor a multiple of the period for the period.
+    """
+    n_b, t, _ = metric.shape
+    x = metric.float() * valid[..., None]
+    count = valid.sum(dim=1, keepdim=True).clamp_min(1)
+    x = (x - x.sum(dim=1, keepdim=True) / count[..., None]) * valid[..., None]
+    x = _normalize(x)
+    n_fft = 2 * t
+    spec = torch.fft.rfft(x, n=n_fft, dim=1)
+    corr = torch.fft.irfft((spec * spec.conj()).sum(-1), n=n_fft, dim=1)[:, :t]  # (B, T): sum over pairs, lag L
+    m = torch.fft.rfft(valid.float(), n=n_fft, dim=1)
+    pairs = torch.fft.irfft(m * m.conj(), n=n_fft, dim=1)[:, :t].round()  # valid pairs at each lag
+    if groups is not None:
+        labels, inverse = torch.unique(groups.to(metric.device), return_inverse=True)
+        corr = corr.new_zeros(labels.shape[0], t).index_add_(0, inverse, corr)[inverse]
+        pairs = pairs.new_zeros(labels.shape[0], t).index_add_(0, inverse, pairs)[inverse]
+    sim = corr / pairs.clamp_min(1)
+    lags = torch.arange(t, device=metric.device)
+    longest = torch.minimum(count[:, 0] // 2, torch.tensor(max_lag, device=metric.device))  # (B,)
+    usable = (lags[None, :] >= 2) & (lags[None, :] <= longest[:, None]) & (pairs > 0)
+    prev = F.pad(sim, (1, 0), value=float("inf"))[:, :-1]
+    nxt = F.pad(sim, (0, 1), value=float("inf"))[:, 1:]
+    dip = ((sim <= prev) & (sim <= nxt)) | (sim < 0)
+    dip = dip & (lags[None, :] >= 1)
+    after_dip = dip.long().cummax(dim=1).values.bool()
+    score = torch.where(usable & after_dip, sim, float("-inf"))
+    best = score.max(dim=1).values
+    # multiples of a period repeat about as well as the period itself: take the shortest lag within 10% of the best
+    near = score >= (best - 0.1 * best.abs())[:, None]
+    lag = torch.where(near, lags[None, :], t).min(dim=1).values
+    return torch.where(best >= min_similarity, lag.float(), 0.0)
+
+
 def _pair_rules(scores: torch.Tensor, cand: torch.Tensor, state: MergeState) -> torch.Tensor:
-    """Apply protection and padding rules to band scores (B, Ta, W)."""
+    """Apply protection and padding rules to band scores (B, Ta, W); ``cand`` is (Ta, W) or per row (B, Ta, W)."""
     mask_a, mask_b = state.mask[:, ::2], state.mask[:, 1::2]
     prot_a, prot_b = state.protected[:, ::2], state.protected[:, 1::2]
     n_b = scores.shape[0]
-    flat = cand.reshape(1, -1).expand(n_b, -1)
+    flat = cand.reshape(cand.shape[0] if cand.dim() == 3 else 1, -1).expand(n_b, -1)
     mb = mask_b.gather(1, flat).view_as(scores)
     pb = prot_b.gather(1, flat).view_as(scores)
     ma = mask_a[:, :, None]
@@ -262,6 +386,8 @@ def match(
     threshold: float | None = None,
     k: int | None = 1,
     groups: torch.Tensor | None = None,
+    period: float | str | None = None,
+    min_similarity: float | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Choose the merges of one step and return the destination map.
 
@@ -281,6 +407,12 @@ def match(
             destination map and their token ``t`` stands for the same input positions (needed when attention
             also runs across the rows of a group). A pair that may not merge in one row of a group merges in
             none. The cap on ``r`` is the most constrained group's. ``None``: every row decides alone.
+        period: ``r`` mode only: also offer every A token its seasonal twins, the B tokens nearest to
+            ``state.pos`` one period (in input tokens) before and after it (:func:`seasonal_candidates`).
+            ``"auto"``: the period of each row found by :func:`detect_period` on this step's metric the first time
+            (the sequence must still be unmerged then), kept in ``state.period`` for later steps.
+        min_similarity: ``r`` mode only: a pair merges only if its similarity is at least this (padding pairs always
+            may); fewer than ``r`` merges happen where fewer pairs are alike (the cap on ``r`` below).
 
     Returns:
         dst: (B, T) long, destination slot of every token.
@@ -300,18 +432,39 @@ def match(
     else:
         assert r is not None, "match() needs r or threshold"
         scores, cand = band_scores(metric, k, causal=state.causal)
+        if period == "auto":
+            if state.period is None:
+                if state.length != state.source.shape[1]:
+                    raise ValueError('period="auto" must see the sequence before any merge')
+                state.period = detect_period(metric, state.mask & ~state.protected, groups=groups)
+            period = state.period
+        if period is not None and k is not None:  # seasonal twins beside the local band (global sees them anyway)
+            s_twin, c_twin = seasonal_candidates(metric, state.pos, period, causal=state.causal)
+            scores = torch.cat([scores, s_twin], dim=-1)
+            cand = torch.cat([cand.expand(n_b, -1, -1), c_twin], dim=-1)
         scores = _pair_rules(scores, cand, state)
         inverse = None
         if groups is not None:  # one decision per group: (G, Ta, W) mean scores, broadcast back below
             scores, inverse = group_mean_scores(scores, groups.to(device))
+            if cand.dim() == 3:  # rows of a group share positions, so candidates: take each group's first row
+                first = torch.full((scores.shape[0],), n_b, dtype=torch.long, device=device)
+                first = first.scatter_reduce(0, inverse, torch.arange(n_b, device=device), reduce="amin")
+                cand = cand[first]
         best, arg = scores.max(dim=-1)  # (B, Ta), or (G, Ta) with groups
-        mergeable = (best > _NEVER).sum(dim=1).min().item()
-        r = min(r, int(mergeable))
+        allowed = best > _NEVER
+        if min_similarity is not None:  # only pairs alike enough (padding pairs score above any similarity)
+            allowed = allowed & (best >= min_similarity)
+        # one length for the batch: the most constrained row (group) sets the count (a row that merged more would
+        # only leave empty slots: the batch keeps the longest row's length)
+        r = min(r, int(allowed.sum(dim=1).min().item()))
         if r <= 0:
             return torch.arange(t, device=device).expand(n_b, t), t
         order = best.argsort(dim=-1, descending=True, stable=True)[:, :r]  # (B, r) A indices
         vac_a = torch.zeros_like(best, dtype=torch.bool).scatter_(1, order, True)
-        target = 2 * cand[torch.arange(cand.shape[0], device=device)[None, :], arg] + 1  # (B, Ta) seq index
+        if cand.dim() == 3:  # per-row candidates (B or G, Ta, W)
+            target = 2 * cand.gather(2, arg[..., None])[..., 0] + 1
+        else:
+            target = 2 * cand[torch.arange(cand.shape[0], device=device)[None, :], arg] + 1  # (B, Ta) seq index
         if inverse is not None:  # every row takes its group's decision
             vac_a, target = vac_a[inverse], target[inverse]
     vacated = torch.zeros(n_b, t, dtype=torch.bool, device=device)
@@ -417,7 +570,8 @@ def merge_layer(
     groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The scheduled merge of one layer: ``config.merges_at(layer, T)`` tokens (or the strict ``threshold`` rule),
-    chosen on ``metric`` (default: ``x`` itself; a callable is only called when something may merge).
+    chosen on ``metric`` (default: ``x`` itself; a callable is only called when something may merge), with the
+    config's seasonal period and similarity floor.
 
     Args:
         x: (B, T, C) features to merge; ``state`` is updated in place.
@@ -431,7 +585,10 @@ def merge_layer(
     if r <= 0 and not strict:
         return x
     m = x if metric is None else metric() if callable(metric) else metric
-    dst, t_new = match(m, state, r=None if strict else r, threshold=config.threshold, k=config.k, groups=groups)
+    dst, t_new = match(
+        m, state, r=None if strict else r, threshold=config.threshold, k=config.k, groups=groups,
+        period=config.token_period, min_similarity=config.min_similarity,
+    )  # fmt: skip
     return merge_step(x, state, dst, t_new) if t_new < state.length else x
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -169,10 +170,12 @@ def spectral_stats(
     """
     cut = {r: cutoff(stride, r) for r in reductions}
     stats = window_stats(_contexts(data, context), list(cut.values()))
-    out = {k: float(np.nanmedian(stats[k])) for k in STATISTICS if k not in PER_REDUCTION}
-    for r, fc in cut.items():
-        for k in PER_REDUCTION:
-            out[f"{k}@r{r:g}"] = float(np.nanmedian(stats[f"{k}@{fc:.6g}"]))
+    with warnings.catch_warnings():  # constant windows have no spectrum: NaN, which precheck() explains
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = {k: float(np.nanmedian(stats[k])) for k in STATISTICS if k not in PER_REDUCTION}
+        for r, fc in cut.items():
+            for k in PER_REDUCTION:
+                out[f"{k}@r{r:g}"] = float(np.nanmedian(stats[f"{k}@{fc:.6g}"]))
     return out
 
 
@@ -201,6 +204,9 @@ class PrecheckResult:
             ``tolerance`` (None if none is).
         tolerance: the allowed relative WQL change.
         calibration: statistic, model and validation figures of the calibration used.
+        outside: settings for which the data's statistic lies outside the range the calibration measured (their
+            prediction is the nearest end of the measured changes, not an extrapolation).
+        note: why there are no predictions (e.g. a constant series), or "" when there are.
     """
 
     stats: dict[str, float]
@@ -208,21 +214,29 @@ class PrecheckResult:
     recommended: str | None = None
     tolerance: float = 0.01
     calibration: dict[str, Any] = field(default_factory=dict)
+    outside: list[str] = field(default_factory=list)
+    note: str = ""
 
     def to_markdown(self) -> str:
         lines = ["| statistic | value |", "| --- | --- |"]
         lines += [f"| {k} | {v:.4g} |" for k, v in self.stats.items()]
+        if self.note:
+            lines += ["", self.note]
         if self.predictions:
             cal = self.calibration
             lines += [
                 "",
-                f"Expected WQL change vs unmerged (calibrated on {cal.get('model')} with `{cal.get('statistic')}`; "
-                f"held-out Spearman rho {cal.get('heldout_rho', float('nan')):.2f}):",
+                f"Expected WQL change vs unmerged (calibrated on {cal.get('model')}, {cal.get('merging', 'plain')} "
+                f"merging, with `{cal.get('statistic')}`; held-out Spearman rho "
+                f"{cal.get('heldout_rho', float('nan')):.2f}; other models can react differently):",
                 "",
-                "| setting | expected WQL change |",
-                "| --- | --- |",
+                "| setting | expected WQL change | data within the calibrated range |",
+                "| --- | --- | --- |",
             ]
-            lines += [f"| {s} | {v:+.1%} |" for s, v in self.predictions.items()]
+            lines += [
+                f"| {s} | {v:+.1%} | {'no: clipped to the measured changes' if s in self.outside else 'yes'} |"
+                for s, v in self.predictions.items()
+            ]
             lines += ["", f"Most aggressive setting within {self.tolerance:.0%}: {self.recommended or 'none'}"]
         return "\n".join(lines)
 
@@ -231,11 +245,15 @@ class PrecheckResult:
 
 
 def recommend(
-    predictions: Mapping[str, float], settings: Mapping[str, Mapping[str, Any]], tolerance: float
+    predictions: Mapping[str, float],
+    settings: Mapping[str, Mapping[str, Any]],
+    tolerance: float,
+    exclude: Sequence[str] = (),
 ) -> str | None:
     """The setting with the largest token reduction whose predicted WQL change is within ``tolerance`` (ties: the
-    smaller predicted change); None if no setting is."""
-    ok = [label for label, v in predictions.items() if v <= tolerance]
+    smaller predicted change), leaving out ``exclude`` (settings whose calibration does not cover the data); None
+    if no setting is."""
+    ok = [label for label, v in predictions.items() if v <= tolerance and label not in exclude]
     return max(ok, key=lambda lb: (settings[lb]["reduction"], -predictions[lb]), default=None)
 
 
@@ -265,10 +283,36 @@ def precheck(
     settings = cal["settings"]
     reductions = sorted({float(s["reduction"]) for s in settings.values()})
     stats = spectral_stats(data, context=context, stride=stride, reductions=reductions)
+    info = {k: v for k, v in cal.items() if k != "settings"}
+    if not all(math.isfinite(v) for v in stats.values()):
+        note = (
+            "The series is constant (or has no variation left after removing a line), so it has no spectrum to "
+            "predict from: merging joins identical tokens and is not expected to change the forecast much, but the "
+            "pre-check cannot say how much. Check with the evaluation harness (`mergeplug-eval run` or "
+            "`mergeplug.tune`)."
+        )
+        return PrecheckResult(stats, {}, None, tolerance, info, [], note)
     preds: dict[str, float] = {}
+    outside: list[str] = []
     for label, s in settings.items():
         value = stat_value(stats, cal["statistic"], float(s["reduction"]))
-        preds[label] = float(s["intercept"] + s["slope"] * value)
-    best = recommend(preds, settings, tolerance)
-    info = {k: v for k, v in cal.items() if k != "settings"}
-    return PrecheckResult(stats, preds, best, tolerance, info)
+        pred = float(s["intercept"] + s["slope"] * value)
+        lo_x, hi_x = s.get("stat_range", (-math.inf, math.inf))
+        lo_y, hi_y = s.get("change_range", (-math.inf, math.inf))
+        if not lo_x <= value <= hi_x:
+            outside.append(label)
+        preds[label] = min(max(pred, lo_y), hi_y)  # never beyond what was measured
+    best = recommend(preds, settings, tolerance, exclude=outside)
+    notes = []
+    if outside:
+        notes.append(
+            f"The data's `{cal['statistic']}` lies outside the range the calibration measured for "
+            f"{len(outside)} of {len(settings)} settings: their predictions are clipped to the measured changes and "
+            "none of them is recommended. Measure these settings on your data (`mergeplug.tune`)."
+        )
+    if not all("change_range" in s for s in settings.values()):
+        notes.append(
+            "This calibration has no measured ranges (made by an older mergeplug): predictions are not clipped."
+        )
+    note = " ".join(notes)
+    return PrecheckResult(stats, preds, best, tolerance, info, outside, note)

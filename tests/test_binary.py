@@ -344,11 +344,11 @@ def test_composes_with_token_merging_chronos_t5(order, undo):
     before = _state(model)
     k_proj = model.encoder.block[0].layer[0].SelfAttention.k
     if order == "apply-first":
-        mergeplug.apply(pipe, k=1, ratio=0.3)
+        mergeplug.apply(pipe, k=1, ratio=0.3, safe=False)  # a short context
         mergeplug.binarize(pipe, density=0.3)
     else:
         mergeplug.binarize(pipe, density=0.3)
-        mergeplug.apply(pipe, k=1, ratio=0.3)
+        mergeplug.apply(pipe, k=1, ratio=0.3, safe=False)  # a short context
     assert model.encoder.block[0].layer[0].SelfAttention.k is k_proj and isinstance(k_proj, SparseBinaryLinear)
     y1 = _t5_predict(pipe, CTX)
     assert torch.isfinite(y1).all()

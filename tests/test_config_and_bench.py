@@ -45,7 +45,7 @@ def test_bench_cli_runs_and_writes_json(tmp_path, capsys, family):
     out = tmp_path / "bench.json"
     args = ["--family", family, "--size", "test", "--batch", "2", "--horizon", "8", "--samples", "2"]
     args += ["--context", "64" if family == "t5" else "256", "--reps", "1", "--reductions", "0.5"]
-    args += ["--k", "1,global", "--schedule", "constant,front", "--no-progress", "--out", str(out)]
+    args += ["--k", "1,global", "--schedule", "constant,front", "--no-progress", "--out", str(out), "--plain"]
     assert main(args) == 0
     result = json.loads(out.read_text())
     labels = [s["label"] for s in result["settings"]]

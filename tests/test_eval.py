@@ -114,14 +114,14 @@ def test_run_chronos_t5_fast_sampling_settings(tmp_path):
 def test_run_end_to_end_resumes_and_reports(tmp_path):
     out = tmp_path / "run"
     kwargs = dict(out=out, reps=1, batch_size=16, timing_windows=8, max_series=12, progress=False)
-    merges = ["k=1,ratio=0.2"]
+    merges = ["k=1,ratio=0.2,safe=false"]  # plain merging: these short series would be protected whole
     rows = run("random:chronos-bolt-test", ["m3_monthly", "tourism_quarterly"], merges, **kwargs)
     assert len(rows) == 6  # 2 datasets x (seasonal naive, unmerged, one merge setting)
     by = {(r["dataset"], r["setting"]): r for r in rows}
     unmerged = by[("m3_monthly", "unmerged")]
     assert unmerged["MASE_change"] == 0.0 and unmerged["series"] == 12
-    merged = by[("m3_monthly", "k=1,ratio=0.2")]
-    assert merged["merge"] == {"k": 1, "ratio": 0.2} and merged["speedup"] > 0 and merged["WQL"] > 0
+    merged = by[("m3_monthly", "k=1,ratio=0.2,safe=false")]
+    assert merged["merge"] == {"k": 1, "ratio": 0.2, "safe": False} and merged["speedup"] > 0 and merged["WQL"] > 0
     counts = merged["tokens_per_layer"]
     assert len(counts) == 3 and counts[0] > counts[1] > counts[2]  # 2 layers, 20% merged in each
     assert merged["peak_mem_mb"] >= 0 and merged["process_peak_rss_mb"] > 100
@@ -138,7 +138,7 @@ def test_run_end_to_end_resumes_and_reports(tmp_path):
     # the same seed reproduces the accuracy figures
     assert rows2[-1]["WQL"] == pytest.approx(json.loads(lines[-1])["WQL"], rel=1e-6)
     text = write_report(out)
-    assert "| m3_monthly | k=1,ratio=0.2 |" in text and (out / "speed_vs_accuracy.png").stat().st_size > 1000
+    assert "| m3_monthly | k=1,ratio=0.2,safe=false |" in text and (out / "speed_vs_accuracy.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="another --out"):
         run("random:chronos-t5-test", ["m3_monthly"], merges, **kwargs)
 

@@ -53,8 +53,10 @@ def test_bolt_merged_round_trip_is_bitwise(tmp_path):
     assert metadata_load(out / "README.md")["pipeline_tag"] == "time-series-forecasting"
     assert (
         "mergeplug.from_pretrained(" in card.text
-        and "mergeplug.apply(model, k=1, ratio=0.3, input_ratio=0.2)" in card.text
-    )
+        and 'mergeplug.apply(model, k=1, ratio=0.3, input_ratio=0.2, protect_recent=8, min_tokens=16, period="auto")'
+        in card.text
+    )  # the forecast-safe values in use are written out, so the card reproduces them whatever the defaults
+    assert "| `safe` | `True` |" in card.text and "Forecast-safe merging" in card.text
     params = sum(p.numel() for p in pipe.inner_model.parameters())
     assert f"- Parameters: {params:,}" in card.text and "| `ratio` | `0.3` |" in card.text
     # its code blocks are formatted as the project's formatter wants (cards ship inside the package)

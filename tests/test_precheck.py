@@ -150,6 +150,35 @@ def test_shipped_calibration_is_complete():
         load_calibration("/nonexistent/calibration.json")
 
 
+def test_predictions_stay_within_the_measured_range_sine_noise_constant():
+    """The shipped calibration never extrapolates: a pure sine and white noise lie outside the statistic's measured
+    range (they are flagged, clipped and not recommended); a constant series gets a clear note, not NaNs."""
+    cal = load_calibration()
+    assert cal["model"] and cal["merging"] == "plain"
+    t = np.arange(2000)
+    for name, x in {"sine": np.sin(2 * np.pi * t / 24), "noise": np.random.default_rng(0).normal(size=2000)}.items():
+        res = precheck(x)
+        assert set(res.outside) == set(cal["settings"]), name
+        assert res.recommended is None and "outside the range the calibration measured" in res.note
+        for label, v in res.predictions.items():
+            lo, hi = cal["settings"][label]["change_range"]
+            assert lo <= v <= hi, (name, label, v)
+        assert "clipped" in str(res)
+    res = precheck(np.full(500, 3.0))
+    assert res.predictions == {} and res.recommended is None and "constant" in res.note
+    assert "constant" in str(res)
+    # in range: taylor_30min, every prediction within the measured changes and no flag
+    res = precheck("taylor_30min")
+    assert not res.outside and all(
+        cal["settings"][s]["change_range"][0] <= v <= cal["settings"][s]["change_range"][1]
+        for s, v in res.predictions.items()
+    )
+    # a calibration that would extrapolate far (slope 10) is clipped to what it measured
+    wild = {**cal, "settings": {"x": {"k": 1, "reduction": 0.75, "slope": -10.0, "intercept": 0.0,
+                                      "stat_range": [0.0, 1.0], "change_range": [-0.1, 0.5]}}}  # fmt: skip
+    assert precheck(np.sin(2 * np.pi * t / 24) + 0.01 * t, calibration=wild).predictions["x"] == -0.1
+
+
 def test_precheck_cli_writes_a_card_section(tmp_path, capsys):
     assert main(["precheck", "--datasets", "taylor_30min", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -171,7 +200,10 @@ def test_validation_study_end_to_end(tmp_path):
         merges=("k=1,reduction=0.5",),
         progress=False,
     )
-    assert cal["points"] == 4 and cal["heldout_per_setting"]["k=1,reduction=0.5"]["n"] == 4
+    label = "k=1,reduction=0.5,safe=false"  # plain merging (the default of validate)
+    assert cal["points"] == 4 and cal["heldout_per_setting"][label]["n"] == 4 and cal["merging"] == "plain"
+    lo, hi = cal["settings"][label]["change_range"]
+    assert lo <= hi and len(cal["settings"][label]["stat_range"]) == 2
     assert [f["held_out"] for f in cal["folds"]] == ["taylor_30min", "traffic_volume_hourly"]
     assert (tmp_path / "report.md").exists() and (tmp_path / "precheck_vs_change.png").stat().st_size > 1000
     assert json.loads((tmp_path / "precheck_calibration.json").read_text())["statistic"] == cal["statistic"]
@@ -181,7 +213,8 @@ def test_confirmation_on_unseen_variants(tmp_path):
     from mergeplug.eval.precheck_study import CONFIRM_SEED, confirm, parse_variant
 
     cal = load_calibration()
-    one = {**cal, "settings": {"k=1,reduction=0.5": cal["settings"]["k=1,reduction=0.5"]}}
+    label = "k=1,reduction=0.5,safe=false"
+    one = {**cal, "settings": {label: cal["settings"][label]}}
     path = tmp_path / "cal.json"
     path.write_text(json.dumps(one))
     res = confirm(
@@ -191,10 +224,10 @@ def test_confirmation_on_unseen_variants(tmp_path):
         variants=(parse_variant("noise0.2"),),
         progress=False,
     )
-    assert res["points"] == 2 and res["per_setting"]["k=1,reduction=0.5"]["n"] == 2
+    assert res["points"] == 2 and res["per_setting"][label]["n"] == 2
     for ds in ("taylor_30min~noise0.2", "traffic_volume_hourly~noise0.2"):  # predictions are the frozen precheck's
         expected = precheck(variant(load_dataset(ds.split("~")[0]), "noise", 0.2, seed=CONFIRM_SEED), calibration=one)
-        assert f"{expected.predictions['k=1,reduction=0.5']:+.1%}" in (tmp_path / "out" / "report.md").read_text()
+        assert f"{expected.predictions[label]:+.1%}" in (tmp_path / "out" / "report.md").read_text()
     recs = res["recommendations"]["0.05"]
     assert recs["recommended"] + recs["none_recommended"] == 2
     assert (tmp_path / "out" / "predicted_vs_measured.png").stat().st_size > 1000

@@ -87,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     pv.add_argument("--model", default="mergeplug:patchtst_global")
     pv.add_argument("--context", type=int, default=512, help="the model's context length (Bolt: 1024)")
     pv.add_argument("--stride", type=int, default=8, help="time steps per token (PatchTST 8, Bolt 16, Chronos-T5 1)")
+    pv.add_argument(
+        "--merging", choices=["plain", "safe"], default="plain",
+        help="measure plain merging (safe=false, the shipped calibration) or the forecast-safe defaults",
+    )  # fmt: skip
     pv.add_argument("--no-progress", action="store_true")
 
     pc = sub.add_parser("precheck-confirm", help="check a finished calibration on dataset variants it never saw")
@@ -101,6 +105,21 @@ def main(argv: list[str] | None = None) -> int:
     cd.add_argument("--results", default=None, help="a `mergeplug-eval run` output directory for the measured tables")
     cd.add_argument("--license", default="apache-2.0")
     cd.add_argument("--name", default=None, help="card title (default: the directory's name)")
+
+    tu = sub.add_parser("tune", help="the fastest merge setting within a WQL tolerance, backtested on the data")
+    tu.add_argument("--model", required=True)
+    tu.add_argument("--datasets", nargs="+", required=True, help="registry names or file:PATH")
+    tu.add_argument("--merge", action="append", default=[], help="candidate settings (default: k x reduction grid)")
+    tu.add_argument("--prediction-length", type=int, default=None, help="horizon (needed for file:PATH)")
+    tu.add_argument("--windows", type=int, default=4, help="backtest windows per series")
+    tu.add_argument("--tolerance", type=float, default=0.01, help="allowed relative WQL change (0.01 = 1%%)")
+    tu.add_argument("--reps", type=int, default=3, help="interleaved timing repetitions (median)")
+    tu.add_argument("--out", default="results/tune", help="results directory (rerun to resume)")
+    tu.add_argument(
+        "--check-test", action="store_true",
+        help="tune on the data before the dataset's test windows, then score the choice on the test windows",
+    )  # fmt: skip
+    tu.add_argument("--no-progress", action="store_true")
 
     rep = sub.add_parser("report", help="regenerate report.md and the plot of a results directory")
     rep.add_argument("directory")
@@ -124,6 +143,22 @@ def main(argv: list[str] | None = None) -> int:
             return _precheck(args)
         except (KeyError, ValueError, OfflineError, OSError) as exc:
             return _fail(exc)
+    if args.command == "tune":
+        from .tune_cli import test_table, tune_dataset
+
+        for name in _expand(args.datasets):
+            try:
+                result, rows = tune_dataset(
+                    args.model, name, merges=args.merge, prediction_length=args.prediction_length,
+                    windows=args.windows, tolerance=args.tolerance, out=args.out, check_test=args.check_test,
+                    reps=args.reps, progress=not args.no_progress,
+                )  # fmt: skip
+            except (KeyError, ValueError, OfflineError, OSError) as exc:
+                return _fail(exc)
+            print(f"### {name}\n\n{result}")
+            if rows is not None:
+                print(f"\nOn the test windows:\n\n{test_table(rows)}")
+        return 0
     if args.command == "card":
         from ..hub import model_card
 
@@ -202,8 +237,9 @@ def _precheck(args: argparse.Namespace) -> int:
         from .precheck_study import validate
 
         cal = validate(
-            args.out, model=args.model, context=args.context, stride=args.stride, progress=not args.no_progress
-        )
+            args.out, model=args.model, context=args.context, stride=args.stride, progress=not args.no_progress,
+            merging=args.merging,
+        )  # fmt: skip
         print((Path(args.out) / "report.md").read_text())
         print(f"calibration: {args.out}/precheck_calibration.json (statistic {cal['statistic']})")
         return 0

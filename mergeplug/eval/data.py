@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -349,6 +349,24 @@ def _season(freq: str) -> int:
     except Exception:
         season = 1
     return max(season, 1) if not math.isnan(season) else 1
+
+
+def validation_split(ds: EvalDataset) -> EvalDataset:
+    """The validation windows of ``ds``: the same protocol on every series with its test part (the last
+    ``prediction_length * windows`` values) removed, so its windows are the ones just before the test windows.
+
+    Settings chosen on these never see the test windows. Series too short for it are dropped; the name becomes
+    ``"<name>~val"`` and ``base`` keeps the original name (per-dataset models use it).
+    """
+    cut = ds.prediction_length * ds.windows
+    entries = [
+        {**e, "target": np.asarray(e["target"])[:-cut]}
+        for e in ds.entries
+        if len(e["target"]) >= 2 * cut + ds.prediction_length
+    ]
+    if not entries:
+        raise ValueError(f"{ds.name}: no series is long enough for validation windows before its test windows")
+    return replace(ds, name=f"{ds.base or ds.name}~val", entries=entries, base=ds.base or ds.name)
 
 
 VARIANTS = ("noise", "smooth", "aggregate")

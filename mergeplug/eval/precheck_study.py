@@ -145,6 +145,18 @@ def _fit(points: list[dict[str, Any]], name: str) -> tuple[float, float]:
     return float(res.slope), float(res.intercept)
 
 
+def calibrated_ranges(points: list[dict[str, Any]], name: str) -> dict[str, list[float]]:
+    """The range of the statistic (``stat_range``) and of the measured WQL change (``change_range``) over the points
+    of one setting: :func:`mergeplug.precheck.precheck` never predicts outside ``change_range`` and says when the
+    data's statistic lies outside ``stat_range``."""
+    x = np.array([stat_value(p["stats"], name, p["reduction"]) for p in points], dtype=float)
+    y = np.array([p["change"] for p in points], dtype=float)
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    if not len(x) or not len(y):
+        return {}
+    return {"stat_range": [float(x.min()), float(x.max())], "change_range": [float(y.min()), float(y.max())]}
+
+
 def validate(
     out: str | Path = "benchmarks/precheck",
     *,
@@ -155,17 +167,24 @@ def validate(
     context: int = 512,
     stride: int = 8,
     progress: bool = True,
+    merging: str = "plain",
 ) -> dict[str, Any]:
     """Measure, score and calibrate the pre-check; writes ``report.md``, a plot and the calibration into ``out``.
 
-    The harness results go to ``<out>/eval`` (a rerun resumes). Returns the calibration dict.
+    The harness results go to ``<out>/eval`` (a rerun resumes). ``merging``: ``"plain"`` measures the merge
+    settings with ``safe=false`` (the paper's merging, what the shipped calibration describes), ``"safe"`` with the
+    forecast-safe defaults. Returns the calibration dict.
     """
+    if merging not in ("plain", "safe"):
+        raise ValueError(f"merging must be 'plain' or 'safe', got {merging!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     datasets: list[EvalDataset] = []
     for b in bases:
         ds = load_dataset(b)
         datasets += [ds] + [variant(ds, kind, level) for kind, level in variants]
+    if merging == "plain":  # the paper's merging: the forecast-safe defaults off
+        merges = [m if "safe=" in m else f"{m},safe=false" for m in merges]
     run(model, datasets, list(merges), out=out / "eval", reps=1, timing_windows=8, cost_windows=0, progress=progress)
     rows = [json.loads(line) for line in (out / "eval" / "results.jsonl").read_text().splitlines() if line.strip()]
     by = {(r["dataset"], r["setting"]): r for r in rows}
@@ -243,9 +262,17 @@ def validate(
         "folds": folds,
         "settings": {},
     }
+    calibration["merging"] = merging
     for s in settings:
-        slope, intercept = _fit([p for p in points if p["setting"] == s], name)
-        calibration["settings"][s] = {"k": _k(s), "reduction": _reduction(s), "slope": slope, "intercept": intercept}
+        pts = [p for p in points if p["setting"] == s]
+        slope, intercept = _fit(pts, name)
+        calibration["settings"][s] = {
+            "k": _k(s),
+            "reduction": _reduction(s),
+            "slope": slope,
+            "intercept": intercept,
+            **calibrated_ranges(pts, name),
+        }
     (out / "precheck_calibration.json").write_text(json.dumps(calibration, indent=1) + "\n")
     (out / "report.md").write_text(_report(points, descriptive, folds, per_setting, calibration, settings, names))
     _plot(points, name, settings, out / "precheck_vs_change.png")

@@ -36,7 +36,10 @@ from .models import QUANTILES, Forecaster, chronos_quantiles, load_model
 
 __all__ = ["QUANTILES", "MergeSetting", "parse_merge", "load_model", "chronos_quantiles", "evaluate", "run"]
 
-MERGE_KEYS = ("k", "r", "ratio", "input_ratio", "reduction", "schedule", "proportional_attention", "sampling")
+MERGE_KEYS = (
+    "k", "r", "ratio", "input_ratio", "reduction", "schedule", "proportional_attention", "sampling", "safe",
+    "protect_recent", "min_tokens", "period", "min_similarity",
+)  # fmt: skip
 #: ``sampling=`` values: stock ``generate``, ``fast_sampling(exact=True)``, ``fast_sampling(exact=False)``
 SAMPLING = ("stock", "fast", "fast-topk")
 
@@ -65,6 +68,8 @@ def parse_merge(text: str, num_layers: int | None = None) -> MergeSetting:
     ``reduction`` + optional ``schedule`` (constant / front / front-input) which need ``num_layers``, and
     ``sampling`` (Chronos-T5 only: ``stock``, ``fast`` = ``fast_sampling(exact=True)``, same samples as stock, or
     ``fast-topk`` = ``fast_sampling(exact=False)``); ``"sampling=fast"`` alone is the fast path without merging.
+    Forecast-safe merging: ``safe`` (true/false: false = plain merging), ``protect_recent`` and ``min_tokens``
+    (ints; default: the family's), ``period`` (time steps, or ``season``: the dataset's seasonal period).
     """
     kwargs: dict[str, Any] = {}
     reduction, schedule, sampling, stock = None, "constant", None, False
@@ -83,8 +88,18 @@ def parse_merge(text: str, num_layers: int | None = None) -> MergeSetting:
                 kwargs["ratio"] = fvals if len(fvals) > 1 else fvals[0]
             elif key == "input_ratio":
                 kwargs["input_ratio"] = float(value)
-            elif key == "proportional_attention":
-                kwargs["proportional_attention"] = value.lower() in ("1", "true", "yes")
+            elif key in ("proportional_attention", "safe"):
+                if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                    raise ValueError("use true or false")
+                kwargs[key] = value.lower() in ("1", "true", "yes")
+            elif key in ("protect_recent", "min_tokens"):
+                kwargs[key] = int(value)
+            elif key == "min_similarity":
+                kwargs[key] = float(value)
+            elif key == "period":
+                kwargs["period"] = (
+                    value if value in ("season", "auto") else 0.0 if value in ("none", "off") else float(value)
+                )
             elif key == "reduction":
                 reduction = float(value)
             elif key == "schedule":
@@ -107,19 +122,26 @@ def parse_merge(text: str, num_layers: int | None = None) -> MergeSetting:
     if stock:
         raise ValueError(f"merge setting {text!r}: sampling=stock is the default, drop it (one label per setting)")
     if kwargs:
-        MergeConfig(**kwargs)  # validate now, with the config's own messages
+        MergeConfig(**{**kwargs, **({"period": 1.0} if kwargs.get("period") == "season" else {})})  # validate now
     elif sampling is None:
         raise ValueError(f"merge setting {text!r} changes nothing: give a merge (k=..., ratio=...) or sampling=fast")
     return MergeSetting(label=text.replace(" ", ""), kwargs=kwargs, sampling=sampling)
 
 
-def apply_setting(target: Any, s: MergeSetting) -> None:
-    """Put ``target`` (a model or pipeline) in setting ``s``: as shipped, then merged, then the sampling path."""
+def apply_setting(target: Any, s: MergeSetting, season: int | None = None) -> None:
+    """Put ``target`` (a model or pipeline) in setting ``s``: as shipped, then merged, then the sampling path.
+
+    ``season``: the dataset's seasonal period, used for ``period=season``."""
     import mergeplug
 
     mergeplug.remove(target)  # also switches fast sampling off
     if s.kwargs:
-        mergeplug.apply(target, **s.kwargs)
+        kwargs = dict(s.kwargs)
+        if kwargs.get("period") == "season":
+            if season is None:
+                raise ValueError(f"{s.label}: period=season needs the dataset's seasonal period")
+            kwargs["period"] = None if season <= 1 else season  # no seasonality: no twins
+        mergeplug.apply(target, **kwargs)
     if s.sampling:
         mergeplug.fast_sampling(target, exact=s.sampling == "fast")
 
@@ -326,7 +348,7 @@ def run(
 
     def configure(fc: Forecaster, s: MergeSetting) -> None:
         if merges:  # else nothing to apply or remove (and the model may not be patchable at all)
-            apply_setting(fc.target, s)
+            apply_setting(fc.target, s, season=ds.season)
 
     for item in tqdm(datasets, desc="datasets", disable=not progress):
         ds = item if isinstance(item, EvalDataset) else load_dataset(item, max_series=max_series)

@@ -60,6 +60,12 @@ class Family:
         inject: patch ``obj`` according to ``record`` (fills ``record.swapped`` / ``record.hooks``).
         modules: the ``nn.Module`` objects of ``obj`` to search for an existing record.
         check: raises ``ValueError`` for settings the family cannot run (called on every ``apply``).
+        forecast_defaults: for forecasting families, the forecast-safe defaults of ``protect_recent`` and
+            ``min_tokens`` (used when ``safe=True`` and the user leaves them at None); empty for other families.
+        steps_per_token: input time steps per token of ``obj`` (the patch stride of patch models), which turns a
+            ``period`` in time steps into tokens.
+        recent_tail: number of trailing tokens after the most recent context token ([REG], EOS), which
+            ``protect_recent`` counts back from (families that protect recent tokens read it themselves).
     """
 
     name: str
@@ -68,6 +74,17 @@ class Family:
     inject: Callable[[Any, PatchRecord], None]
     modules: Callable[[Any], list[nn.Module]]
     check: Callable[[MergeConfig], None] = lambda config: None
+    forecast_defaults: dict[str, Any] = field(default_factory=dict)
+    steps_per_token: Callable[[Any], float] = lambda obj: 1.0
+
+    @property
+    def forecasting(self) -> bool:
+        """Does this family forecast (and so get forecast-safe defaults)?"""
+        return bool(self.forecast_defaults)
+
+    def resolve(self, config: MergeConfig, obj: Any) -> MergeConfig:
+        """``config`` with this family's forecast-safe defaults and time steps per token filled in."""
+        return config.resolved(self.forecast_defaults, self.steps_per_token(obj))
 
 
 _FAMILIES: list[Family] = []

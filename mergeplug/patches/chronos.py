@@ -28,6 +28,12 @@ except ImportError as exc:  # pragma: no cover - exercised only without the depe
     ) from exc
 
 
+#: forecast-safe defaults (see the README's "choosing a setting" for how they were chosen). Chronos-T5's tokens are
+#: time steps, Chronos-Bolt's are patches of 16 steps.
+CHRONOS_T5_DEFAULTS = {"protect_recent": 64, "min_tokens": 64, "period": "auto"}
+BOLT_DEFAULTS = {"protect_recent": 8, "min_tokens": 16, "period": "auto"}
+
+
 class _UnmergingChronosModel:
     """Mixin for ``ChronosModel``: ``encode`` returns one embedding per input token, as documented."""
 
@@ -77,6 +83,7 @@ def _is_chronos(obj: Any, model_type: str) -> bool:
 def _inject_chronos_t5(obj: Any, record: PatchRecord) -> None:
     model = _chronos_t5_model(obj)
     record.hints["protect_ids"] = (model.config.eos_token_id,)
+    record.hints["recent_tail"] = 1  # the EOS token the tokenizer appends after the context
     inject_seq2seq(model.model, record)
     swap_class(model, _UnmergingChronosModel, record)
 
@@ -87,7 +94,7 @@ def _bolt_model(obj: Any) -> ChronosBoltModelForForecasting:
 
 def _inject_bolt(obj: Any, record: PatchRecord) -> None:
     model = _bolt_model(obj)
-    record.hints["protect_last"] = 1 if model.chronos_config.use_reg_token else 0
+    record.hints["protect_last"] = record.hints["recent_tail"] = 1 if model.chronos_config.use_reg_token else 0
     record.hints["stash_output"] = True
     inject_encoder(model.encoder, record)
     swap_class(model, _MergingBolt, record)
@@ -107,6 +114,7 @@ register(
         matches=lambda obj: _is_chronos(obj, "seq2seq"),
         inject=_inject_chronos_t5,
         check=check_encoder_config,
+        forecast_defaults=CHRONOS_T5_DEFAULTS,
         modules=_modules(lambda obj: obj.model if isinstance(obj, ChronosPipeline) else obj),
     )
 )
@@ -118,6 +126,8 @@ register(
         inject=_inject_bolt,
         check=check_encoder_config,
         modules=_modules(_bolt_model),
+        forecast_defaults=BOLT_DEFAULTS,
+        steps_per_token=lambda obj: float(_bolt_model(obj).chronos_config.input_patch_stride),
     )
 )
 register(

@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from ..config import MergeConfig
-from ..merge import MergeState, head_mean, key_bias, match, merge_layer, merge_step, unmerge
+from ..merge import MergeState, head_mean, key_bias, match, merge_layer, merge_step, recent_mask, unmerge
 from .base import Family, PatchRecord, mark, register, swap_class
 
 try:  # chronos-forecasting is a dependency, but keep the import error readable
@@ -75,6 +75,10 @@ _UNSUPPORTED_HINT = (
     "group attention, feed-forward); run this model unmerged (mergeplug.remove) or write a family for it in "
     "mergeplug/patches/"
 )
+
+
+#: forecast-safe defaults (tokens are patches; see the README's "choosing a setting" for how they were chosen)
+CHRONOS2_DEFAULTS = {"protect_recent": 8, "min_tokens": 16, "period": "auto"}
 
 
 def _check(config: MergeConfig) -> None:
@@ -130,13 +134,17 @@ def merged_chronos2_encoder_forward(
     protected = torch.zeros(n_b, n, dtype=torch.bool, device=device)
     if protect_last > 0:
         protected[:, -protect_last:] = True
+    protected |= recent_mask(n_b, n, cfg.protect_recent, tail=protect_last, device=device)
     state = MergeState.init(n_b, n, mask=attention_mask > 0, protected=protected, device=device)
     state.pos = position_ids.to(state.pos.dtype).expand(n_b, n).clone()
     h = encoder.dropout(inputs_embeds)
     merged = False
     r_in = cfg.input_merges(n)
     if r_in > 0:  # before the first block, metric: the input embeddings
-        dst, t_new = match(inputs_embeds, state, r=r_in, k=cfg.k, groups=group_ids)
+        dst, t_new = match(
+            inputs_embeds, state, r=r_in, k=cfg.k, groups=group_ids, period=cfg.token_period,
+            min_similarity=cfg.min_similarity,
+        )  # fmt: skip
         if t_new < n:
             h, merged = merge_step(h, state, dst, t_new), True
     scratch = record.scratch
@@ -186,7 +194,9 @@ class _MergingChronos2Encoder:
         output_attentions: bool = False,
     ) -> Chronos2EncoderOutput:
         record: PatchRecord = self.__dict__["_mergeplug_record"]
-        if record.config.is_noop(len(self.block)):
+        if record.config.is_noop(len(self.block), inputs_embeds.shape[1]):
+            if not record.config.is_noop(len(self.block)):  # short: at most min_tokens tokens, nothing merges
+                record.scratch["token_counts"] = [inputs_embeds.shape[1]] * (len(self.block) + 1)
             return super().forward(
                 inputs_embeds,
                 group_ids=group_ids,
@@ -288,5 +298,7 @@ register(
         inject=_inject,
         modules=lambda obj: [_model(obj)],
         check=_check,
+        forecast_defaults=CHRONOS2_DEFAULTS,
+        steps_per_token=lambda obj: float(_model(obj).chronos_config.input_patch_stride),
     )
 )

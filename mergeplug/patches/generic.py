@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from ..config import MergeConfig
-from ..merge import MergeState, causal_unmerge, match, merge_layer, merge_step, unmerge
+from ..merge import MergeState, causal_unmerge, match, merge_layer, merge_step, recent_mask, unmerge
 from .base import Family, PatchRecord, mark, register
 
 __all__ = ["register_patch", "inject_blocks"]
@@ -109,7 +109,12 @@ def inject_blocks(
 
     def pre(i: int, block: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         cfg: MergeConfig = record.config
-        if cfg.is_noop(n_layers):
+        if i == 0:  # a sequence no longer than the token floor runs the original blocks, bitwise
+            n = to_btc(args[0]).shape[1]
+            scratch["short"] = not cfg.is_noop(n_layers) and cfg.is_noop(n_layers, n)
+            if scratch["short"]:
+                scratch["token_counts"] = [n] * (n_layers + 1)
+        if cfg.is_noop(n_layers) or scratch.get("short"):
             return None
         for key in padding_kwargs:
             mask = kwargs.get(key)
@@ -135,11 +140,16 @@ def inject_blocks(
         x = to_btc(args[0])
         if i == 0:  # a new forward: fresh state, optional merging of the input tokens
             n_b, n, _ = x.shape
-            state = MergeState.init(n_b, n, causal=cfg.causal, device=x.device, dtype=x.dtype)
+            protected = recent_mask(
+                n_b, n, cfg.protect_recent, tail=record.hints.get("recent_tail", 0), device=x.device
+            )
+            state = MergeState.init(n_b, n, protected=protected, causal=cfg.causal, device=x.device, dtype=x.dtype)
             scratch["state"], scratch["token_counts"] = state, [n]
             r_in = cfg.input_merges(n)
             if r_in > 0:
-                dst, t_new = match(x, state, r=r_in, k=cfg.k)
+                dst, t_new = match(
+                    x, state, r=r_in, k=cfg.k, period=cfg.token_period, min_similarity=cfg.min_similarity
+                )
                 if t_new < n:
                     x = merge_step(x, state, dst, t_new)
                     args = (x if seq_dim == 1 else x.transpose(0, 1), *args[1:])
@@ -166,7 +176,7 @@ def inject_blocks(
 
     def post(i: int, block: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
         cfg: MergeConfig = record.config
-        if cfg.is_noop(n_layers):
+        if cfg.is_noop(n_layers) or scratch.get("short"):
             return None
         state: MergeState = scratch["state"]
         h = to_btc(_first_tensor(out))
@@ -331,6 +341,11 @@ def _hf_ts_encoder_layers(obj: nn.Module) -> nn.ModuleList:
     return base.encoder.layers
 
 
+#: forecast-safe defaults of the hf-time-series family (encoder tokens are time steps; see the README's
+#: "choosing a setting" for how they were chosen)
+HF_TS_DEFAULTS = {"protect_recent": 8, "min_tokens": 16, "period": "auto"}
+
+
 def _is_hf_ts(obj: Any) -> bool:
     try:
         from transformers import (
@@ -488,5 +503,6 @@ register(
         inject=_inject_hf_ts,
         modules=lambda obj: [obj],
         check=_check_hf_ts,
+        forecast_defaults=HF_TS_DEFAULTS,
     )
 )

@@ -19,10 +19,14 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.patchtst.modeling_patchtst import PatchTSTEncoder, PatchTSTEncoderLayer, PatchTSTModel
 
 from ..config import MergeConfig
-from ..merge import MergeState, head_mean, merge_layer, unmerge
+from ..merge import MergeState, head_mean, merge_layer, recent_mask, unmerge
 from .base import Family, PatchRecord, mark, register, swap_class
 
 __all__ = ["merged_patchtst_forward"]
+
+
+#: forecast-safe defaults (tokens are patches; see the README's "choosing a setting" for how they were chosen)
+PATCHTST_DEFAULTS = {"protect_recent": 8, "min_tokens": 8, "period": "auto", "min_similarity": 0.9}
 
 
 def _check(config: MergeConfig) -> None:
@@ -58,9 +62,9 @@ def merged_patchtst_forward(encoder: PatchTSTEncoder, record: PatchRecord, patch
     h = encoder.positional_encoder(encoder.embedder(patch_input))  # (B, C, N, D)
     n_b, n_c, n, d = h.shape
     h = h.reshape(n_b * n_c, n, d)
-    protected = None
-    if encoder.config.use_cls_token:  # the CLS token (position 0) never merges
-        protected = torch.zeros(n_b * n_c, n, dtype=torch.bool, device=h.device)
+    # the most recent patches (before the forecast origin) and the CLS token (position 0) never merge
+    protected = recent_mask(n_b * n_c, n, cfg.protect_recent, device=h.device)
+    if encoder.config.use_cls_token:
         protected[:, 0] = True
     state = MergeState.init(n_b * n_c, n, protected=protected, device=h.device)
     scratch = record.scratch
@@ -74,8 +78,13 @@ def merged_patchtst_forward(encoder: PatchTSTEncoder, record: PatchRecord, patch
         keys = scratch.pop("keys", None)
         before = state.length
         h = merge_layer(h, state, cfg, i, metric=partial(head_mean, keys, layer.self_attn.num_heads))
-        if state.length < before:
-            bias = state.log_size_bias(h.dtype, cfg.proportional_attention) if cfg.proportional_attention else None
+        if state.length < before:  # log(size) and / or the empty slots of rows that merged fewer tokens
+            masked = not bool(state.mask.all())
+            bias = (
+                state.log_size_bias(h.dtype, cfg.proportional_attention)
+                if cfg.proportional_attention or masked
+                else None
+            )
         counts.append(state.length)
         h = _sublayer_ff(layer, h)
     scratch["token_counts"] = counts
@@ -87,7 +96,10 @@ class _MergingPatchTSTEncoder:
 
     def forward(self, patch_input: torch.Tensor, output_hidden_states=None, output_attentions=None, **kwargs: Any):
         record: PatchRecord = self.__dict__["_mergeplug_record"]
-        if record.config.is_noop(len(self.layers)) or output_hidden_states or output_attentions:
+        n_patches = patch_input.shape[2] + int(self.config.use_cls_token)
+        if not record.config.is_noop(len(self.layers)) and record.config.is_noop(len(self.layers), n_patches):
+            record.scratch["token_counts"] = [n_patches] * (len(self.layers) + 1)  # short: nothing merges
+        if record.config.is_noop(len(self.layers), n_patches) or output_hidden_states or output_attentions:
             return super().forward(
                 patch_input, output_hidden_states=output_hidden_states, output_attentions=output_attentions, **kwargs
             )
@@ -131,5 +143,7 @@ register(
         inject=_inject,
         modules=lambda obj: [obj],
         check=_check,
+        forecast_defaults=PATCHTST_DEFAULTS,
+        steps_per_token=lambda obj: float(_encoder(obj).config.patch_stride),
     )
 )

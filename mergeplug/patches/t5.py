@@ -63,6 +63,7 @@ from ..merge import (
     match,
     merge_layer,
     merge_step,
+    recent_mask,
     unmerge,
 )
 from .base import Family, PatchRecord, find_family, find_record, mark, register, swap_class
@@ -169,11 +170,20 @@ def _protected(record: PatchRecord, input_ids: torch.Tensor | None, n_b: int, n:
     last = record.hints.get("protect_last", 0)
     if last:
         prot[:, -last:] = True
-    return prot
+    recent = record.config.protect_recent
+    return (
+        prot | recent_mask(n_b, n, recent, tail=record.hints.get("recent_tail", 0), device=device) if recent else prot
+    )
 
 
 def _attend_and_merge(
-    block: nn.Module, h: torch.Tensor, bias: torch.Tensor, state: MergeState, config: MergeConfig, i: int, scratch: dict
+    block: nn.Module,
+    h: torch.Tensor,
+    bias: torch.Tensor,
+    state: MergeState,
+    config: MergeConfig,
+    i: int,
+    scratch: dict,
 ) -> tuple[torch.Tensor, bool]:
     """A T5 block's self-attention sublayer on (B, T, C) with the additive ``bias``, then the layer's scheduled
     merge on its keys (averaged over heads, captured by the hook on ``.k``). Returns (h, whether tokens merged)."""
@@ -219,7 +229,9 @@ def merged_encoder_forward(
     bias, merged = None, False
     r_in = cfg.input_merges(n)
     if r_in > 0:  # before the first block, on the input embeddings
-        dst, t_new = match(inputs_embeds, state, r=r_in, k=cfg.k)
+        dst, t_new = match(
+            inputs_embeds, state, r=r_in, k=cfg.k, period=cfg.token_period, min_similarity=cfg.min_similarity,
+        )  # fmt: skip
         if t_new < n:
             h, merged = merge_step(h, state, dst, t_new), True
     scratch = record.scratch
@@ -445,7 +457,11 @@ class _MergingEncoder:
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs: Any):
         record: PatchRecord = self.__dict__["_mergeplug_record"]
-        if record.config.is_noop(len(self.block)):
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        length = None if tokens is None else tokens.shape[1]
+        if record.config.is_noop(len(self.block), length):
+            if not record.config.is_noop(len(self.block)):  # short: at most min_tokens tokens, nothing merges
+                record.scratch["token_counts"] = [length] * (len(self.block) + 1)
             return super().forward(
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
             )

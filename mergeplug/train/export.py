@@ -116,7 +116,10 @@ def export(
         raise ValueError(f"--packed-only needs a binarized run (--binary-density), and {run_dir} is not one")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if binarization(model) is not None:  # float weights (unless packed_only) + the packed binary layers + the config
+    from ..core import settings
+
+    if binarization(model) is not None or settings(model) is not None:
+        # float weights (unless packed_only), the packed binary layers and the merge settings in the config
         save_pretrained(model, out, card=False, float_weights=not packed_only)
     else:
         model.save_pretrained(out)

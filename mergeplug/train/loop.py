@@ -52,11 +52,12 @@ class TrainSettings:
     init_from: str = ""
     binary_density: float = 0.0
     binary_exclude: str = ""
+    merge: str = ""
 
 
 SCORES_NAME = "binary_scores.safetensors"  # a binary fine-tuning checkpoint's learned scores
 # fields of TrainSettings that define the model (a resumed run must keep them)
-_MODEL_FIELDS = ("init_from", "binary_density", "binary_exclude")
+_MODEL_FIELDS = ("init_from", "binary_density", "binary_exclude", "merge")
 
 
 def _prepare_model(model: torch.nn.Module, settings: TrainSettings, ckpt: Path | None) -> torch.nn.Module:
@@ -66,6 +67,15 @@ def _prepare_model(model: torch.nn.Module, settings: TrainSettings, ckpt: Path |
     (saved with the float weights) are loaded back."""
     if settings.init_from and ckpt is None:
         model = type(model).from_pretrained(settings.init_from)
+    if settings.merge:  # merge-aware fine-tuning: the model trains with this merge setting on (as ToMe does)
+        from ..core import apply
+        from ..eval.run import parse_merge
+
+        num_layers = getattr(model.config, "num_layers", None) or getattr(model.config, "num_hidden_layers", None)
+        setting = parse_merge(settings.merge, num_layers)
+        if setting.sampling or setting.kwargs.get("period") == "season":
+            raise ValueError(f"merge={settings.merge!r}: training takes merge settings only (period=auto, not season)")
+        apply(model, **setting.kwargs)
     if settings.binary_density <= 0:
         return model
     from safetensors.torch import load_file
@@ -116,7 +126,10 @@ def _save(out: Path, model: torch.nn.Module, opt, sched, state: dict[str, Any]) 
         scores = {n: p.detach().contiguous() for n, p in model.named_parameters() if n.endswith(".scores")}
         save_file(scores, str(tmp / SCORES_NAME))
     else:
-        model.save_pretrained(tmp)
+        from ..core import unmerged
+
+        with unmerged(model):  # a merge-aware run saves the model's own classes
+            model.save_pretrained(tmp)
     torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), **state}, tmp / "trainer.pt")
     final = out / "checkpoint"
     old = out / "checkpoint.old"

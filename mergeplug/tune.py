@@ -1,0 +1,357 @@
+"""``mergeplug.tune``: the fastest merge setting that keeps the forecast within a tolerance, on the user's own data.
+
+Backtest: the last ``windows`` windows of ``prediction_length`` steps before the end of every series (the end of the
+data is the user's forecast origin; nothing after it is used) are forecast with the model unmerged and with every
+candidate setting. Accuracy is the mean weighted quantile loss (WQL, the GluonTS / Chronos definition over the
+quantile levels 0.1 ... 0.9) over all windows; speed is measured in the same run on the same contexts, candidates
+interleaved, ``reps`` repetitions, medians. The chosen setting is the fastest whose WQL change is at most
+``tolerance`` (relative: 0.01 = 1% worse than unmerged); if none is, the model stays unmerged.
+
+With ``out=`` every finished accuracy row is appended to ``out/tune.jsonl`` at once and a rerun with the same data
+and options resumes (a different setup is refused, naming what differs); timings are always re-measured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import schedule_for_reduction
+from .core import apply, apply_kwargs, remove, settings, token_counts
+
+__all__ = ["tune", "TuneResult", "default_candidates", "weighted_quantile_loss", "backtest_windows"]
+
+QUANTILES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def weighted_quantile_loss(quantiles: np.ndarray, target: np.ndarray, levels: Sequence[float] = QUANTILES) -> float:
+    """Mean weighted quantile loss: ``mean_q 2 * sum |pinball_q| / sum |y|`` over every window and step.
+
+    Args:
+        quantiles: (N, Q, H) forecasts; target: (N, H) true values (NaN = missing, left out).
+    """
+    q = np.asarray(quantiles, dtype=np.float64)
+    y = np.asarray(target, dtype=np.float64)[:, None, :]
+    ok = np.isfinite(y)
+    lv = np.asarray(levels, dtype=np.float64)[None, :, None]
+    loss = np.where(ok, np.abs((y - q) * ((y <= q) - lv)), 0.0)  # pinball loss, per quantile
+    denom = np.where(ok[:, 0], np.abs(y[:, 0]), 0.0).sum()
+    if denom == 0:
+        raise ValueError("the backtest windows' values are all zero or missing: WQL is undefined for them")
+    return float((2.0 * loss.sum(axis=(0, 2)) / denom).mean())
+
+
+def backtest_windows(
+    series: Sequence[Any], prediction_length: int, windows: int, context: int | None = None
+) -> tuple[list[Any], np.ndarray]:
+    """Contexts and targets of the last ``windows`` windows of every series (oldest first).
+
+    ``series``: 1-D arrays, or GluonTS-style entries (dicts with ``"target"``, e.g. ``"start"``): those give
+    entries back with the target cut (``context`` must then be None, so ``start`` stays right).
+
+    Returns:
+        contexts: list of 1-D arrays or entries (each context at most ``context`` long); targets: (N * windows, H).
+    """
+    h = prediction_length
+    contexts, targets = [], []
+    for i, s in enumerate(series):
+        entry = s if isinstance(s, dict) else None
+        if entry is not None and context is not None:
+            raise ValueError("entries (dicts) keep their start: pass context=None with them")
+        x = np.asarray(s["target"] if entry is not None else s, dtype=np.float32)
+        if x.ndim != 1:
+            raise ValueError(f"series {i} has shape {x.shape}; give 1-D series (one per row / list entry)")
+        if len(x) < h * windows + h:
+            raise ValueError(
+                f"series {i} has {len(x)} values, too short for {windows} backtest window(s) of {h} steps plus "
+                f"{h} steps of context; pass fewer windows or a shorter prediction_length"
+            )
+        for w in range(windows, 0, -1):
+            end = len(x) - w * h
+            start = 0 if context is None else max(0, end - context)
+            contexts.append(x[start:end] if entry is None else {**entry, "target": x[:end]})
+            targets.append(x[end : end + h])
+    return contexts, np.stack(targets)
+
+
+def _num_layers(obj: Any) -> int:
+    inner = getattr(obj, "inner_model", None) or getattr(obj, "model", None) or obj
+    config = getattr(inner, "config", None)
+    for name in ("num_layers", "num_hidden_layers", "encoder_layers"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ValueError(f"cannot tell how many encoder layers {type(obj).__name__} has: pass num_layers=")
+
+
+def default_candidates(num_layers: int) -> dict[str, dict[str, Any]]:
+    """k in {1, 3, global} x reduction in {0.25, 0.5, 0.75} (constant schedule), forecast-safe defaults."""
+    out = {}
+    for k in (1, 3, None):
+        for red in (0.25, 0.5, 0.75):
+            out[f"k={k or 'global'},reduction={red}"] = {"k": k, **schedule_for_reduction(red, num_layers)}
+    return out
+
+
+def _chronos_forecast(pipe: Any) -> Callable[[list[np.ndarray], int], np.ndarray]:
+    if not hasattr(pipe, "predict_quantiles"):
+        raise TypeError(
+            f"{type(pipe).__name__} has no predict_quantiles: pass forecast=fn(contexts, prediction_length) -> "
+            "(N, 9, H) quantiles at levels 0.1 ... 0.9"
+        )
+
+    def forecast(contexts: list[Any], h: int) -> np.ndarray:
+        batch = [torch.tensor(c["target"] if isinstance(c, dict) else c) for c in contexts]
+        q, _ = pipe.predict_quantiles(batch, prediction_length=h, quantile_levels=list(QUANTILES))
+        if isinstance(q, list):  # Chronos-2: one (variates, H, Q) tensor per series
+            q = torch.stack([x[0] for x in q])
+        return q.float().numpy().transpose(0, 2, 1)
+
+    return forecast
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune` measured and chose.
+
+    Attributes:
+        best: ``mergeplug.apply`` keyword arguments of the chosen setting, or None (stay unmerged).
+        best_label: its label ("unmerged" when None).
+        rows: one dict per setting (unmerged first): label, WQL, WQL_change, time_s, speedup, tokens.
+        tolerance: the allowed relative WQL change.
+        windows: number of backtest windows forecast per setting.
+    """
+
+    best: dict[str, Any] | None
+    best_label: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    tolerance: float = 0.01
+    windows: int = 0
+
+    def to_markdown(self) -> str:
+        lines = [
+            "| setting | WQL | WQL change | speed-up | tokens left | within tolerance |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in self.rows:
+            mark = "**chosen**" if r["label"] == self.best_label else ("yes" if r["within"] else "no")
+            left = "" if not r.get("tokens") else f"{r['tokens'][-1]}/{r['tokens'][0]}"
+            lines.append(
+                f"| {r['label']} | {r['WQL']:.4f} | {r['WQL_change']:+.1%} | {r['speedup']:.2f}x | {left} | {mark} |"
+            )
+        lines.append("")
+        lines.append(
+            f"Fastest setting within {self.tolerance:.1%} WQL of unmerged on {self.windows} backtest windows: "
+            f"{self.best_label}"
+        )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+
+def _fingerprint(contexts: list[Any], targets: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for c in contexts:
+        h.update(np.ascontiguousarray(c["target"] if isinstance(c, dict) else c, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(targets, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def tune(
+    pipeline: Any,
+    data: Sequence[Any] | np.ndarray | torch.Tensor,
+    *,
+    prediction_length: int,
+    tolerance: float = 0.01,
+    candidates: dict[str, dict[str, Any]] | None = None,
+    windows: int = 4,
+    context: int | None = None,
+    num_layers: int | None = None,
+    forecast: Callable[[list[Any], int], np.ndarray] | None = None,
+    target: Any = None,
+    batch_size: int = 32,
+    reps: int = 3,
+    seed: int = 0,
+    out: str | Path | None = None,
+    progress: bool = True,
+    apply_best: bool = False,
+) -> TuneResult:
+    """Backtest merge settings on ``data`` and return the fastest one whose WQL change is within ``tolerance``.
+
+    Args:
+        pipeline: a Chronos pipeline (or any object with ``predict_quantiles``), as the user has it; its current
+            merge settings are restored afterwards (unless ``apply_best``).
+        data: the user's series up to their forecast origin: a 1-D series, a (N, T) array / tensor, a list of
+            1-D series (NaN = missing) or of GluonTS-style entries (dicts with ``"target"``, handed to ``forecast``).
+        prediction_length: the horizon H.
+        tolerance: allowed relative WQL change (0.01: 1% worse than unmerged).
+        candidates: label -> ``mergeplug.apply`` keyword arguments (default: :func:`default_candidates`).
+        windows: backtest windows per series (the last ``windows * H`` values are forecast).
+        context: longest context handed to the model (default: the whole history before each window).
+        num_layers: encoder layers for the default candidates (default: read from the model's config).
+        forecast: ``fn(contexts, H) -> (N, 9, H)`` quantiles, for models without ``predict_quantiles``; then
+            ``target`` is what ``mergeplug.apply`` patches (default: ``pipeline``).
+        batch_size: contexts per forecast call.
+        reps: interleaved timing repetitions (median).
+        seed: torch seed set before every forecast (sampling models see the same noise in every setting).
+        out: a directory for resumable results (``tune.jsonl``, ``tune.json``), or None.
+        progress: show a progress bar.
+        apply_best: leave ``pipeline`` merged with the chosen setting.
+
+    Returns:
+        A :class:`TuneResult`; ``print(result)`` shows the table it decided from.
+    """
+    if not tolerance >= 0:
+        raise ValueError(f"tolerance must be >= 0 (a relative WQL change, 0.01 = 1%), got {tolerance}")
+    if isinstance(prediction_length, bool) or not isinstance(prediction_length, int) or prediction_length < 1:
+        raise ValueError(f"prediction_length must be an int >= 1, got {prediction_length!r}")
+    for name, v in (("windows", windows), ("batch_size", batch_size), ("reps", reps)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    if isinstance(data, torch.Tensor):
+        data = data.detach().cpu().numpy()
+    if isinstance(data, np.ndarray):
+        series = [data] if data.ndim == 1 else list(data)
+    else:
+        series = list(data)
+        if series and not isinstance(series[0], dict) and np.ndim(series[0]) == 0:
+            series = [np.asarray(series, dtype=np.float32)]
+    if not series:
+        raise ValueError("data holds no series")
+    contexts, targets = backtest_windows(series, prediction_length, windows, context)
+    if not np.isfinite(targets).any():
+        raise ValueError("every backtest window is missing (NaN): give series with observed values at the end")
+    target = pipeline if target is None else target
+    fc = forecast or _chronos_forecast(pipeline)
+    if candidates is None:
+        candidates = default_candidates(num_layers or _num_layers(target))
+    if "unmerged" in candidates:
+        raise ValueError("'unmerged' is the reference and cannot be a candidate label")
+    before = settings(target)
+
+    def configure(kwargs: dict[str, Any] | None) -> None:
+        remove(target)
+        if kwargs:
+            apply(target, **kwargs)
+
+    def run_all(ctxs: list[np.ndarray]) -> np.ndarray:
+        parts = []
+        for b, a in enumerate(range(0, len(ctxs), batch_size)):
+            torch.manual_seed(seed + b)
+            parts.append(fc(ctxs[a : a + batch_size], prediction_length))
+        return np.concatenate(parts, axis=0)
+
+    store = _Store(out, {
+        "data": _fingerprint(contexts, targets), "prediction_length": prediction_length, "windows": windows,
+        "context": context, "seed": seed, "candidates": {k: candidates[k] for k in sorted(candidates)},
+    })  # fmt: skip
+    labels = ["unmerged", *candidates]
+    rows: dict[str, dict[str, Any]] = {}
+    try:
+        with torch.inference_mode():
+            for label in tqdm(labels, desc="tune: accuracy", disable=not progress, leave=False):
+                done = store.get(label)
+                if done is not None:
+                    rows[label] = done
+                    continue
+                configure(candidates.get(label))
+                q = run_all(contexts)
+                row = {"label": label, "WQL": weighted_quantile_loss(q, targets)}
+                row["tokens"] = token_counts(target) if label != "unmerged" else None
+                rows[label] = row
+                store.add(row)
+            times: dict[str, list[float]] = {label: [] for label in labels}
+            configure(None)
+            run_all(contexts[:batch_size])  # warm-up
+            for _ in tqdm(range(reps), desc="tune: timing", disable=not progress, leave=False):
+                for label in labels:  # interleaved
+                    configure(candidates.get(label))
+                    start = time.perf_counter()
+                    run_all(contexts)
+                    times[label].append(time.perf_counter() - start)
+    finally:
+        remove(target)
+        if before is not None:
+            apply(target, **apply_kwargs(before))
+    ref_wql, ref_time = rows["unmerged"]["WQL"], statistics.median(times["unmerged"])
+    table = []
+    for label in labels:
+        t = statistics.median(times[label])
+        change = rows[label]["WQL"] / ref_wql - 1.0 if ref_wql > 0 else 0.0
+        table.append({**rows[label], "WQL_change": change, "time_s": t, "speedup": ref_time / t,
+                      "within": change <= tolerance})  # fmt: skip
+    ok = [r for r in table[1:] if r["within"]]
+    best = max(ok, key=lambda r: r["speedup"], default=None)
+    if best is not None and best["speedup"] <= 1.0:
+        best = None  # slower than unmerged: no reason to merge
+    result = TuneResult(
+        best=None if best is None else dict(candidates[best["label"]]),
+        best_label="unmerged" if best is None else best["label"],
+        rows=table,
+        tolerance=tolerance,
+        windows=len(contexts),
+    )
+    store.finish(result)
+    if apply_best and result.best is not None:
+        remove(target)
+        apply(target, **result.best)
+    return result
+
+
+class _Store:
+    """``tune.jsonl`` rows (appended as they finish) and ``tune.json`` (the setup, then the result) in ``out``."""
+
+    def __init__(self, out: str | Path | None, meta: dict[str, Any]) -> None:
+        self.dir = None if out is None else Path(out)
+        self.rows: dict[str, dict[str, Any]] = {}
+        if self.dir is None:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        meta_path = self.dir / "tune.json"
+        meta = json.loads(json.dumps(meta))  # as it reads back
+        if meta_path.exists():
+            old = json.loads(meta_path.read_text()).get("setup", {})
+            differ = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
+            if differ:
+                raise ValueError(
+                    f"{self.dir} holds a tune run with other {', '.join(differ)}; use another out directory"
+                )
+        meta_path.write_text(json.dumps({"setup": meta}, indent=1))
+        path = self.dir / "tune.jsonl"
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a row cut short by a kill: recompute it
+                    continue
+                self.rows[row["label"]] = row
+
+    def get(self, label: str) -> dict[str, Any] | None:
+        return self.rows.get(label)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows[row["label"]] = row
+        if self.dir is not None:
+            with (self.dir / "tune.jsonl").open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def finish(self, result: TuneResult) -> None:
+        if self.dir is None:
+            return
+        meta_path = self.dir / "tune.json"
+        meta = json.loads(meta_path.read_text())
+        meta["result"] = {"best": result.best, "best_label": result.best_label, "rows": result.rows,
+                          "tolerance": result.tolerance, "windows": result.windows}  # fmt: skip
+        meta_path.write_text(json.dumps(meta, indent=1))
+        (self.dir / "tune.md").write_text(result.to_markdown() + "\n")
