@@ -31,9 +31,10 @@ test: $(STAMP)
 	$(BIN)/ruff format --check mergeplug tests
 	$(BIN)/python -m pytest -q
 
-# The README's benchmark table (Chronos-T5 small dims; takes ~30 minutes on 2 cores).
+# The README's benchmark table (Chronos-T5 small dims, plain merging; takes ~30 minutes on 2 cores).
 bench: $(STAMP)
-	$(BIN)/mergeplug-bench --size small --batch 8 --reps 3 --k 1,global --schedule constant,front,front-input --out results/bench_t5_small.json
+	$(BIN)/mergeplug-bench --size small --batch 8 --reps 3 --k 1,global --schedule constant,front,front-input --plain \
+		--out results/bench_t5_small.json
 
 # Chronos-T5 sampling: stock generate() vs the fast path vs fast path + merging (small dims, batch 8 and 32).
 bench-sampling: $(STAMP)

@@ -4,8 +4,9 @@ Backtest: the last ``windows`` windows of ``prediction_length`` steps before the
 data is the user's forecast origin; nothing after it is used) are forecast with the model unmerged and with every
 candidate setting. Accuracy is the mean weighted quantile loss (WQL, the GluonTS / Chronos definition over the
 quantile levels 0.1 ... 0.9) over all windows; speed is measured in the same run on the same contexts, candidates
-interleaved, ``reps`` repetitions, medians. The chosen setting is the fastest whose WQL change is at most
-``tolerance`` (relative: 0.01 = 1% worse than unmerged); if none is, the model stays unmerged.
+interleaved, ``reps`` repetitions (each at least ``min_time`` seconds of repeated calls), medians. The chosen setting
+is the fastest whose WQL change is at most ``tolerance`` (relative: 0.01 = 1% worse than unmerged) and that is faster
+than unmerged; if none is, the model stays unmerged.
 
 With ``out=`` every finished accuracy row is appended to ``out/tune.jsonl`` at once and a rerun with the same data
 and options resumes (a different setup is refused, naming what differs); timings are always re-measured.
@@ -181,7 +182,8 @@ def tune(
     forecast: Callable[[list[Any], int], np.ndarray] | None = None,
     target: Any = None,
     batch_size: int = 32,
-    reps: int = 3,
+    reps: int = 5,
+    min_time: float = 0.2,
     seed: int = 0,
     out: str | Path | None = None,
     progress: bool = True,
@@ -204,6 +206,8 @@ def tune(
             ``target`` is what ``mergeplug.apply`` patches (default: ``pipeline``).
         batch_size: contexts per forecast call.
         reps: interleaved timing repetitions (median).
+        min_time: each timing repeats the whole backtest until at least this many seconds passed (per-call mean),
+            so that a short workload is not decided by timer noise.
         seed: torch seed set before every forecast (sampling models see the same noise in every setting).
         out: a directory for resumable results (``tune.jsonl``, ``tune.json``), or None.
         progress: show a progress bar.
@@ -277,9 +281,14 @@ def tune(
             for _ in tqdm(range(reps), desc="tune: timing", disable=not progress, leave=False):
                 for label in labels:  # interleaved
                     configure(candidates.get(label))
-                    start = time.perf_counter()
-                    run_all(contexts)
-                    times[label].append(time.perf_counter() - start)
+                    calls, start = 0, time.perf_counter()
+                    while True:  # repeat short workloads (timeit-style) so that timer noise does not decide
+                        run_all(contexts)
+                        calls += 1
+                        elapsed = time.perf_counter() - start
+                        if elapsed >= min_time:
+                            break
+                    times[label].append(elapsed / calls)
     finally:
         remove(target)
         if before is not None:

@@ -118,6 +118,111 @@ def summary(path: str, reference: str = "unmerged") -> list[dict]:
     return sorted(table, key=lambda t: t["setting"])
 
 
+def variants(path: str) -> list[dict]:
+    """Per variant (everything but k and reduction): the worst cell of each target, the mean share of tokens left,
+    and whether it meets the targets (gmean WQL change <= +2% at reduction <= 0.5 and <= +5% at 0.75 for every k,
+    no dataset above +10% at reduction <= 0.5)."""
+    groups: dict[str, list[tuple[float, dict]]] = defaultdict(list)
+    for t in summary(path):
+        head, _, rest = t["setting"].partition(",reduction=")
+        red, _, rest = rest.partition(",")
+        groups[rest or "(family defaults)"].append((float(red), t))
+    out = []
+    for rest, items in sorted(groups.items()):
+        low = [t for r, t in items if r <= 0.5]
+        high = [t for r, t in items if r > 0.5]
+        row = {
+            "variant": rest,
+            "gmean_low": max(t["gmean_WQL_change"] for t in low) if low else float("nan"),
+            "gmean_high": max(t["gmean_WQL_change"] for t in high) if high else float("nan"),
+            "worst_low": max(t["worst_WQL_change"] for t in low) if low else float("nan"),
+            "datasets": min(t["datasets"] for _, t in items),
+            "tokens_left": float(np.mean([t["tokens_left"] for _, t in items])),
+        }
+        row["meets"] = row["gmean_low"] <= 0.02 and row["gmean_high"] <= 0.05 and row["worst_low"] <= 0.10
+        out.append(row)
+    return out
+
+
+def grid(results_dir: str, datasets: set[str] | None = None) -> str:
+    """The k x reduction table of a ``mergeplug-eval run`` directory (scripts/forecast_safe_eval.sh): per cell the
+    geometric-mean WQL change over datasets, the worst dataset, the geometric-mean speed-up and MACs ratio, for the
+    forecast-safe defaults and (where run) plain merging."""
+    rows = [json.loads(x) for x in (Path(results_dir) / "results.jsonl").read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if "WQL_change" in r and (datasets is None or r["dataset"] in datasets)]
+
+    def gm(values: list[float]) -> float:
+        return math.exp(float(np.mean(np.log(values)))) if values else float("nan")
+
+    def cell(setting: str) -> str:
+        rs = [r for r in rows if r["setting"] == setting]
+        if not rs:
+            return "| | | | |"
+        worst = max(rs, key=lambda r: r["WQL_change"])
+        return (
+            f"| {gm([1 + r['WQL_change'] for r in rs]) - 1:+.1%} | {worst['WQL_change']:+.1%} ({worst['dataset']}) | "
+            f"{gm([r['speedup'] for r in rs]):.2f}x | {gm([r.get('macs_ratio', 1.0) for r in rs]):.2f}x |"
+        )
+
+    n = len({r["dataset"] for r in rows})
+    lines = [
+        f"{n} datasets. Safe: the forecast-safe defaults; plain: `safe=false`. WQL change vs unmerged (geometric mean "
+        "over datasets, and the worst dataset), speed-up and MACs ratio (geometric means).",
+        "",
+        "| k | reduction | safe: WQL change | safe: worst | safe: speed-up | safe: MACs ratio | plain: WQL change | "
+        "plain: worst | plain: speed-up | plain: MACs ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for k in ("1", "3", "global"):
+        for red in ("0.25", "0.5", "0.75"):
+            base = f"k={k},reduction={red}"
+            lines.append(f"| {k} | {red} " + cell(base) + cell(base + ",safe=false")[1:])
+    return "\n".join(lines)
+
+
+def finetune_table(ft_dir: str, ref_dir: str, training: str | None = None) -> str:
+    """The merge-aware fine-tuned model (``ft_dir``, a ``mergeplug-eval run`` of it) against the original model
+    unmerged and merged (``ref_dir``), per setting over the datasets both cover: geometric-mean WQL ratio to the
+    *original* model unmerged, speed-up (vs the same weights unmerged) and MACs ratio; with ``training`` (the run's
+    ``training.json``) the compute it took."""
+
+    def load(d: str) -> dict[tuple[str, str], dict]:
+        rows = [json.loads(x) for x in (Path(d) / "results.jsonl").read_text().splitlines() if x.strip()]
+        return {(r["dataset"], r["setting"]): r for r in rows if "WQL" in r}
+
+    ft, ref = load(ft_dir), load(ref_dir)
+    datasets = sorted({d for d, s in ft if s == "unmerged"} & {d for d, s in ref if s == "unmerged"})
+    settings = [s for d, s in ft if d == datasets[0] and s not in ("unmerged", "seasonal-naive")] if datasets else []
+
+    def gm(values: list[float]) -> float:
+        return math.exp(float(np.mean(np.log(values))))
+
+    lines = [
+        f"{len(datasets)} datasets; WQL change vs the original model unmerged (geometric mean, worst dataset).",
+        "",
+        "| setting | original merged: WQL change | fine-tuned merged: WQL change | fine-tuned: worst | speed-up | "
+        "MACs ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    base = {d: ref[(d, "unmerged")]["WQL"] for d in datasets}
+    ft_un = [ft[(d, "unmerged")]["WQL"] / base[d] for d in datasets]
+    lines.append(f"| unmerged | +0.0% | {gm(ft_un) - 1:+.1%} | | 1.00x | 1.00x |")
+    for s in settings:
+        ratios = [ft[(d, s)]["WQL"] / base[d] for d in datasets]
+        orig = [ref[(d, s)]["WQL"] / base[d] for d in datasets if (d, s) in ref]
+        worst = max(zip(ratios, datasets, strict=True))
+        lines.append(
+            f"| {s} | {gm(orig) - 1:+.1%} | {gm(ratios) - 1:+.1%} | {worst[0] - 1:+.1%} ({worst[1]}) | "
+            f"{gm([ft[(d, s)]['speedup'] for d in datasets]):.2f}x | "
+            f"{gm([ft[(d, s)].get('macs_ratio', 1.0) for d in datasets]):.2f}x |"
+        )
+    if training:
+        state = json.loads(Path(training).read_text())["state"]
+        lines += ["", f"Fine-tuning: {state['step']} steps, {state['cpu_seconds'] / 60:.0f} CPU minutes "
+                      f"({state['wall_seconds'] / 60:.0f} min wall, one thread)."]  # fmt: skip
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model")
@@ -139,8 +244,29 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out")
     p.add_argument("--summary", help="print the summary of a study file and exit")
+    p.add_argument("--grid", help="print the k x reduction table of a mergeplug-eval run directory and exit")
+    p.add_argument("--grid-datasets", nargs="+", default=None, help="only these datasets (or a tag) in --grid")
+    p.add_argument("--finetune", nargs=2, metavar=("FT_EVAL", "REF_EVAL"), help="fine-tuned vs original table")
+    p.add_argument("--training", default=None, help="with --finetune: the run's training.json (compute)")
     args = p.parse_args()
+    if args.finetune:
+        print(finetune_table(*args.finetune, training=args.training))
+        return
+    if args.grid:
+        from mergeplug.eval.cli import _expand
+
+        print(grid(args.grid, set(_expand(args.grid_datasets)) if args.grid_datasets else None))
+        return
     if args.summary:
+        print("| variant | datasets | worst gmean (reduction <= 0.5) | worst gmean (0.75) | worst dataset (<= 0.5) | "
+              "tokens left | meets the targets |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|")
+        for v in variants(args.summary):
+            print(
+                f"| {v['variant']} | {v['datasets']} | {v['gmean_low']:+.1%} | {v['gmean_high']:+.1%} | "
+                f"{v['worst_low']:+.1%} | {v['tokens_left']:.2f} | {'yes' if v['meets'] else 'no'} |"
+            )
+        print()
         print("| setting | datasets | gmean WQL change | worst | worst dataset | tokens left |")
         print("|---|---|---|---|---|---|")
         for t in summary(args.summary):

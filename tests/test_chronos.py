@@ -1,4 +1,7 @@
-"""mergeplug.apply / remove on Chronos-T5 and Chronos-Bolt built from configs (no download)."""
+"""mergeplug.apply / remove on Chronos-T5 and Chronos-Bolt built from configs (no download).
+
+The merge mechanics are checked with plain merging (``safe=False``); the forecast-safe defaults are tested in
+tests/test_forecast_safe.py."""
 
 import pytest
 import torch
@@ -62,9 +65,9 @@ def _assert_pristine(pipe):
 def test_t5_r0_is_bitwise_original_and_remove_restores(t5_pipe, zero):
     ctx = _context()
     ref = _t5_outputs(t5_pipe, ctx)
-    mergeplug.apply(t5_pipe, k=1, **zero)
+    mergeplug.apply(t5_pipe, safe=False, k=1, **zero)
     _assert_all_equal(_t5_outputs(t5_pipe, ctx), ref)
-    mergeplug.apply(t5_pipe, k=1, r=8)
+    mergeplug.apply(t5_pipe, safe=False, k=1, r=8)
     merged = _t5_outputs(t5_pipe, ctx)
     assert not torch.equal(merged[3], ref[3])
     mergeplug.remove(t5_pipe)
@@ -77,9 +80,9 @@ def test_t5_r0_is_bitwise_original_and_remove_restores(t5_pipe, zero):
 def test_bolt_r0_is_bitwise_original_and_remove_restores(bolt_pipe, zero):
     ctx = _context(n=400, nan_prefix=100)
     ref = _bolt_outputs(bolt_pipe, ctx)
-    mergeplug.apply(bolt_pipe, **zero)
+    mergeplug.apply(bolt_pipe, safe=False, **zero)
     _assert_all_equal(_bolt_outputs(bolt_pipe, ctx), ref)
-    mergeplug.apply(bolt_pipe, ratio=0.3)
+    mergeplug.apply(bolt_pipe, safe=False, ratio=0.3)
     merged = _bolt_outputs(bolt_pipe, ctx)
     assert not torch.equal(merged[0], ref[0])
     mergeplug.remove(bolt_pipe)
@@ -90,7 +93,7 @@ def test_bolt_r0_is_bitwise_original_and_remove_restores(bolt_pipe, zero):
 def test_t5_merged_pipeline_end_to_end(t5_pipe):
     ctx = _context()
     try:
-        mergeplug.apply(t5_pipe, k=1, ratio=0.25)
+        mergeplug.apply(t5_pipe, safe=False, k=1, ratio=0.25)
         samples, quantiles, mean, emb = _t5_outputs(t5_pipe, ctx)
         assert samples.shape == (3, 5, 6) and quantiles.shape == (3, 6, 9) and mean.shape == (3, 6)
         assert emb.shape == (3, 121, 64)  # one embedding per context value + EOS, as documented
@@ -122,7 +125,7 @@ def test_input_merging_happens_before_the_first_block(t5_pipe):
     token_ids, mask, _ = t5_pipe.tokenizer.context_input_transform(ctx)
     encoder = t5_pipe.model.model.encoder
     try:
-        mergeplug.apply(t5_pipe, k=1, input_ratio=0.05)  # round(0.05 * 121) = 6 merges, none in the layers
+        mergeplug.apply(t5_pipe, safe=False, k=1, input_ratio=0.05)  # round(0.05 * 121) = 6 merges, none in the layers
         with torch.no_grad():
             out = encoder(input_ids=token_ids, attention_mask=mask)
         assert out.last_hidden_state.shape == (3, 115, 64)
@@ -154,9 +157,9 @@ def test_cross_attention_reads_merged_memory_with_sizes(t5_pipe):
             token_source=torch.cat([torch.zeros(3, 1, dtype=torch.long), torch.arange(121).expand(3, -1)], dim=1),
         )
         try:
-            mergeplug.apply(t5_pipe, r=4)
+            mergeplug.apply(t5_pipe, safe=False, r=4)
             out = model(encoder_outputs=merged, attention_mask=torch.ones(3, 122), decoder_input_ids=dec).logits
-            mergeplug.apply(t5_pipe, r=4, proportional_attention=False)
+            mergeplug.apply(t5_pipe, safe=False, r=4, proportional_attention=False)
             no_prop = model(encoder_outputs=merged, attention_mask=torch.ones(3, 122), decoder_input_ids=dec).logits
         finally:
             mergeplug.remove(t5_pipe)
@@ -173,7 +176,7 @@ def test_merged_encoder_loop_matches_stock_when_nothing_merges(t5_pipe):
         ref = encoder(input_ids=token_ids, attention_mask=mask).last_hidden_state
         record = PatchRecord("t5", MergeConfig(r=0))
         try:
-            mergeplug.apply(t5_pipe, r=1)  # installs the key hooks; record below captures nothing merged
+            mergeplug.apply(t5_pipe, safe=False, r=1)  # installs the key hooks; record below captures nothing merged
             out = merged_encoder_forward(encoder, record, token_ids, mask, None)
         finally:
             mergeplug.remove(t5_pipe)
@@ -200,7 +203,7 @@ def test_batch_rows_merge_independently(t5_pipe):
     token_ids, mask, _ = t5_pipe.tokenizer.context_input_transform(ctx)
     encoder = t5_pipe.model.model.encoder
     try:
-        mergeplug.apply(t5_pipe, k=3, r=20)
+        mergeplug.apply(t5_pipe, safe=False, k=3, r=20)
         with torch.no_grad():
             batch = encoder(input_ids=token_ids, attention_mask=mask).last_hidden_state
             for b in range(3):
@@ -213,7 +216,7 @@ def test_batch_rows_merge_independently(t5_pipe):
 def test_bolt_merged_end_to_end(bolt_pipe):
     ctx = _context(n=400, nan_prefix=100)
     try:
-        mergeplug.apply(bolt_pipe, k=1, r=5)
+        mergeplug.apply(bolt_pipe, safe=False, k=1, r=5)
         quantiles, mean = bolt_pipe.predict_quantiles(ctx, prediction_length=32)
         assert quantiles.shape == (3, 32, 9) and torch.isfinite(quantiles).all()
         emb, _ = bolt_pipe.embed(ctx)
@@ -231,15 +234,15 @@ def test_bolt_merged_end_to_end(bolt_pipe):
 
 def test_applying_twice_replaces_settings(t5_pipe):
     try:
-        mergeplug.apply(t5_pipe, k=1, r=4)
-        mergeplug.apply(t5_pipe, k=None, ratio=0.1)
+        mergeplug.apply(t5_pipe, safe=False, k=1, r=4)
+        mergeplug.apply(t5_pipe, safe=False, k=None, ratio=0.1)
         cfg = mergeplug.settings(t5_pipe)
         assert cfg.k is None and cfg.ratio == 0.1 and cfg.r is None
         mro = type(t5_pipe.model.model.encoder).__mro__
         assert sum(c.__name__.startswith("_Merging") for c in mro) == 1  # not stacked
         assert len(t5_pipe.model.model.encoder.block[0].layer[0].SelfAttention.k._forward_hooks) == 1
         # the inner HF model and the pipeline share one record
-        mergeplug.apply(t5_pipe.model.model, r=2)
+        mergeplug.apply(t5_pipe.model.model, safe=False, r=2)
         assert mergeplug.settings(t5_pipe).r == 2
     finally:
         mergeplug.remove(t5_pipe)
@@ -249,10 +252,10 @@ def test_applying_twice_replaces_settings(t5_pipe):
 def test_inner_models_are_accepted(t5_pipe, bolt_pipe):
     ctx = _context(nan_prefix=0)
     for obj in (t5_pipe.model.model, t5_pipe.model, t5_pipe.inner_model, bolt_pipe.model):
-        mergeplug.apply(obj, r=3)
+        mergeplug.apply(obj, safe=False, r=3)
         assert mergeplug.settings(obj).r == 3
         mergeplug.remove(obj)
-    mergeplug.apply(t5_pipe.inner_model, r=3)
+    mergeplug.apply(t5_pipe.inner_model, safe=False, r=3)
     try:
         torch.manual_seed(0)
         assert torch.isfinite(t5_pipe.predict(ctx, prediction_length=3)).all()
@@ -278,7 +281,7 @@ def test_inner_models_are_accepted(t5_pipe, bolt_pipe):
 )
 def test_bad_settings_raise_value_error(t5_pipe, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        mergeplug.apply(t5_pipe, **kwargs)
+        mergeplug.apply(t5_pipe, safe=False, **kwargs)
     _assert_pristine(t5_pipe)
 
 

@@ -1,4 +1,7 @@
-"""mergeplug.apply / remove on Chronos-2 (``Chronos2Pipeline`` / ``Chronos2Model``) built from a config, offline."""
+"""mergeplug.apply / remove on Chronos-2 (``Chronos2Pipeline`` / ``Chronos2Model``) built from a config, offline.
+
+The merge mechanics are checked with plain merging (``safe=False``); the forecast-safe defaults are tested in
+tests/test_forecast_safe.py."""
 
 from __future__ import annotations
 
@@ -80,10 +83,10 @@ def _source(model: Chronos2Model) -> torch.Tensor:
 def test_r0_is_bitwise_original_and_remove_restores(pipe, zero):
     ctx = _context()
     ref = _outputs(pipe, ctx)
-    mergeplug.apply(pipe, k=1, **zero)
+    mergeplug.apply(pipe, safe=False, k=1, **zero)
     assert type(pipe.model) is not Chronos2Model  # patched, yet the original code path runs
     _assert_all_equal(_outputs(pipe, ctx), ref)
-    mergeplug.apply(pipe, k=1, r=6)  # new settings replace the old ones
+    mergeplug.apply(pipe, safe=False, k=1, r=6)  # new settings replace the old ones
     merged = _outputs(pipe, ctx)
     assert all(x.shape == y.shape for x, y in zip(merged, ref, strict=True))
     assert not torch.equal(merged[0], ref[0])
@@ -99,10 +102,10 @@ def test_merged_run_shapes_counts_and_closeness(pipe, k):
     groups = torch.tensor([0, 0, 1, 2])
     ref = _forward(model, ctx, groups)
     try:
-        mergeplug.apply(model, k=k, r=1)
+        mergeplug.apply(model, safe=False, k=k, r=1)
         small = _forward(model, ctx, groups)
         counts_small = mergeplug.token_counts(model)
-        mergeplug.apply(model, k=k, ratio=0.45)
+        mergeplug.apply(model, safe=False, k=k, ratio=0.45)
         large = _forward(model, ctx, groups)
         counts_large = mergeplug.token_counts(model)
     finally:
@@ -126,7 +129,7 @@ def test_reg_and_future_tokens_never_merge_and_padding_only_with_padding(pipe):
     assert (~mask[1]).sum() >= 8  # row 1 has padding and a missing stretch
     try:
         for settings in ({"k": 1, "ratio": 0.45}, {"k": None, "ratio": 0.45}, {"k": 1, "r": 5, "input_ratio": 0.4}):
-            mergeplug.apply(model, **settings)
+            mergeplug.apply(model, safe=False, **settings)
             _forward(model, ctx, torch.tensor([0, 0, 1, 2]))
             src = _source(model)
             assert src.shape == mask.shape
@@ -145,7 +148,7 @@ def test_group_rows_share_decisions_and_groups_decide_independently(pipe):
     model, ctx = pipe.model, _context(n_b=6, seed=3)
     groups = torch.tensor([5, 5, 5, 1, 7, 7])
     try:
-        mergeplug.apply(model, k=1, ratio=0.4)
+        mergeplug.apply(model, safe=False, k=1, ratio=0.4)
         _forward(model, ctx, groups)
         src = _source(model)
     finally:
@@ -161,14 +164,14 @@ def test_grouped_predictions_are_consistent(pipe):
     a = _context(n_b=2, seed=1)  # one group of two series (row 1: NaN prefix and gap)
     others = _context(n_b=3, seed=2)
     try:
-        mergeplug.apply(model, k=1, ratio=0.3)
+        mergeplug.apply(model, safe=False, k=1, ratio=0.3)
         alone = _forward(model, a, torch.tensor([0, 0]))
         counts_alone = mergeplug.token_counts(model)
         twice = _forward(model, torch.cat([a, a]), torch.tensor([0, 0, 1, 1]))
         mixed = _forward(model, torch.cat([others[:1], a, others[1:]]), torch.tensor([3, 0, 0, 9, 9]))
         assert mergeplug.token_counts(model) == counts_alone
         src_mixed = _source(model)
-        mergeplug.apply(model, k=1, r=0)
+        mergeplug.apply(model, safe=False, k=1, r=0)
         unmerged = _forward(model, a, torch.tensor([0, 0]))
         independent = _forward(model, a, torch.tensor([0, 1]))
     finally:
@@ -189,7 +192,7 @@ def test_rope_positions_follow_merged_tokens(pipe):
     rope = model.encoder.block[-1].layer[0].self_attention.rope_embed
     handle = rope.register_forward_hook(lambda m, args, out: seen.append(args[1].clone()))
     try:
-        mergeplug.apply(model, k=1, r=[7, 0])  # merges in block 0 only: block 1 sees the final tokens
+        mergeplug.apply(model, safe=False, k=1, r=[7, 0])  # merges in block 0 only: block 1 sees the final tokens
         _forward(model, ctx)
         src = _source(model)
     finally:
@@ -210,7 +213,7 @@ def test_pipeline_predict_grouped_and_embed(pipe):
     ref_multi = pipe.predict(ctx.view(2, 2, -1), prediction_length=40)
     ref_cross = pipe.predict(ctx[:, None], prediction_length=70, cross_learning=True)  # the whole batch is one group
     try:
-        mergeplug.apply(pipe, k=1, ratio=0.3)
+        mergeplug.apply(pipe, safe=False, k=1, ratio=0.3)
         multi = pipe.predict(ctx.view(2, 2, -1), prediction_length=40)
         cross = pipe.predict(ctx[:, None], prediction_length=70, cross_learning=True)
         emb, _ = pipe.embed(list(ctx))
@@ -228,12 +231,12 @@ def test_pipeline_predict_grouped_and_embed(pipe):
 def test_invalid_settings_and_unsupported_structures(pipe):
     model = pipe.model
     with pytest.raises(ValueError, match="bidirectional"):
-        mergeplug.apply(pipe, k=1, r=2, causal=True)
+        mergeplug.apply(pipe, safe=False, k=1, r=2, causal=True)
     with pytest.raises(ValueError, match="causal"):
-        mergeplug.apply(pipe, k=1, threshold=0.9)
+        mergeplug.apply(pipe, safe=False, k=1, threshold=0.9)
     _assert_pristine(model)
     # output_attentions cannot be served over merged tokens
-    mergeplug.apply(model, k=1, r=2)
+    mergeplug.apply(model, safe=False, k=1, r=2)
     try:
         with pytest.raises(NotImplementedError, match="output_attentions"):
             with torch.no_grad():
@@ -248,7 +251,7 @@ def test_invalid_settings_and_unsupported_structures(pipe):
     block.layer[1] = nn.Identity()
     try:
         with pytest.raises(NotImplementedError, match=r"encoder\.block\[1\]\.layer holds .*Identity"):
-            mergeplug.apply(pipe, k=1, r=2)
+            mergeplug.apply(pipe, safe=False, k=1, r=2)
     finally:
         block.layer[1] = original
     _assert_pristine(model)
@@ -282,7 +285,7 @@ def test_match_groups_engine():
 def test_save_and_load_merged_pipeline(pipe, tmp_path):
     """mergeplug.save_pretrained / from_pretrained keep the family and its settings: same forecasts."""
     ctx = _context()[:, None]
-    mergeplug.apply(pipe, k=1, ratio=0.3)
+    mergeplug.apply(pipe, safe=False, k=1, ratio=0.3)
     try:
         ref = pipe.predict(ctx, prediction_length=20)
         mergeplug.save_pretrained(pipe, tmp_path / "c2")

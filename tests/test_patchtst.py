@@ -1,4 +1,7 @@
-"""Token merging inside Hugging Face PatchTST (mergeplug/patches/patchtst.py)."""
+"""Token merging inside Hugging Face PatchTST (mergeplug/patches/patchtst.py).
+
+The merge mechanics are checked with plain merging (``safe=False``); the forecast-safe defaults are tested in
+tests/test_forecast_safe.py."""
 
 from __future__ import annotations
 
@@ -41,17 +44,17 @@ def test_r0_remove_and_unmerged_path_are_bitwise_original(norm_type, pre_norm):
     x = _x()
     with torch.no_grad():
         ref = model(past_values=x).prediction_outputs
-        mergeplug.apply(model, k=1, r=0)
+        mergeplug.apply(model, safe=False, k=1, r=0)
         assert torch.equal(model(past_values=x).prediction_outputs, ref)
         # the merging forward itself, with nothing to merge, is the original computation
-        mergeplug.apply(model, k=1, r=[0, 0, 1])
+        mergeplug.apply(model, safe=False, k=1, r=[0, 0, 1])
         record = find_record([model])
         record.config.r = [0, 0, 0]
         enc = model.model.encoder
         scaled, _, _ = model.model.scaler(x, torch.ones_like(x))
         patches = model.model.patchifier(scaled)
         assert torch.equal(merged_patchtst_forward(enc, record, patches), PatchTSTEncoder.forward(enc, patches)[0])
-        mergeplug.apply(model, k=1, ratio=0.3)
+        mergeplug.apply(model, safe=False, k=1, ratio=0.3)
         merged = model(past_values=x).prediction_outputs
         assert merged.shape == ref.shape and torch.isfinite(merged).all() and not torch.equal(merged, ref)
         counts = mergeplug.token_counts(model)
@@ -67,7 +70,7 @@ def test_global_and_local_merges_differ_and_k_spanning_the_sequence_equals_globa
     outs = {}
     with torch.no_grad():
         for k in (1, 3, 31, None):
-            mergeplug.apply(model, k=k, r=5)
+            mergeplug.apply(model, safe=False, k=k, r=5)
             outs[k] = model(past_values=x).prediction_outputs
     assert not torch.equal(outs[1], outs[None])
     torch.testing.assert_close(outs[31], outs[None])

@@ -125,7 +125,7 @@ def test_top_k_sampler_end_to_end(pipe):
 def test_sampling_benchmark_runs_every_setting():
     from mergeplug.bench_sampling import format_table, run
 
-    merges = {"k=1, 30%": {"k": 1, "ratio": 0.3}}
+    merges = {"k=1, 30%": {"k": 1, "ratio": 0.3, "safe": False}}  # a 64-step context: plain merging
     rows = run(size="test", batches=(2,), context=64, horizon=8, samples=3, reps=1, merges=merges)
     labels = [r["setting"] for r in rows]
     assert labels[:3] == ["stock", "fast", "fast, top-k sampler"] and len(labels) == 5

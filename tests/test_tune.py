@@ -54,7 +54,7 @@ def test_tune_picks_within_tolerance_restores_the_model_and_resumes(tmp_path):
     mergeplug.apply(pipe, k=3, ratio=0.1)  # the user's own settings: restored afterwards
     before = mergeplug.settings(pipe)
     candidates = {"plain": dict(k=1, ratio=0.3, safe=False), "safe": dict(k=1, ratio=0.3)}
-    kw = dict(prediction_length=16, windows=2, candidates=candidates, reps=1, progress=False)
+    kw = dict(prediction_length=16, windows=2, candidates=candidates, reps=1, min_time=0.0, progress=False)
     res = tune(pipe, _series(), tolerance=0.05, out=tmp_path / "t", **kw)
     assert [r["label"] for r in res.rows] == ["unmerged", "plain", "safe"]
     assert res.windows == 6 and res.rows[0]["WQL_change"] == 0.0

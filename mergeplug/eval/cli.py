@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     tu.add_argument("--prediction-length", type=int, default=None, help="horizon (needed for file:PATH)")
     tu.add_argument("--windows", type=int, default=4, help="backtest windows per series")
     tu.add_argument("--tolerance", type=float, default=0.01, help="allowed relative WQL change (0.01 = 1%%)")
-    tu.add_argument("--reps", type=int, default=3, help="interleaved timing repetitions (median)")
+    tu.add_argument("--reps", type=int, default=5, help="interleaved timing repetitions (median)")
     tu.add_argument("--out", default="results/tune", help="results directory (rerun to resume)")
     tu.add_argument(
         "--check-test", action="store_true",

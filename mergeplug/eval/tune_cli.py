@@ -24,7 +24,7 @@ def tune_dataset(
     tolerance: float = 0.01,
     out: str | Path = "results/tune",
     check_test: bool = False,
-    reps: int = 3,
+    reps: int = 5,
     progress: bool = True,
 ) -> tuple[TuneResult, list[dict[str, Any]] | None]:
     """Tune ``model`` on ``dataset``.
