@@ -101,9 +101,9 @@ class MergeConfig:
             each series' period is found from its own tokens (:func:`mergeplug.merge.detect_period`; the
             forecast-safe default of forecasting families); ``0``: off; ``None``: the family default (see ``safe``).
         min_similarity: a pair merges only if its cosine similarity is at least this (in [-1, 1]); where fewer pairs
-            are alike, fewer tokens merge than ``r`` / ``ratio`` ask (models whose attention takes a mask let each
-            series merge what it can; others take the batch's most constrained series). ``None``: the family
-            default (see ``safe``); ``-1``: off.
+            are alike, fewer tokens merge than ``r`` / ``ratio`` ask. A batch keeps one length, so the series (for
+            PatchTST: the channel) with the fewest alike pairs sets the count for the whole batch. ``None``: the
+            family default (see ``safe``); ``-1``: off.
         steps_per_token: input time steps per token (1 for Chronos-T5 and TimeSeriesTransformer, the patch stride
             for patch models); set by ``mergeplug.apply`` from the model, not by users.
     """
@@ -175,6 +175,8 @@ class MergeConfig:
                 raise ValueError(f"min_similarity is a cosine similarity in [-1, 1] (-1: off) or None, got {v!r}")
             if self.threshold is not None:
                 raise ValueError("min_similarity applies to the r / ratio modes; threshold merging has its own floor")
+        if self.min_tokens and self.threshold is not None:
+            raise ValueError("min_tokens applies to the r / ratio modes; threshold merging decides per token (drop it)")
         if isinstance(self.steps_per_token, bool) or not float(self.steps_per_token) > 0:
             raise ValueError(f"steps_per_token must be > 0, got {self.steps_per_token!r}")
         if self.threshold is not None:

@@ -112,11 +112,12 @@ def apply(
     return obj
 
 
-def remove(obj: T) -> T:
+def remove(obj: T, *, merging_only: bool = False) -> T:
     """Undo :func:`apply` (and :func:`mergeplug.fast_sampling`): original classes, no hooks; outputs are bitwise
-    those of a never-patched model."""
+    those of a never-patched model. ``merging_only``: undo token merging and keep auxiliary patches (fast
+    sampling)."""
     family = find_family(obj)
-    for aux in (False, True):  # token merging, then auxiliary patches (fast sampling)
+    for aux in (False,) if merging_only else (False, True):  # token merging, then auxiliary patches
         while (record := find_record(family.modules(obj), aux=aux)) is not None:
             restore(record)
     return obj
@@ -142,14 +143,15 @@ def apply_kwargs(config: MergeConfig) -> dict[str, Any]:
 
 @contextmanager
 def unmerged(obj: T) -> Iterator[T]:
-    """Inside the block ``obj`` runs with its original classes (e.g. to ``save_pretrained`` it); its merge settings
-    are applied again afterwards. A model that is not patched is left as it is."""
+    """Inside the block ``obj`` runs without token merging (e.g. to ``save_pretrained`` it from its own classes); its
+    merge settings are applied again afterwards. Auxiliary patches (fast sampling) stay. A model that is not merged
+    is left as it is."""
     config = settings(obj)
     if config is None:
         yield obj
         return
     kwargs = apply_kwargs(config)
-    remove(obj)
+    remove(obj, merging_only=True)
     try:
         yield obj
     finally:

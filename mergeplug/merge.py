@@ -250,9 +250,11 @@ def seasonal_candidates(
             bracketing ``pos_a - period`` (``-inf`` where such a token does not exist or is out of the rules).
         cand: (B, Ta, 4) long, indices into set B.
 
-    Twins are found by position (``searchsorted`` on the B tokens' positions), so they stay right in every layer,
-    after tokens have merged and indices no longer match time. With the alternate A/B split a twin at an even
-    distance is an A token itself; the bracketing B tokens (one token to either side) are then the candidates.
+    Twins are found by position (``searchsorted`` on the running maximum of the B tokens' positions), so they stay
+    right in later layers, after tokens have merged and indices no longer match time; once twins have merged
+    (bidirectional positions are then no longer in order) the bracketing tokens are approximate: only the quality
+    of the candidates suffers. With the alternate A/B split a twin at an even distance is an A token itself; the
+    bracketing B tokens (one token to either side) are then the candidates.
     Cost: O(T log T + T·C).
     """
     m = _normalize(metric)
@@ -317,13 +319,16 @@ def detect_period(
     corr = torch.fft.irfft((spec * spec.conj()).sum(-1), n=n_fft, dim=1)[:, :t]  # (B, T): sum over pairs, lag L
     m = torch.fft.rfft(valid.float(), n=n_fft, dim=1)
     pairs = torch.fft.irfft(m * m.conj(), n=n_fft, dim=1)[:, :t].round()  # valid pairs at each lag
-    if groups is not None:
+    valid_count = count[:, 0]
+    if groups is not None:  # one curve and one longest lag per group: every row of a group gets the same period
         labels, inverse = torch.unique(groups.to(metric.device), return_inverse=True)
         corr = corr.new_zeros(labels.shape[0], t).index_add_(0, inverse, corr)[inverse]
         pairs = pairs.new_zeros(labels.shape[0], t).index_add_(0, inverse, pairs)[inverse]
+        fewest = valid_count.new_full((labels.shape[0],), t).scatter_reduce(0, inverse, valid_count, reduce="amin")
+        valid_count = fewest[inverse]
     sim = corr / pairs.clamp_min(1)
     lags = torch.arange(t, device=metric.device)
-    longest = torch.minimum(count[:, 0] // 2, torch.tensor(max_lag, device=metric.device))  # (B,)
+    longest = torch.minimum(valid_count // 2, torch.tensor(max_lag, device=metric.device))  # (B,)
     usable = (lags[None, :] >= 2) & (lags[None, :] <= longest[:, None]) & (pairs > 0)
     prev = F.pad(sim, (1, 0), value=float("inf"))[:, :-1]
     nxt = F.pad(sim, (0, 1), value=float("inf"))[:, 1:]
@@ -432,13 +437,13 @@ def match(
     else:
         assert r is not None, "match() needs r or threshold"
         scores, cand = band_scores(metric, k, causal=state.causal)
-        if period == "auto":
+        if period == "auto" and k is not None:  # global merging sees every twin anyway
             if state.period is None:
                 if state.length != state.source.shape[1]:
                     raise ValueError('period="auto" must see the sequence before any merge')
                 state.period = detect_period(metric, state.mask & ~state.protected, groups=groups)
             period = state.period
-        if period is not None and k is not None:  # seasonal twins beside the local band (global sees them anyway)
+        if period is not None and period != "auto" and k is not None:  # seasonal twins beside the local band
             s_twin, c_twin = seasonal_candidates(metric, state.pos, period, causal=state.causal)
             scores = torch.cat([scores, s_twin], dim=-1)
             cand = torch.cat([cand.expand(n_b, -1, -1), c_twin], dim=-1)

@@ -161,6 +161,19 @@ class TuneResult:
         return self.to_markdown()
 
 
+def _model_id(obj: Any) -> str:
+    """Class and a hash of the weights of the model ``obj`` holds: a resumed tune run must be the same model."""
+    h = hashlib.sha256()
+    modules = [m for m in (obj, getattr(obj, "model", None), getattr(obj, "inner_model", None)) if m is not None]
+    module = next((m for m in modules if isinstance(m, torch.nn.Module)), None)
+    if module is not None:
+        for name, tensor in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])  # a sample of every tensor: fast
+            h.update(str(tuple(tensor.shape)).encode())
+    return f"{type(obj).__qualname__}:{h.hexdigest()[:16]}"
+
+
 def _fingerprint(contexts: list[Any], targets: np.ndarray) -> str:
     h = hashlib.sha256()
     for c in contexts:
@@ -245,7 +258,7 @@ def tune(
     before = settings(target)
 
     def configure(kwargs: dict[str, Any] | None) -> None:
-        remove(target)
+        remove(target, merging_only=True)  # the user's fast sampling (if any) stays on
         if kwargs:
             apply(target, **kwargs)
 
@@ -257,8 +270,9 @@ def tune(
         return np.concatenate(parts, axis=0)
 
     store = _Store(out, {
-        "data": _fingerprint(contexts, targets), "prediction_length": prediction_length, "windows": windows,
-        "context": context, "seed": seed, "candidates": {k: candidates[k] for k in sorted(candidates)},
+        "model": _model_id(target), "data": _fingerprint(contexts, targets), "prediction_length": prediction_length,
+        "windows": windows, "context": context, "seed": seed, "batch_size": batch_size,
+        "candidates": {k: candidates[k] for k in sorted(candidates)},
     })  # fmt: skip
     labels = ["unmerged", *candidates]
     rows: dict[str, dict[str, Any]] = {}
@@ -290,7 +304,7 @@ def tune(
                             break
                     times[label].append(elapsed / calls)
     finally:
-        remove(target)
+        remove(target, merging_only=True)
         if before is not None:
             apply(target, **apply_kwargs(before))
     ref_wql, ref_time = rows["unmerged"]["WQL"], statistics.median(times["unmerged"])
@@ -313,7 +327,7 @@ def tune(
     )
     store.finish(result)
     if apply_best and result.best is not None:
-        remove(target)
+        remove(target, merging_only=True)
         apply(target, **result.best)
     return result
 
@@ -339,7 +353,11 @@ class _Store:
         meta_path.write_text(json.dumps({"setup": meta}, indent=1))
         path = self.dir / "tune.jsonl"
         if path.exists():
-            for line in path.read_text().splitlines():
+            text = path.read_text()
+            if text and not text.endswith("\n"):  # a row cut short by a kill: the next row starts on a new line
+                with path.open("a") as f:
+                    f.write("\n")
+            for line in text.splitlines():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:  # a row cut short by a kill: recompute it

@@ -176,6 +176,29 @@ def test_r0_and_remove_stay_bitwise_with_the_defaults(family):
     assert torch.equal(run(obj), ref)
 
 
+def test_r0_runs_blocks_that_take_hidden_states_by_keyword():
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True) for _ in range(2))
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(src=x)
+            return x
+
+    mergeplug.register_patch(Net, blocks="blocks", name="kw-net")
+    net = Net().eval()
+    x = torch.randn(2, 10, 8)
+    with torch.no_grad():
+        ref = net(x)
+        mergeplug.apply(net, k=1, r=0)
+        assert torch.equal(net(x), ref)
+    mergeplug.remove(net)
+
+
 def test_protect_recent_is_refused_where_there_is_no_forecast_origin():
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -284,6 +307,25 @@ def test_detect_period_finds_the_cycle_and_not_noise_or_a_constant():
     assert got[0] == got[1]
 
 
+def test_one_period_per_group_even_with_missing_values():
+    """Rows of a group must share their twins: with different amounts of missing data the group still gets one
+    period, and no real token merges with a missing one."""
+    metric = _phase_metric(2, 64, 12)
+    mask = torch.ones(2, 64, dtype=torch.bool)
+    mask[1, :30] = False  # 34 observed tokens: two cycles of 12 are still seen
+    state = MergeState.init(2, 64, mask=mask)
+    dst, t_new = match(metric, state, r=8, k=1, period="auto", groups=torch.tensor([0, 0]))
+    assert state.period[0] == state.period[1] > 0
+    for b in range(2):
+        for slot in dst[b].unique():
+            members = mask[b][dst[b] == slot]
+            assert members.all() or (~members).all()
+    mask[1, :44] = False  # 20 observed tokens: too few for two cycles, so the whole group gets none (not 12 and 10)
+    state = MergeState.init(2, 64, mask=mask)
+    match(metric, state, r=8, k=1, period="auto", groups=torch.tensor([0, 0]))
+    assert state.period.tolist() == [0.0, 0.0]
+
+
 def test_auto_period_on_bolt_finds_the_seasonal_period_in_patches(last_state):
     pipe = chronos_bolt("test", context_length=512, prediction_length=32)
     mergeplug.apply(pipe, k=1, ratio=0.3, protect_recent=0, min_tokens=0)  # period="auto" (default)
@@ -317,6 +359,8 @@ def test_similarity_floor_merges_only_alike_pairs():
     assert t_b == n
     with pytest.raises(ValueError, match="min_similarity"):
         MergeConfig(k=1, r=2, min_similarity=1.5)
+    with pytest.raises(ValueError, match="min_tokens applies to the r / ratio modes"):
+        MergeConfig(k=1, threshold=0.9, causal=True, min_tokens=4)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

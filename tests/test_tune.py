@@ -75,8 +75,14 @@ def test_tune_picks_within_tolerance_restores_the_model_and_resumes(tmp_path):
     path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:10])
     third = tune(pipe, _series(), tolerance=0.05, out=tmp_path / "t", **kw)
     assert third.rows[-1]["WQL"] == pytest.approx(res.rows[-1]["WQL"], rel=1e-6)
+    fourth = tune(pipe, _series(), tolerance=0.05, out=tmp_path / "t", **kw)  # the recomputed row was kept
+    assert [r["WQL"] for r in fourth.rows] == [r["WQL"] for r in third.rows]
+    assert len([x for x in path.read_text().splitlines() if x.startswith("{") and x.endswith("}")]) == 3
     with pytest.raises(ValueError, match="windows"):
         tune(pipe, _series(), tolerance=0.05, out=tmp_path / "t", **{**kw, "windows": 3})
+    other = chronos_bolt("test", context_length=256, prediction_length=16, seed=1)  # other weights: not resumed
+    with pytest.raises(ValueError, match="model"):
+        tune(other, _series(), tolerance=0.05, out=tmp_path / "t", **kw)
     # apply_best leaves the chosen setting on (or the model unmerged)
     chosen = tune(pipe, _series(), tolerance=10.0, apply_best=True, **kw)  # everything is within 1000%
     cfg = mergeplug.settings(pipe)
@@ -84,6 +90,23 @@ def test_tune_picks_within_tolerance_restores_the_model_and_resumes(tmp_path):
         assert cfg == before
     else:
         assert (cfg.ratio, cfg.safe) == (0.3, chosen.best.get("safe", True))
+
+
+def test_tune_and_unmerged_keep_fast_sampling():
+    from mergeplug.core import unmerged
+    from mergeplug.models import chronos_t5
+    from mergeplug.patches.base import find_record
+
+    pipe = chronos_t5("test", prediction_length=4, num_samples=3)
+    mergeplug.fast_sampling(pipe)
+    mergeplug.apply(pipe, k=1, ratio=0.1, safe=False)
+    with unmerged(pipe):
+        assert mergeplug.settings(pipe) is None and find_record([pipe.model], aux=True) is not None
+    assert mergeplug.settings(pipe).ratio == 0.1 and find_record([pipe.model], aux=True) is not None
+    tune(pipe, _series(1, 120), prediction_length=4, windows=1, candidates={"a": dict(k=1, ratio=0.2)}, reps=1,
+         min_time=0.0, progress=False)  # fmt: skip
+    assert mergeplug.settings(pipe).ratio == 0.1 and find_record([pipe.model], aux=True) is not None
+    mergeplug.remove(pipe)
 
 
 def test_tune_rejects_bad_input():
@@ -106,9 +129,10 @@ def test_tune_cli_checks_the_choice_on_the_test_windows(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "### m4_hourly_sample" in out and "On the test windows" in out
-    meta = json.loads((tmp_path / "m4_hourly_sample" / "tune.json").read_text())
+    where = tmp_path / "random_chronos-bolt-test" / "m4_hourly_sample"  # <out>/<model>/<dataset>
+    meta = json.loads((where / "tune.json").read_text())
     assert meta["result"]["best_label"] in ("unmerged", "k=1,ratio=0.2,safe=false")
-    rows = [json.loads(x) for x in (tmp_path / "m4_hourly_sample" / "test" / "results.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (where / "test" / "results.jsonl").read_text().splitlines()]
     assert {r["setting"] for r in rows} >= {"seasonal-naive", "unmerged"}
     assert main(["tune", "--model", "random:chronos-bolt-test", "--datasets", "nope", "--out", str(tmp_path)]) == 2
 

@@ -57,7 +57,7 @@ def tune_dataset(
     def forecast(entries: list[dict[str, Any]], h: int):
         return fc.quantiles(entries, h, batch_size=len(entries))
 
-    where = Path(out) / ds.name
+    where = Path(out) / model.replace(":", "_").replace("/", "_") / ds.name
     result = tune(
         fc.pipe if hasattr(fc, "pipe") else fc.target,
         [dict(e) for e in history.entries],

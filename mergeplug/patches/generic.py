@@ -109,12 +109,14 @@ def inject_blocks(
 
     def pre(i: int, block: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         cfg: MergeConfig = record.config
+        if cfg.is_noop(n_layers):
+            return None
         if i == 0:  # a sequence no longer than the token floor runs the original blocks, bitwise
             n = to_btc(args[0]).shape[1]
-            scratch["short"] = not cfg.is_noop(n_layers) and cfg.is_noop(n_layers, n)
+            scratch["short"] = cfg.is_noop(n_layers, n)
             if scratch["short"]:
                 scratch["token_counts"] = [n] * (n_layers + 1)
-        if cfg.is_noop(n_layers) or scratch.get("short"):
+        if scratch.get("short"):
             return None
         for key in padding_kwargs:
             mask = kwargs.get(key)

@@ -78,13 +78,8 @@ def merged_patchtst_forward(encoder: PatchTSTEncoder, record: PatchRecord, patch
         keys = scratch.pop("keys", None)
         before = state.length
         h = merge_layer(h, state, cfg, i, metric=partial(head_mean, keys, layer.self_attn.num_heads))
-        if state.length < before:  # log(size) and / or the empty slots of rows that merged fewer tokens
-            masked = not bool(state.mask.all())
-            bias = (
-                state.log_size_bias(h.dtype, cfg.proportional_attention)
-                if cfg.proportional_attention or masked
-                else None
-            )
+        if state.length < before:
+            bias = state.log_size_bias(h.dtype, cfg.proportional_attention) if cfg.proportional_attention else None
         counts.append(state.length)
         h = _sublayer_ff(layer, h)
     scratch["token_counts"] = counts
