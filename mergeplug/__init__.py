@@ -1,5 +1,6 @@
 """mergeplug: local token merging (and more) for Chronos and Hugging Face Transformers."""
 
+from . import models
 from .binary import (
     SparseBinaryLinear,
     binarization,
@@ -52,5 +53,6 @@ __all__ = [
     "load_packed",
     "packed_size_report",
     "SparseBinaryLinear",
+    "models",
     "__version__",
 ]

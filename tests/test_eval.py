@@ -90,6 +90,41 @@ def test_parse_merge():
         parse_merge("k=1,ratio=0.2,sampling=stock")
     with pytest.raises(ValueError, match="changes nothing"):
         parse_merge(" ")
+    # a merge row that merges nothing, a key given twice, per-layer lists longer than the model: refused
+    for text in ("k=1", "k=3,r=0", "k=global,ratio=0"):
+        with pytest.raises(ValueError, match="merges nothing"):
+            parse_merge(text)
+    with pytest.raises(ValueError, match="'ratio' is given twice"):
+        parse_merge("k=1,ratio=0.2,ratio=0.4")
+    with pytest.raises(ValueError, match="r has 3 per-layer values but the model has 2 layers"):
+        parse_merge("k=1,r=1:2:3", num_layers=2)
+    assert parse_merge("k=1,r=0:0:5").kwargs["r"] == [0, 0, 5]  # merges in its third layer
+
+
+def test_run_validates_options_before_any_work(tmp_path):
+    base = dict(out=tmp_path / "x", progress=False)
+    bad = [
+        (dict(batch_size=0), "batch_size must be an int >= 1"),
+        (dict(timing_windows=0), "timing_windows must be an int >= 1"),
+        (dict(max_series=-1), "max_series must be an int >= 1"),
+        (dict(reps=0), "reps must be an int >= 1"),
+        (dict(cost_windows=-1), "cost_windows must be an int >= 0"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(ValueError, match=message):
+            run("random:chronos-bolt-test", ["m3_yearly"], ["k=1,ratio=0.2"], **base, **kwargs)
+    with pytest.raises(ValueError, match="seasonal-naive has nothing to merge"):
+        run("seasonal-naive", ["m3_yearly"], ["k=1,ratio=0.2"], **base)
+    assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+def test_models_are_reachable_after_a_plain_import():
+    import subprocess
+    import sys
+
+    code = "import mergeplug; print(type(mergeplug.models.chronos_t5('test')).__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "ChronosPipeline"
 
 
 def test_run_chronos_t5_fast_sampling_settings(tmp_path):

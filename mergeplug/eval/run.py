@@ -73,10 +73,14 @@ def parse_merge(text: str, num_layers: int | None = None) -> MergeSetting:
     """
     kwargs: dict[str, Any] = {}
     reduction, schedule, sampling, stock = None, "constant", None, False
+    seen: set[str] = set()
     for part in filter(None, (p.strip() for p in text.split(","))):
         if "=" not in part:
             raise ValueError(f"merge setting {text!r}: expected key=value, got {part!r}")
         key, value = (x.strip() for x in part.split("=", 1))
+        if key in seen:
+            raise ValueError(f"merge setting {text!r}: {key!r} is given twice; give each key once")
+        seen.add(key)
         try:
             if key == "k":
                 kwargs["k"] = None if value.lower() in ("global", "none") else int(value)
@@ -122,7 +126,19 @@ def parse_merge(text: str, num_layers: int | None = None) -> MergeSetting:
     if stock:
         raise ValueError(f"merge setting {text!r}: sampling=stock is the default, drop it (one label per setting)")
     if kwargs:
-        MergeConfig(**{**kwargs, **({"period": 1.0} if kwargs.get("period") == "season" else {})})  # validate now
+        config = MergeConfig(**{**kwargs, **({"period": 1.0} if kwargs.get("period") == "season" else {})})  # validate
+        for name in ("r", "ratio"):
+            value = kwargs.get(name)
+            if isinstance(value, list) and num_layers is not None and len(value) > num_layers:
+                raise ValueError(
+                    f"merge setting {text!r}: {name} has {len(value)} per-layer values but the model has {num_layers} "
+                    "layers; give at most one value per layer"
+                )
+        per_layer = [v for v in (kwargs.get("r"), kwargs.get("ratio")) if isinstance(v, list)]
+        if config.is_noop(num_layers or max([len(v) for v in per_layer] + [1])):
+            raise ValueError(
+                f"merge setting {text!r} merges nothing: give a count (r=..., ratio=... or reduction=...) above 0"
+            )
     elif sampling is None:
         raise ValueError(f"merge setting {text!r} changes nothing: give a merge (k=..., ratio=...) or sampling=fast")
     return MergeSetting(label=text.replace(" ", ""), kwargs=kwargs, sampling=sampling)
@@ -321,8 +337,14 @@ def run(
     """
     import mergeplug
 
-    if reps < 1:
-        raise ValueError(f"reps must be >= 1, got {reps}")
+    for name, value, low in (("reps", reps, 1), ("batch_size", batch_size, 1), ("timing_windows", timing_windows, 1),
+                             ("cost_windows", cost_windows, 0)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if max_series is not None and (isinstance(max_series, bool) or not isinstance(max_series, int) or max_series < 1):
+        raise ValueError(f"max_series must be an int >= 1 (or None for all series), got {max_series!r}")
+    if model == "seasonal-naive" and merges:
+        raise ValueError("seasonal-naive has nothing to merge: drop --merge, or evaluate a model with --model")
     forecaster = None if model == "seasonal-naive" else load_model(model, device=device, dtype=dtype)
     layers = forecaster.num_layers if forecaster is not None else None
     settings = (
