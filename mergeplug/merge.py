@@ -437,14 +437,15 @@ def match(
     else:
         assert r is not None, "match() needs r or threshold"
         scores, cand = band_scores(metric, k, causal=state.causal)
-        if period == "auto" and k is not None:  # global merging sees every twin anyway
+        twins = None if k is None else period  # global merging sees every twin anyway
+        if twins == "auto":
             if state.period is None:
                 if state.length != state.source.shape[1]:
                     raise ValueError('period="auto" must see the sequence before any merge')
                 state.period = detect_period(metric, state.mask & ~state.protected, groups=groups)
-            period = state.period
-        if period is not None and period != "auto" and k is not None:  # seasonal twins beside the local band
-            s_twin, c_twin = seasonal_candidates(metric, state.pos, period, causal=state.causal)
+            twins = state.period
+        if twins is not None:  # seasonal twins beside the local band
+            s_twin, c_twin = seasonal_candidates(metric, state.pos, twins, causal=state.causal)
             scores = torch.cat([scores, s_twin], dim=-1)
             cand = torch.cat([cand.expand(n_b, -1, -1), c_twin], dim=-1)
         scores = _pair_rules(scores, cand, state)
