@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .config import schedule_for_reduction
 from .core import apply, apply_kwargs, remove, settings, token_counts
+from .store import RowFile, check_setup
 
 __all__ = ["tune", "TuneResult", "default_candidates", "weighted_quantile_loss", "backtest_windows"]
 
@@ -303,6 +304,9 @@ def tune(
                         if elapsed >= min_time:
                             break
                     times[label].append(elapsed / calls)
+    except BaseException:
+        store.close()
+        raise
     finally:
         remove(target, merging_only=True)
         if before is not None:
@@ -326,6 +330,7 @@ def tune(
         windows=len(contexts),
     )
     store.finish(result)
+    store.close()
     if apply_best and result.best is not None:
         remove(target, merging_only=True)
         apply(target, **result.best)
@@ -333,45 +338,38 @@ def tune(
 
 
 class _Store:
-    """``tune.jsonl`` rows (appended as they finish) and ``tune.json`` (the setup, then the result) in ``out``."""
+    """``tune.jsonl`` rows (appended as they finish) and ``tune.json`` (the setup, then the result) in ``out``;
+    one process at a time (see :class:`mergeplug.store.RowFile`)."""
 
     def __init__(self, out: str | Path | None, meta: dict[str, Any]) -> None:
         self.dir = None if out is None else Path(out)
         self.rows: dict[str, dict[str, Any]] = {}
+        self.file: RowFile | None = None
         if self.dir is None:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        meta_path = self.dir / "tune.json"
-        meta = json.loads(json.dumps(meta))  # as it reads back
-        if meta_path.exists():
-            old = json.loads(meta_path.read_text()).get("setup", {})
-            differ = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
-            if differ:
-                raise ValueError(
-                    f"{self.dir} holds a tune run with other {', '.join(differ)}; use another out directory"
-                )
-        meta_path.write_text(json.dumps({"setup": meta}, indent=1))
-        path = self.dir / "tune.jsonl"
-        if path.exists():
-            text = path.read_text()
-            if text and not text.endswith("\n"):  # a row cut short by a kill: the next row starts on a new line
-                with path.open("a") as f:
-                    f.write("\n")
-            for line in text.splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a row cut short by a kill: recompute it
-                    continue
-                self.rows[row["label"]] = row
+        self.file = RowFile(self.dir, "tune.jsonl", what="a mergeplug tune run")
+        try:
+            meta_path = self.dir / "tune.json"
+            if meta_path.exists():
+                old = json.loads(meta_path.read_text()).get("setup", {})
+                check_setup(old, meta, sorted(set(old) | set(meta)), self.dir)
+            meta_path.write_text(json.dumps({"setup": meta}, indent=1))
+        except BaseException:
+            self.close()
+            raise
+        self.rows = {row["label"]: row for row in self.file.rows if "label" in row}
 
     def get(self, label: str) -> dict[str, Any] | None:
         return self.rows.get(label)
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows[row["label"]] = row
-        if self.dir is not None:
-            with (self.dir / "tune.jsonl").open("a") as f:
-                f.write(json.dumps(row) + "\n")
+        if self.file is not None:
+            self.file.add(row)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
     def finish(self, result: TuneResult) -> None:
         if self.dir is None:

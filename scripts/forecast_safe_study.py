@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mergeplug.eval.report import load_rows
+
 warnings.filterwarnings("ignore")
 
 
@@ -148,7 +150,7 @@ def grid(results_dir: str, datasets: set[str] | None = None) -> str:
     """The k x reduction table of a ``mergeplug-eval run`` directory (scripts/forecast_safe_eval.sh): per cell the
     geometric-mean WQL change over datasets, the worst dataset, the geometric-mean speed-up and MACs ratio, for the
     forecast-safe defaults and (where run) plain merging."""
-    rows = [json.loads(x) for x in (Path(results_dir) / "results.jsonl").read_text().splitlines() if x.strip()]
+    rows = load_rows(results_dir)
     rows = [r for r in rows if "WQL_change" in r and (datasets is None or r["dataset"] in datasets)]
 
     def gm(values: list[float]) -> float:
@@ -187,7 +189,7 @@ def finetune_table(ft_dir: str, ref_dir: str, training: str | None = None) -> st
     ``training.json``) the compute it took."""
 
     def load(d: str) -> dict[tuple[str, str], dict]:
-        rows = [json.loads(x) for x in (Path(d) / "results.jsonl").read_text().splitlines() if x.strip()]
+        rows = load_rows(d)
         return {(r["dataset"], r["setting"]): r for r in rows if "WQL" in r}
 
     ft, ref = load(ft_dir), load(ref_dir)

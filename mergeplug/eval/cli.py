@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .._quiet import quiet_third_party
 from .data import OfflineError, list_datasets
 from .report import write_report
 from .run import MERGE_KEYS, run
@@ -30,6 +31,7 @@ def _fail(exc: Exception) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_third_party()
     p = argparse.ArgumentParser(prog="mergeplug-eval", description="Speed-up and accuracy change of token merging.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -52,6 +54,18 @@ def main(argv: list[str] | None = None) -> int:
         f"keys: {', '.join(MERGE_KEYS)}; Chronos-T5: 'sampling=fast' (fast path, same samples as stock) or "
         "'sampling=fast-topk', alone or with a merge",
     )
+    r.add_argument(
+        "--prediction-length", type=int, default=None,
+        help="forecast horizon (needed for file:PATH; replaces a registered dataset's horizon)",
+    )  # fmt: skip
+    r.add_argument(
+        "--windows", type=int, default=None,
+        help="rolling test windows per series, cut from the end (default: the dataset's; 1 for file:PATH)",
+    )  # fmt: skip
+    r.add_argument(
+        "--freq", default=None,
+        help="frequency of a file:PATH dataset, a pandas alias (h, D, B, W-SUN, MS, ME, QS-OCT, YS); default: inferred",
+    )  # fmt: skip
     r.add_argument("--out", default="results/eval", help="results directory (rerun to resume)")
     r.add_argument("--reps", type=int, default=3, help="interleaved timing repetitions (median)")
     r.add_argument("--batch-size", type=int, default=32)
@@ -135,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         try:
             print(write_report(args.directory))
-        except FileNotFoundError as exc:
-            p.error(str(exc))
+        except (FileNotFoundError, ValueError) as exc:
+            return _fail(exc)
         return 0
     if args.command in ("precheck", "precheck-validate", "precheck-confirm"):
         try:
@@ -205,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             dtype=args.dtype,
             progress=not args.no_progress,
+            prediction_length=args.prediction_length,
+            windows=args.windows,
+            freq=args.freq,
         )
     except (KeyError, ValueError, OfflineError, OSError) as exc:
         return _fail(exc)

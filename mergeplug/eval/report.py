@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
+
+from ..store import read_rows
 
 __all__ = ["load_rows", "aggregate", "markdown", "plot", "write_report"]
 
@@ -15,7 +16,11 @@ def load_rows(directory: str | Path) -> list[dict[str, Any]]:
     path = Path(directory) / "results.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {directory} a mergeplug-eval results directory?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows, _ = read_rows(path)  # a row cut short by a kill is left out (and said so)
+    missing = [i for i, r in enumerate(rows) if not {"dataset", "setting", "MASE", "WQL"} <= set(r)]
+    if missing:
+        raise ValueError(f"{path}: row {missing[0] + 1} lacks dataset/setting/MASE/WQL: not a mergeplug-eval result")
+    return rows
 
 
 def _geomean(values: list[float]) -> float:
@@ -103,7 +108,8 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
     ax.set_xlabel("speed-up vs unmerged (x)")
     ax.set_ylabel("WQL change vs unmerged (%)")
     ax.set_title("Token merging: speed vs accuracy")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # no merged rows: nothing to label
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

@@ -10,6 +10,7 @@ soon as it exists; a rerun with the same output directory skips finished cells.
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import statistics
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -31,8 +33,11 @@ from tqdm.auto import tqdm
 from ..config import MergeConfig, schedule_for_reduction
 from ..cost import profile
 from ..patches import families
-from .data import EvalDataset, load_dataset
+from ..store import RowFile, check_setup
+from .data import EvalDataset, check_dataset_name, load_dataset
 from .models import QUANTILES, Forecaster, chronos_quantiles, load_model
+
+logger = logging.getLogger("mergeplug")
 
 __all__ = ["QUANTILES", "MergeSetting", "parse_merge", "load_model", "chronos_quantiles", "evaluate", "run"]
 
@@ -194,12 +199,16 @@ def score(ds: EvalDataset, test_data, quantiles: np.ndarray) -> dict[str, float]
         )
         for i, inp in enumerate(test_data.input)
     ]
-    metrics = evaluate_forecasts(
-        forecasts,
-        test_data=test_data,
-        metrics=[MASE(), MeanWeightedSumQuantileLoss(list(QUANTILES))],
-        seasonality=ds.season,
-    )
+    import gluonts.model.evaluation as gluonts_evaluation
+
+    # GluonTS draws a progress bar for every scoring call, with no option to turn it off: off here
+    with mock.patch.object(gluonts_evaluation, "tqdm", partial(tqdm, disable=True)):
+        metrics = evaluate_forecasts(
+            forecasts,
+            test_data=test_data,
+            metrics=[MASE(), MeanWeightedSumQuantileLoss(list(QUANTILES))],
+            seasonality=ds.season,
+        )
     row = metrics.iloc[0]
     return {"MASE": float(row["MASE[0.5]"]), "WQL": float(row["mean_weighted_sum_quantile_loss"])}
 
@@ -212,39 +221,61 @@ def evaluate(ds: EvalDataset, forecast: Callable[[list[np.ndarray]], np.ndarray]
 
 
 # ------------------------------------------------------------------------------------------------- results
+#: run options that change a row's numbers: a directory holding rows computed with other values is not resumed
+SETUP_KEYS = (
+    "model", "quantiles", "seed", "prediction_length", "windows", "freq", "max_series", "batch_size", "reps",
+    "timing_windows", "cost_windows", "device", "dtype",
+)  # fmt: skip
+
+
 class ResultStore:
-    """``results.jsonl`` + ``run.json`` in a directory; rows are appended as they arrive."""
+    """``results.jsonl`` + ``run.json`` in a directory, one writing process at a time (a second one is refused);
+    rows are appended as they arrive, each in one write (see :class:`mergeplug.store.RowFile`).
+
+    ``run.json`` records the options in :data:`SETUP_KEYS`; resuming with other values is refused, naming them.
+    ``write=False``: the other processes of a multi-process run (rows kept in memory only, no lock).
+    """
 
     def __init__(self, directory: str | Path, meta: dict[str, Any], write: bool = True):
         self.dir = Path(directory)
-        self.write = write
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.dir / "results.jsonl"
-        meta_path = self.dir / "run.json"
-        if meta_path.exists():
-            old = json.loads(meta_path.read_text())
-            for key in ("model", "quantiles", "seed"):
-                if old.get(key) != meta.get(key):
-                    raise ValueError(
-                        f"{self.dir} holds a run with {key}={old.get(key)!r}, this run has {meta.get(key)!r}: "
-                        "use another --out directory"
+        self.meta_path = self.dir / "run.json"
+        self.file = RowFile(self.dir, "results.jsonl", what="a mergeplug-eval run", write=write)
+        self.meta: dict[str, Any] | None = meta if write else None  # written with the first row
+        try:
+            if self.meta_path.exists():
+                old = json.loads(self.meta_path.read_text())
+                unknown = [k for k in SETUP_KEYS if k not in old]
+                if unknown:  # written before these were recorded: what is recorded is checked
+                    logger.warning(
+                        "%s does not record %s; resuming without checking them", self.meta_path, ", ".join(unknown)
                     )
-        if write:
-            meta_path.write_text(json.dumps(meta, indent=1))
-        self.rows = [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
+                check_setup(old, meta, [k for k in SETUP_KEYS if k in old], self.dir)
+                merges = list(dict.fromkeys(old.get("merges", []) + list(meta.get("merges", []))))
+                self.meta = {**meta, "merges": merges} if write else None
+        except BaseException:
+            self.close()
+            raise
 
-    def done(self, dataset: str, setting: str) -> bool:
-        return any(r["dataset"] == dataset and r["setting"] == setting for r in self.rows)
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return self.file.rows
 
     def get(self, dataset: str, setting: str) -> dict[str, Any] | None:
-        return next((r for r in self.rows if r["dataset"] == dataset and r["setting"] == setting), None)
+        return next((r for r in self.rows if r.get("dataset") == dataset and r.get("setting") == setting), None)
+
+    def done(self, dataset: str, setting: str) -> bool:
+        return self.get(dataset, setting) is not None
 
     def add(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        if not self.write:  # other processes of a multi-process run keep rows in memory only
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        if self.meta is not None:  # the setup goes with the first row (a run refused before any row leaves none)
+            tmp = self.meta_path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(self.meta, indent=1))
+            tmp.replace(self.meta_path)
+            self.meta = None
+        self.file.add(row)
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def _rss_mb() -> float:
@@ -322,18 +353,27 @@ def run(
     dtype: str = "float32",
     progress: bool = True,
     cost_windows: int = 4,
+    prediction_length: int | None = None,
+    windows: int | None = None,
+    freq: str | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate the seasonal-naive baseline, the unmerged model and each merge setting on each dataset.
 
-    ``datasets``: registry names / ``file:PATH`` or :class:`~mergeplug.eval.data.EvalDataset` objects (e.g.
-    from :func:`~mergeplug.eval.data.variant`). ``model``: a spec for :func:`~mergeplug.eval.models.load_model`
-    (``"seasonal-naive"`` scores only the baseline) or a :class:`~mergeplug.eval.models.Forecaster`.
-    Per setting it records MASE, WQL, their change vs unmerged, median time over ``reps`` interleaved
-    repetitions on ``timing_windows`` windows, throughput, encoder tokens per layer, peak memory
-    (``peak_mem_mb``: resident memory above the level before that setting's forecasts) and the cost counted
-    by :func:`mergeplug.cost.profile` on ``cost_windows`` windows (``macs_per_window``, ``macs_ratio`` =
-    unmerged / this, ``params``). Returns all rows of the results directory (finished cells of an earlier run
-    included).
+    ``datasets``: registry names, ``file:PATH`` (CSV or Parquet, see :func:`~mergeplug.eval.data.load_local`)
+    or :class:`~mergeplug.eval.data.EvalDataset` objects (e.g. from :func:`~mergeplug.eval.data.variant`).
+    ``model``: a spec for :func:`~mergeplug.eval.models.load_model` (``"seasonal-naive"`` scores only the
+    baseline) or a :class:`~mergeplug.eval.models.Forecaster`. Per setting it records MASE, WQL, their change vs
+    unmerged, median time over ``reps`` interleaved repetitions on ``timing_windows`` windows, throughput,
+    encoder tokens per layer, peak memory (``peak_mem_mb``: resident memory above the level before that
+    setting's forecasts) and the cost counted by :func:`mergeplug.cost.profile` on ``cost_windows`` windows
+    (``macs_per_window``, ``macs_ratio`` = unmerged / this, ``params``).
+
+    ``prediction_length`` / ``windows`` replace each dataset's protocol (a local file needs
+    ``prediction_length``; its ``windows`` default to 1); ``freq``: a local file's frequency (a pandas offset
+    alias, inferred when None). Every option is checked before any work. One process writes into ``out`` at a
+    time (a second is refused); rows are written as they finish, and a rerun with the same options resumes
+    (other options are refused, naming them). Returns all rows of the results directory (finished cells of an
+    earlier run included).
     """
     import mergeplug
 
@@ -341,119 +381,133 @@ def run(
                              ("cost_windows", cost_windows, 0)):  # fmt: skip
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    if max_series is not None and (isinstance(max_series, bool) or not isinstance(max_series, int) or max_series < 1):
-        raise ValueError(f"max_series must be an int >= 1 (or None for all series), got {max_series!r}")
+    for name, value in (("max_series", max_series), ("prediction_length", prediction_length), ("windows", windows)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be an int >= 1 (or None for the default), got {value!r}")
     if model == "seasonal-naive" and merges:
         raise ValueError("seasonal-naive has nothing to merge: drop --merge, or evaluate a model with --model")
-    forecaster = None if model == "seasonal-naive" else load_model(model, device=device, dtype=dtype)
-    layers = forecaster.num_layers if forecaster is not None else None
-    settings = (
-        [MergeSetting("unmerged", {})] + [parse_merge(m, layers) for m in merges] if forecaster is not None else []
-    )
-    if any(s.sampling for s in settings) and not _samples_tokens(forecaster):
-        raise ValueError(
-            f"sampling=... switches Chronos-T5's token sampling; {forecaster.name or model!r} is not a Chronos-T5 "
-            "(seq2seq) pipeline (Chronos-Bolt and Chronos-2 predict quantiles directly): drop sampling= from --merge"
-        )
-    if forecaster is not None and merges and not forecaster.mergeable():
-        raise ValueError(
-            f"token merging does not apply to {forecaster.name or model!r} (supported families: "
-            f"{', '.join(f.name for f in families())}); evaluate it without --merge"
-        )
+    for item in datasets:  # a missing horizon or an unknown name fails now, not after hours of work
+        if isinstance(item, str):
+            check_dataset_name(item, prediction_length=prediction_length, freq=freq)
+    data_options = dict(prediction_length=prediction_length, windows=windows, max_series=max_series, freq=freq)
     name = model if isinstance(model, str) else (model.name or type(model).__name__)
-    meta = {"model": name, "quantiles": list(QUANTILES), "seed": seed, "merges": list(merges), "reps": reps}
+    meta = {
+        "model": name, "quantiles": list(QUANTILES), "seed": seed, "merges": list(merges), "reps": reps,
+        "prediction_length": prediction_length, "windows": windows, "freq": freq, "max_series": max_series,
+        "batch_size": batch_size, "timing_windows": timing_windows, "cost_windows": cost_windows, "device": device,
+        "dtype": dtype,
+    }  # fmt: skip
     from accelerate import PartialState
 
     dist = PartialState()  # one process unless started with `accelerate launch`
     shard = (dist.process_index, dist.num_processes)
     store = ResultStore(out, meta, write=dist.is_main_process)
-
-    def configure(fc: Forecaster, s: MergeSetting) -> None:
-        if merges:  # else nothing to apply or remove (and the model may not be patchable at all)
-            apply_setting(fc.target, s, season=ds.season)
-
-    for item in tqdm(datasets, desc="datasets", disable=not progress):
-        ds = item if isinstance(item, EvalDataset) else load_dataset(item, max_series=max_series)
-        ds_name = ds.name
-        base = {"dataset": ds_name, "series": len(ds), "skipped_series": ds.skipped, "windows": ds.windows}
-        base["prediction_length"] = ds.prediction_length
-        if not store.done(ds_name, "seasonal-naive"):
-            test_data = _windows(ds)
-            metrics = score(ds, test_data, seasonal_naive_quantiles(ds, list(test_data.input)))
-            store.add({**base, "setting": "seasonal-naive", **metrics})
-        pending = [s for s in settings if not store.done(ds_name, s.label)]
-        if not pending:
-            continue
-        fc = forecaster.for_dataset(ds)
-        test_data = _windows(ds)
-        inputs = list(test_data.input)
-        timed = [settings[0]] + [s for s in pending if not s.is_reference]  # the reference is always re-timed
-        times: dict[str, list[float]] = {s.label: [] for s in timed}
-        accuracy: dict[str, dict[str, float]] = {}
-        counts: dict[str, list[int] | None] = {}
-        memory: dict[str, float] = {}
-        costs: dict[str, dict[str, Any]] = {}
-        kw = dict(batch_size=batch_size, seed=seed, shard=shard)
-        with torch.inference_mode():
-            for s in pending:  # accuracy: every window, same seeds for every setting
-                configure(fc, s)
-                with PeakMemory() as mem:
-                    q = fc.quantiles(
-                        inputs, ds.prediction_length, **kw, progress=progress and dist.is_main_process,
-                        desc=f"{ds_name} {s.label}",
-                    )  # fmt: skip
-                memory[s.label] = mem.extra_mb
-                accuracy[s.label] = score(ds, test_data, q)
-                counts[s.label] = mergeplug.token_counts(fc.target) if s.kwargs else None
-            if fc.target is not None and cost_windows > 0:  # a torch model: count its MACs per window
-                few = inputs[:cost_windows]
-                for s in timed:
-                    configure(fc, s)
-                    rep = profile(
-                        fc.target,
-                        run=partial(fc.quantiles, few, ds.prediction_length, batch_size=len(few), seed=seed),
-                        series=len(few),
-                        storage=False,
-                    )
-                    costs[s.label] = {"macs_per_window": rep.macs_per_series, "params": rep.params["total"]}
-            subset = inputs[:timing_windows]
-            configure(fc, timed[0])
-            fc.quantiles(subset[:batch_size], ds.prediction_length, batch_size=batch_size)  # warm-up
-            for _ in tqdm(range(reps), desc=f"{ds_name} timing", disable=not progress, leave=False):
-                for s in timed:  # interleaved
-                    configure(fc, s)
-                    dist.wait_for_everyone()
-                    start = time.perf_counter()
-                    fc.quantiles(subset, ds.prediction_length, **kw)
-                    times[s.label].append(time.perf_counter() - start)  # the gather makes this the slowest shard
-        configure(fc, settings[0])
-        ref_time = statistics.median(times["unmerged"])
-        ref_acc = accuracy.get("unmerged") or store.get(ds_name, "unmerged")
-        for s in pending:
-            t = statistics.median(times[s.label])
-            acc = accuracy[s.label]
-            store.add(
-                {
-                    **base,
-                    "setting": s.label,
-                    "merge": s.kwargs,
-                    "sampling": s.sampling or "stock",
-                    **acc,
-                    "MASE_change": acc["MASE"] / ref_acc["MASE"] - 1.0,
-                    "WQL_change": acc["WQL"] / ref_acc["WQL"] - 1.0,
-                    "time_s": t,
-                    "timing_windows": len(subset),
-                    "windows_per_s": len(subset) / t,
-                    "speedup": ref_time / t,
-                    "tokens_per_layer": counts[s.label],
-                    "peak_mem_mb": memory[s.label],
-                    "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-                    **costs.get(s.label, {}),
-                    **(
-                        {"macs_ratio": costs["unmerged"]["macs_per_window"] / costs[s.label]["macs_per_window"]}
-                        if s.label in costs and costs["unmerged"]["macs_per_window"]
-                        else {}
-                    ),
-                }
+    try:
+        forecaster = None if model == "seasonal-naive" else load_model(model, device=device, dtype=dtype)
+        layers = forecaster.num_layers if forecaster is not None else None
+        settings = (
+            [MergeSetting("unmerged", {})] + [parse_merge(m, layers) for m in merges] if forecaster is not None else []
+        )
+        if any(s.sampling for s in settings) and not _samples_tokens(forecaster):
+            raise ValueError(
+                f"sampling=... switches Chronos-T5's token sampling; {forecaster.name or model!r} is not a "
+                "Chronos-T5 (seq2seq) pipeline (Chronos-Bolt and Chronos-2 predict quantiles directly): drop "
+                "sampling= from --merge"
             )
-    return store.rows
+        if forecaster is not None and merges and not forecaster.mergeable():
+            raise ValueError(
+                f"token merging does not apply to {forecaster.name or model!r} (supported families: "
+                f"{', '.join(f.name for f in families())}); evaluate it without --merge"
+            )
+
+        def configure(fc: Forecaster, s: MergeSetting) -> None:
+            if merges:  # else nothing to apply or remove (and the model may not be patchable at all)
+                apply_setting(fc.target, s, season=ds.season)
+
+        for item in tqdm(datasets, desc="datasets", disable=not progress):
+            ds = item if isinstance(item, EvalDataset) else load_dataset(item, **data_options)
+            ds_name = ds.name
+            base = {"dataset": ds_name, "series": len(ds), "skipped_series": ds.skipped, "windows": ds.windows}
+            base["prediction_length"] = ds.prediction_length
+            if not store.done(ds_name, "seasonal-naive"):
+                test_data = _windows(ds)
+                metrics = score(ds, test_data, seasonal_naive_quantiles(ds, list(test_data.input)))
+                store.add({**base, "setting": "seasonal-naive", **metrics})
+            pending = [s for s in settings if not store.done(ds_name, s.label)]
+            if not pending:
+                continue
+            fc = forecaster.for_dataset(ds)
+            test_data = _windows(ds)
+            inputs = list(test_data.input)
+            timed = [settings[0]] + [s for s in pending if not s.is_reference]  # the reference is always re-timed
+            times: dict[str, list[float]] = {s.label: [] for s in timed}
+            accuracy: dict[str, dict[str, float]] = {}
+            counts: dict[str, list[int] | None] = {}
+            memory: dict[str, float] = {}
+            costs: dict[str, dict[str, Any]] = {}
+            kw = dict(batch_size=batch_size, seed=seed, shard=shard)
+            with torch.inference_mode():
+                for s in pending:  # accuracy: every window, same seeds for every setting
+                    configure(fc, s)
+                    with PeakMemory() as mem:
+                        q = fc.quantiles(
+                            inputs, ds.prediction_length, **kw, progress=progress and dist.is_main_process,
+                            desc=f"{ds_name} {s.label}",
+                        )  # fmt: skip
+                    memory[s.label] = mem.extra_mb
+                    accuracy[s.label] = score(ds, test_data, q)
+                    counts[s.label] = mergeplug.token_counts(fc.target) if s.kwargs else None
+                if fc.target is not None and cost_windows > 0:  # a torch model: count its MACs per window
+                    few = inputs[:cost_windows]
+                    for s in timed:
+                        configure(fc, s)
+                        rep = profile(
+                            fc.target,
+                            run=partial(fc.quantiles, few, ds.prediction_length, batch_size=len(few), seed=seed),
+                            series=len(few),
+                            storage=False,
+                        )
+                        costs[s.label] = {"macs_per_window": rep.macs_per_series, "params": rep.params["total"]}
+                subset = inputs[:timing_windows]
+                configure(fc, timed[0])
+                fc.quantiles(subset[:batch_size], ds.prediction_length, batch_size=batch_size)  # warm-up
+                for _ in tqdm(range(reps), desc=f"{ds_name} timing", disable=not progress, leave=False):
+                    for s in timed:  # interleaved
+                        configure(fc, s)
+                        dist.wait_for_everyone()
+                        start = time.perf_counter()
+                        fc.quantiles(subset, ds.prediction_length, **kw)
+                        times[s.label].append(time.perf_counter() - start)  # the gather makes this the slowest shard
+            configure(fc, settings[0])
+            ref_time = statistics.median(times["unmerged"])
+            ref_acc = accuracy.get("unmerged") or store.get(ds_name, "unmerged")
+            for s in pending:
+                t = statistics.median(times[s.label])
+                acc = accuracy[s.label]
+                store.add(
+                    {
+                        **base,
+                        "setting": s.label,
+                        "merge": s.kwargs,
+                        "sampling": s.sampling or "stock",
+                        **acc,
+                        "MASE_change": acc["MASE"] / ref_acc["MASE"] - 1.0,
+                        "WQL_change": acc["WQL"] / ref_acc["WQL"] - 1.0,
+                        "time_s": t,
+                        "timing_windows": len(subset),
+                        "windows_per_s": len(subset) / t,
+                        "speedup": ref_time / t,
+                        "tokens_per_layer": counts[s.label],
+                        "peak_mem_mb": memory[s.label],
+                        "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+                        **costs.get(s.label, {}),
+                        **(
+                            {"macs_ratio": costs["unmerged"]["macs_per_window"] / costs[s.label]["macs_per_window"]}
+                            if s.label in costs and costs["unmerged"]["macs_per_window"]
+                            else {}
+                        ),
+                    }
+                )
+        return store.rows
+    finally:
+        store.close()
