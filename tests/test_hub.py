@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
@@ -12,11 +13,12 @@ import torch
 from chronos import BaseChronosPipeline
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard import metadata_load
-from transformers import PatchTSTConfig, PatchTSTForPrediction
+from transformers import PatchTSTConfig, PatchTSTForPrediction, PreTrainedModel
 
 import mergeplug
+import mergeplug.hub as hub
 from mergeplug.eval.cli import main
-from mergeplug.hub import CONFIG_NAME, FORMAT_VERSION, model_card
+from mergeplug.hub import CARD_MARKER, CONFIG_NAME, FORMAT_VERSION, model_card
 from mergeplug.models import chronos_bolt, chronos_t5
 
 
@@ -200,3 +202,157 @@ def test_push_to_hub_is_a_thin_call(tmp_path, monkeypatch):
     ]
     with pytest.raises(FileNotFoundError):
         mergeplug.push_to_hub(tmp_path, "me/x")
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {f.relative_to(directory).as_posix(): f.read_bytes() for f in sorted(directory.rglob("*")) if f.is_file()}
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _weights_cut_short(self, directory, **kwargs):
+    Path(directory, "model.safetensors").write_bytes(b"partial")  # what a full disk leaves: half a file
+    _disk_full()
+
+
+@pytest.mark.parametrize("failure", ["weights", "card", "results"])
+def test_failed_save_leaves_the_previous_save_intact(tmp_path, monkeypatch, failure):
+    """A save is built in a temporary directory and moved into place when complete: one that fails part way
+    (disk full while writing the weights or the card, a bad results= path) changes nothing of the previous save,
+    nor the user's own files, and leaves no temporary directory behind."""
+    pipe = chronos_bolt("test")
+    mergeplug.apply(pipe, k=1, ratio=0.3)
+    with torch.inference_mode():
+        before = pipe.predict(_ctx(), prediction_length=12)
+    out = mergeplug.save_pretrained(pipe, tmp_path / "m", base_model="amazon/chronos-bolt-small")
+    (out / "notes.txt").write_text("the user's own file")
+    saved = _files(out)
+    # the second save is of another model: other settings, other weights
+    mergeplug.apply(pipe, k=2, ratio=0.2)
+    with torch.no_grad():
+        for p in pipe.inner_model.parameters():
+            p.add_(0.5)
+    results = None
+    if failure == "weights":
+        monkeypatch.setattr(PreTrainedModel, "save_pretrained", _weights_cut_short)
+    elif failure == "card":
+        monkeypatch.setattr(hub, "model_card", _disk_full)
+    else:
+        results = tmp_path / "no-such-results"
+    with pytest.raises((OSError, ValueError)):
+        mergeplug.save_pretrained(pipe, out, results=results)
+    assert _files(out) == saved
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no .m.tmp-XXXX left
+    loaded = mergeplug.from_pretrained(out)
+    assert mergeplug.settings(loaded).k == 1
+    with torch.inference_mode():
+        assert torch.equal(loaded.predict(_ctx(), prediction_length=12), before)
+    # a failed first save does not even create its directory
+    with pytest.raises((OSError, ValueError)):
+        mergeplug.save_pretrained(pipe, tmp_path / "new", results=results)
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_save_keeps_unrelated_files_and_removes_superseded_weights(tmp_path):
+    out = tmp_path / "m"
+    (out / "data").mkdir(parents=True)
+    own = {"notes.txt": b"mine", "data/x.csv": b"1,2\n", "train.py": b"print()\n"}
+    for name, data in own.items():
+        (out / name).write_bytes(data)
+    stale = ["pytorch_model.bin", "model-00001-of-00002.safetensors", "model.safetensors.index.json"]
+    for name in stale:
+        (out / name).write_bytes(b"weights of an earlier model")
+    model = _patchtst()
+    mergeplug.save_pretrained(model, out)
+    files = _files(out)
+    assert {k: files[k] for k in own} == own
+    assert not any((out / name).exists() for name in stale)
+    assert {CONFIG_NAME, "config.json", "model.safetensors", "README.md"} <= set(files)
+    assert not [p for p in tmp_path.iterdir() if p.name != "m"]
+    assert type(mergeplug.from_pretrained(out)) is type(model)
+
+
+def test_save_into_a_directory_whose_parent_is_not_writable(tmp_path, monkeypatch):
+    """There the temporary directory goes inside the target, and is removed after the move."""
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    monkeypatch.setattr(hub.os, "access", lambda path, mode: Path(path) != tmp_path)
+    mergeplug.save_pretrained(_patchtst(), out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [CONFIG_NAME, "config.json", "model.safetensors", "README.md", "notes.txt"]
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_save_keeps_a_users_readme_unless_overwrite_card(tmp_path, recwarn):
+    out = tmp_path / "m"
+    out.mkdir()
+    users = "# My forecaster\n\nNotes that took me an afternoon.\n"
+    (out / "README.md").write_text(users)
+    model = _patchtst()
+    with pytest.warns(UserWarning, match=r"README\.md was not generated by mergeplug.*overwrite_card=True"):
+        mergeplug.save_pretrained(model, out)
+    assert (out / "README.md").read_text() == users and (out / CONFIG_NAME).exists()
+    mergeplug.save_pretrained(model, out, card=False)  # no card asked for: nothing to warn about
+    assert not recwarn.list
+    mergeplug.save_pretrained(model, out, overwrite_card=True, model_name="first")
+    card = (out / "README.md").read_text()
+    assert CARD_MARKER in card and "# first" in card and "afternoon" not in card
+    # our own card is regenerated without a warning
+    mergeplug.save_pretrained(model, out, model_name="second")
+    assert "# second" in (out / "README.md").read_text()
+    assert not [w for w in recwarn.list if issubclass(w.category, UserWarning) and "README" in str(w.message)]
+    assert ModelCard.load(out / "README.md").data.pipeline_tag == "time-series-forecasting"
+
+
+def test_missing_local_path_is_named_and_hub_ids_go_to_the_hub(tmp_path, monkeypatch):
+    asked = []
+
+    def fake_hub(repo_id, filename):
+        asked.append(repo_id)
+        raise OSError(f"the Hub was asked for {repo_id}")
+
+    monkeypatch.setattr(hub, "_hub_download", fake_hub)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "models").mkdir()
+    missing = [tmp_path / "nope", str(tmp_path / "nope"), "./nope", "../nope", "~/nope", "a/b/c", "models/nope"]
+    for location in missing:
+        with pytest.raises(FileNotFoundError, match="no such directory") as info:
+            mergeplug.from_pretrained(location)
+        assert str(location) in str(info.value)
+    assert asked == []
+    with pytest.raises(OSError, match="the Hub was asked for amazon/chronos-bolt-small"):
+        mergeplug.from_pretrained("amazon/chronos-bolt-small")
+    assert asked == ["amazon/chronos-bolt-small"]
+    # ~ is expanded: a saved directory under the home directory loads as "~/..."
+    mergeplug.save_pretrained(_patchtst(), tmp_path / "home" / "m")
+    assert hub.read_config("~/m")[1] == tmp_path / "home" / "m"
+
+
+def test_damaged_config_or_weights_give_clear_errors(tmp_path):
+    out = mergeplug.save_pretrained(chronos_bolt("test"), tmp_path / "m")
+    cfg = out / CONFIG_NAME
+    good = cfg.read_text()
+    meta = json.loads(good)
+    damaged = {
+        "[1, 2]": "is damaged: a JSON list, not an object",
+        "{not json": "is damaged: not valid JSON",
+        json.dumps({**meta, "merge": "k=1, ratio=0.2"}): "is damaged: 'merge' must be an object",
+        json.dumps({**meta, "weights": "yes"}): "is damaged: 'weights' must be true or false",
+        json.dumps({**meta, "merge": {"k": 1, "no_such_setting": 2}}): "merge settings this mergeplug cannot apply",
+    }
+    for text, what in damaged.items():
+        cfg.write_text(text)
+        with pytest.raises(ValueError, match="(?i)re-save the model with mergeplug.save_pretrained") as info:
+            mergeplug.from_pretrained(out)
+        assert str(cfg) in str(info.value) and what in str(info.value), str(info.value)
+    cfg.write_text(good)
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy cut short
+    with pytest.raises(ValueError, match="not a complete safetensors file") as info:
+        mergeplug.from_pretrained(out)
+    assert str(weights) in str(info.value) and "mergeplug.save_pretrained" in str(info.value)
