@@ -306,6 +306,13 @@ def test_save_keeps_a_users_readme_unless_overwrite_card(tmp_path, recwarn):
     assert "# second" in (out / "README.md").read_text()
     assert not [w for w in recwarn.list if issubclass(w.category, UserWarning) and "README" in str(w.message)]
     assert ModelCard.load(out / "README.md").data.pipeline_tag == "time-series-forecasting"
+    # a card an older mergeplug generated (no marker yet; the shipped checkpoints have such cards) is ours too
+    shipped = Path(mergeplug.__file__).parent / "checkpoints" / "patchtst-electricity_hourly" / "README.md"
+    assert CARD_MARKER not in shipped.read_text()
+    (out / "README.md").write_text(shipped.read_text())
+    mergeplug.save_pretrained(model, out, model_name="third")
+    assert "# third" in (out / "README.md").read_text()
+    assert not [w for w in recwarn.list if issubclass(w.category, UserWarning) and "README" in str(w.message)]
 
 
 def test_missing_local_path_is_named_and_hub_ids_go_to_the_hub(tmp_path, monkeypatch):
