@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from mergeplug.eval import load_dataset, parse_merge, run, write_report
 from mergeplug.eval.cli import main
@@ -109,7 +110,13 @@ def test_run_validates_options_before_any_work(tmp_path):
         (dict(max_series=-1), "max_series must be an int >= 1"),
         (dict(reps=0), "reps must be an int >= 1"),
         (dict(cost_windows=-1), "cost_windows must be an int >= 0"),
+        (dict(prediction_length=0), "prediction_length must be an int >= 1"),
+        (dict(windows=0), "windows must be an int >= 1"),
+        (dict(device="cdua"), "'cdua' is not a torch device"),
+        (dict(dtype="float8"), "dtype must be float32, bfloat16 or float16"),
     ]
+    if not torch.cuda.is_available():  # one line instead of torch's "not compiled with CUDA" traceback
+        bad.append((dict(device="cuda"), r"no usable CUDA \(torch.cuda.is_available\(\) is False\); use --device cpu"))
     for kwargs, message in bad:
         with pytest.raises(ValueError, match=message):
             run("random:chronos-bolt-test", ["m3_yearly"], ["k=1,ratio=0.2"], **base, **kwargs)

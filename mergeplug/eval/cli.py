@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .._quiet import quiet_third_party
+from .._cli import quiet_third_party
 from .data import OfflineError, list_datasets
 from .report import write_report
 from .run import MERGE_KEYS, run

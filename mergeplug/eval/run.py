@@ -30,6 +30,7 @@ from gluonts.model.forecast import QuantileForecast
 from gluonts.model.seasonal_naive import SeasonalNaivePredictor
 from tqdm.auto import tqdm
 
+from .._cli import check_device
 from ..config import MergeConfig, schedule_for_reduction
 from ..cost import profile
 from ..patches import families
@@ -384,6 +385,9 @@ def run(
     for name, value in (("max_series", max_series), ("prediction_length", prediction_length), ("windows", windows)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be an int >= 1 (or None for the default), got {value!r}")
+    check_device(device)
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
     if model == "seasonal-naive" and merges:
         raise ValueError("seasonal-naive has nothing to merge: drop --merge, or evaluate a model with --model")
     for item in datasets:  # a missing horizon or an unknown name fails now, not after hours of work
