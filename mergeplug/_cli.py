@@ -1,4 +1,4 @@
-"""What every command line shares: quiet output and a checked ``--device``.
+"""What every command line shares: quiet output, options checked as they are parsed, a checked ``--device``.
 
 Quiet: the command-line entry points call :func:`quiet_third_party` first. It turns off the weight-loading and
 shard-writing bars of ``transformers``, the download bars of ``huggingface_hub`` and ``datasets`` and their
@@ -8,9 +8,15 @@ A library user's own process is left alone: only the entry points call this.
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
-__all__ = ["quiet_third_party", "check_device"]
+__all__ = ["quiet_third_party", "check_device", "checked", "number"]
+
+T = TypeVar("T")
 
 
 def quiet_third_party() -> None:
@@ -48,3 +54,46 @@ def check_device(device: str, option: str = "--device") -> str:
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"{option} {device}: mergeplug runs on cpu, cuda or mps")
     return device
+
+
+def checked(parse: Callable[[str], T], test: Callable[[T], bool], allowed: str) -> Callable[[str], T]:
+    """An argparse ``type``: ``parse`` the text and keep the value only if ``test`` holds.
+
+    Anything else is an :class:`argparse.ArgumentTypeError` saying what is ``allowed``, which argparse prints as
+    one line naming the option (``error: argument --k: '0' is not an integer >= 1``), exit status 2, before any
+    work.
+    """
+
+    def convert(text: str) -> T:
+        try:
+            value = parse(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {allowed}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {allowed}")
+        return value
+
+    return convert
+
+
+def number(
+    kind: type[int] | type[float],
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> Callable[[str], float]:
+    """An argparse ``type`` for an int or float in a range (None: unbounded); NaN and infinities are refused."""
+    bounds = [f"{'>=' if low_inclusive else '>'} {low}"] if low is not None else []
+    bounds += [f"{'<=' if high_inclusive else '<'} {high}"] if high is not None else []
+    allowed = " ".join(["an integer" if kind is int else "a number", " and ".join(bounds)]).strip()
+
+    def ok(value: float) -> bool:
+        return (
+            math.isfinite(value)
+            and (low is None or (value >= low if low_inclusive else value > low))
+            and (high is None or (value <= high if high_inclusive else value < high))
+        )
+
+    return checked(kind, ok, allowed)

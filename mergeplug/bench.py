@@ -19,19 +19,28 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import apply, remove
+from ._cli import checked, number, quiet_third_party
 from .config import schedule_for_reduction
 from .models import SIZES, chronos_bolt, chronos_t5
 
 __all__ = ["Setting", "run", "main"]
+
+T = TypeVar("T")
+
+SCHEDULES = ("constant", "front", "front-input")
+DEFAULT_REDUCTIONS = (0.5, 0.75, 0.9)  # less those the model's layers cannot reach (see ``main``)
+DEFAULT_CONTEXT = {"t5": 512, "bolt": 2048}
+MIN_CONTEXT = {"t5": 16, "bolt": 32}  # shorter contexts leave (almost) nothing to merge; Bolt: two patches of 16
 
 
 @dataclass
@@ -98,7 +107,7 @@ def run(
     elif family == "bolt":
         pipe = chronos_bolt(size, context_length=context, prediction_length=horizon, seed=seed)
         layers = pipe.model.config.num_layers
-        n_tokens = context // pipe.model.chronos_config.input_patch_size + 1  # + [REG]
+        n_tokens = -(-context // pipe.model.chronos_config.input_patch_size) + 1  # left-padded patches + [REG]
     else:
         raise ValueError(f"unknown family {family!r}; choose 't5' or 'bolt'")
     ctx = synthetic_context(batch, context, seed)
@@ -204,49 +213,128 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _parse_ks(text: str) -> tuple[int | None, ...]:
-    out: list[int | None] = []
-    for part in text.split(","):
-        part = part.strip()
-        out.append(None if part in ("global", "none", "None") else int(part))
-    return tuple(out)
+def _comma_list(item: Callable[[str], T]) -> Callable[[str], tuple[T, ...]]:
+    """An argparse ``type`` for comma-separated values, each converted (and checked) by ``item``."""
+
+    def convert(text: str) -> tuple[T, ...]:
+        return tuple(item(part) for part in text.split(","))
+
+    return convert
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point (``mergeplug-bench``)."""
+def _k_value(text: str) -> int | None:
+    return None if text in ("global", "none", "None") else int(text)
+
+
+def _at_least(low: int) -> Callable[[str], float]:
+    return number(int, low)
+
+
+_REDUCTIONS = _comma_list(checked(float, lambda v: 0.0 < v < 1.0, "a fraction strictly between 0 and 1"))
+_KS = _comma_list(checked(_k_value, lambda v: v is None or v >= 1, "an integer >= 1 or 'global'"))
+_SCHEDULE_LIST = _comma_list(checked(str, lambda v: v in SCHEDULES, "one of " + ", ".join(SCHEDULES)))
+
+
+def _unreachable(reduction: float, layers: int, schedules: tuple[str, ...]) -> str | None:
+    """Why ``reduction`` cannot be met in ``layers`` merge steps by one of ``schedules``; ``None`` if it can."""
+    for schedule in schedules:
+        try:
+            schedule_for_reduction(reduction, layers, schedule)  # type: ignore[arg-type]
+        except ValueError as exc:
+            return f"--schedule {schedule}: {exc}"
+    return None
+
+
+def _write_error(path: Path) -> str | None:
+    """Why ``path`` cannot be written (its parent directories are created); ``None`` if it can.
+
+    Opens the file for appending, which leaves an existing file as it is; a file created by the check is removed.
+    """
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a"):
+            pass
+    except OSError as exc:
+        reason = "exists and is not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+        return f"--out {path}: cannot write there ({exc.filename}: {reason})"
+    if not existed:
+        path.unlink()
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``mergeplug-bench``'s options; each number and list is checked as it is parsed."""
     p = argparse.ArgumentParser(prog="mergeplug-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--family", choices=["t5", "bolt"], default="t5")
     p.add_argument("--size", choices=sorted(SIZES), default="small")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--context", type=int, default=None, help="default: 512 (t5), 2048 (bolt)")
-    p.add_argument("--horizon", type=int, default=64)
-    p.add_argument("--samples", type=int, default=20, help="sample paths per series (t5)")
-    p.add_argument("--reductions", default="0.5,0.75,0.9", help="fractions of encoder tokens removed by the end")
-    p.add_argument("--k", default="1,global", help="comma-separated k values; 'global' for k=None")
+    p.add_argument("--batch", type=_at_least(1), default=8)
+    p.add_argument(
+        "--context",
+        type=_at_least(1),
+        default=None,
+        help=f"default: {DEFAULT_CONTEXT['t5']} (t5), {DEFAULT_CONTEXT['bolt']} (bolt); "
+        f"at least {MIN_CONTEXT['t5']} (t5), {MIN_CONTEXT['bolt']} (bolt)",
+    )
+    p.add_argument("--horizon", type=_at_least(1), default=64)
+    p.add_argument("--samples", type=_at_least(1), default=20, help="sample paths per series (t5)")
+    p.add_argument(
+        "--reductions",
+        type=_REDUCTIONS,
+        default=None,
+        help="comma-separated fractions of encoder tokens removed by the end, each in (0, 1); default: "
+        + ",".join(map(str, DEFAULT_REDUCTIONS))
+        + ", less those the size's layers cannot reach (at most half of the tokens merge per layer)",
+    )
+    p.add_argument("--k", type=_KS, default=(1, None), help="comma-separated k values (>= 1); 'global' for k=None")
     p.add_argument(
         "--schedule",
-        default="constant",
+        type=_SCHEDULE_LIST,
+        default=("constant",),
         help="comma-separated: constant, front, front-input (see schedule_for_reduction)",
     )
-    p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (median reported), >= 1")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--reps", type=_at_least(1), default=3, help="interleaved repetitions (median reported), >= 1")
+    p.add_argument("--threads", type=_at_least(1), default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     p.add_argument("--encoder-only", action="store_true", help="time only the encoder (embed), not predict")
     p.add_argument(
         "--plain", action="store_true", help="plain merging (safe=False) instead of the forecast-safe defaults"
     )
     p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point (``mergeplug-bench``).
+
+    Every option is checked before any model is built: a bad one is a one-line error (exit status 2).
+    """
+    quiet_third_party()
+    p = build_parser()
     args = p.parse_args(argv)
-    if args.reps < 1:
-        p.error("--reps must be >= 1")
-    try:
-        reductions = tuple(float(x) for x in args.reductions.split(","))
-        ks = _parse_ks(args.k)
-    except ValueError as exc:
-        p.error(f"could not parse --reductions/--k: {exc}")
+    layers = SIZES[args.size][3]
+    context = args.context or DEFAULT_CONTEXT[args.family]
+    if context < MIN_CONTEXT[args.family]:
+        p.error(f"--context {context}: --family {args.family} needs at least {MIN_CONTEXT[args.family]} time steps")
+    where = f"--size {args.size} ({layers} encoder layers)"
+    if args.reductions is None:  # the defaults this size's layers can reach (0.5 always can)
+        reductions = tuple(r for r in DEFAULT_REDUCTIONS if _unreachable(r, layers, args.schedule) is None)
+        dropped = sorted(set(DEFAULT_REDUCTIONS) - set(reductions))
+        if dropped:
+            print(
+                f"mergeplug-bench: note: {where} cannot remove {', '.join(f'{r:.0%}' for r in dropped)} of the tokens "
+                f"with --schedule {','.join(args.schedule)}; default --reductions: {','.join(map(str, reductions))}",
+                file=sys.stderr,
+            )
+    else:
+        reductions = args.reductions
+        for r in reductions:
+            if (why := _unreachable(r, layers, args.schedule)) is not None:
+                p.error(f"--reductions {r}: not reachable with {where}: {why}")
+    if args.out is not None and (why := _write_error(args.out)) is not None:
+        p.error(why)
     if args.threads:
         torch.set_num_threads(args.threads)
-    context = args.context or (512 if args.family == "t5" else 2048)
     result = run(
         family=args.family,
         size=args.size,
@@ -255,8 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         horizon=args.horizon,
         samples=args.samples,
         reductions=reductions,
-        ks=ks,
-        schedules=tuple(x.strip() for x in args.schedule.split(",")),
+        ks=args.k,
+        schedules=args.schedule,
         reps=args.reps,
         progress=not args.no_progress,
         encoder_only=args.encoder_only,

@@ -1,9 +1,11 @@
 """Merge schedules, setting validation and the benchmark CLI (functional run, no timing assertions)."""
 
 import json
+import os
 
 import pytest
 
+from mergeplug import bench
 from mergeplug.bench import main
 from mergeplug.config import MergeConfig, ratio_for_reduction, schedule_for_reduction
 
@@ -78,3 +80,69 @@ def test_input_ratio_validation_and_noop():
     assert MergeConfig(input_ratio=0.3).input_merges(100) == 30
     with pytest.raises(ValueError, match="input_ratio must be in"):
         MergeConfig(input_ratio=1.0)
+
+
+@pytest.fixture
+def no_benchmark(monkeypatch):
+    """The benchmark itself must not start: option errors come before any model is built."""
+
+    def refuse(**kwargs):
+        raise AssertionError("the benchmark ran")
+
+    monkeypatch.setattr(bench, "run", refuse)
+
+
+@pytest.mark.parametrize(
+    "args, option, allowed",
+    [
+        (["--reductions", "0.5,abc"], "--reductions", "strictly between 0 and 1"),
+        (["--reductions", "1.5"], "--reductions", "strictly between 0 and 1"),
+        (["--reductions", "0"], "--reductions", "strictly between 0 and 1"),
+        (["--reductions", "0.9", "--size", "test"], "--reductions 0.9", "at most half of the tokens"),
+        (["--k", "0"], "--k", "an integer >= 1 or 'global'"),
+        (["--k", "foo"], "--k", "an integer >= 1 or 'global'"),
+        (["--schedule", "nope"], "--schedule", "one of constant, front, front-input"),
+        (["--batch", "0"], "--batch", "an integer >= 1"),
+        (["--reps", "0"], "--reps", "an integer >= 1"),
+        (["--horizon", "0"], "--horizon", "an integer >= 1"),
+        (["--samples", "0"], "--samples", "an integer >= 1"),
+        (["--threads", "-1"], "--threads", "an integer >= 1"),
+        (["--context", "3"], "--context 3", "at least 16"),
+        (["--family", "bolt", "--context", "20"], "--context 20", "at least 32"),
+    ],
+)
+def test_bench_cli_bad_options_are_one_line_errors(capsys, no_benchmark, args, option, allowed):
+    with pytest.raises(SystemExit) as exc:
+        main(["--size", "test", "--no-progress", *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("mergeplug-bench: error:") and option in last and allowed in last
+    assert "Traceback" not in err
+
+
+def test_bench_cli_checks_out_before_the_benchmark(tmp_path, capsys, no_benchmark):
+    (tmp_path / "file").write_text("x")
+    bad = [tmp_path / "file" / "bench.json", tmp_path / "file" / "sub" / "bench.json", tmp_path]
+    if os.geteuid() != 0:  # root may write anywhere
+        (tmp_path / "locked").mkdir(mode=0o555)
+        bad.append(tmp_path / "locked" / "bench.json")
+    for out in bad:
+        with pytest.raises(SystemExit) as exc:
+            main(["--size", "test", "--out", str(out)])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"mergeplug-bench: error: --out {out}: cannot write there" in err and "Traceback" not in err
+    # a writable --out: its parent is created, and the check leaves no file behind
+    with pytest.raises(AssertionError, match="the benchmark ran"):
+        main(["--size", "test", "--out", str(tmp_path / "new" / "bench.json")])
+    assert (tmp_path / "new").is_dir() and not (tmp_path / "new" / "bench.json").exists()
+
+
+def test_bench_cli_defaults_work_for_the_test_size(capsys):
+    """--size test has 2 layers: the default 90% reduction is out of reach and left out (with a note)."""
+    args = ["--size", "test", "--batch", "1", "--context", "32", "--horizon", "4", "--samples", "1"]
+    assert main([*args, "--reps", "1", "--k", "1", "--encoder-only", "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "-50% tokens" in out and "-75% tokens" in out and "-90% tokens" not in out
+    assert "cannot remove 90% of the tokens" in err

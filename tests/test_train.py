@@ -371,3 +371,36 @@ def test_binary_fine_tuning_resumes_exports_and_loads_in_the_harness(tmp_path):
         assert torch.equal(load_model(str(small)).pipe.predict(ctx, prediction_length=16), expected)
     with pytest.raises(ValueError, match="needs a binarized run"):
         export(tmp_path / "float", tmp_path / "nope", packed_only=True)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--steps", "0"], "argument --steps: '0' is not an integer >= 1"),
+        (["--batch-size", "-4"], "argument --batch-size: '-4' is not an integer >= 1"),
+        (["--lr", "0"], "argument --lr: '0' is not a number > 0"),
+        (["--lr", "nan"], "argument --lr: 'nan' is not a number > 0"),
+        (["--warmup", "-1"], "argument --warmup: '-1' is not an integer >= 0"),
+        (["--grad-clip", "0"], "argument --grad-clip: '0' is not a number > 0"),
+        (["--min-lr-ratio", "2"], "argument --min-lr-ratio: '2' is not a number >= 0 and <= 1"),
+        (["--checkpoint-every", "0"], "argument --checkpoint-every: '0' is not an integer >= 1"),
+        (["--threads", "0"], "argument --threads: '0' is not an integer >= 1"),
+        (["--dropout", "1"], "argument --dropout: '1' is not a number >= 0 and < 1"),
+        (["--context-length", "0"], "argument --context-length: '0' is not an integer >= 1"),
+        (["--mix", "0.5", "-1", "0.5"], "argument --mix: '-1' is not a number >= 0"),
+        (["--stop-at", "0"], "argument --stop-at: '0' is not an integer >= 1"),
+        (["--time-limit", "-1"], "argument --time-limit: '-1' is not a number > 0"),
+    ],
+)
+def test_cli_refuses_invalid_numbers_before_any_work(tmp_path, capsys, monkeypatch, args, message):
+    from mergeplug.train import cli
+
+    def refuse(*a, **kw):
+        raise AssertionError("training ran")
+
+    monkeypatch.setattr(cli, "train", refuse)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bolt", "--out", str(tmp_path / "run"), *args])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

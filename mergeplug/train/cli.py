@@ -15,12 +15,69 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from .._cli import number, quiet_third_party
 from .loop import TrainSettings, train
 from .recipes import RECIPES
 
 __all__ = ["main", "build_parser"]
+
+# Allowed ranges of the numeric options, (low, high, low included, high included); None: unbounded. A list option
+# (--lags, --mix) is checked value by value. Fields not listed here take any value of their type.
+_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    # optimisation (TrainSettings) and the call's own limits
+    "steps": (1, None, True, False),
+    "batch_size": (1, None, True, False),
+    "lr": (0, None, False, False),
+    "min_lr_ratio": (0, 1, True, True),
+    "warmup": (0, None, True, False),
+    "weight_decay": (0, None, True, False),
+    "grad_clip": (0, None, False, False),
+    "seed": (0, None, True, False),
+    "threads": (1, None, True, False),
+    "checkpoint_every": (1, None, True, False),
+    "log_every": (1, None, True, False),
+    "binary_density": (0, 1, True, True),
+    "stop_at": (1, None, True, False),
+    "time_limit": (0, None, False, False),
+    # recipes
+    "d_model": (1, None, True, False),
+    "d_ff": (1, None, True, False),
+    "heads": (1, None, True, False),
+    "d_kv": (1, None, True, False),
+    "encoder_layers": (1, None, True, False),
+    "decoder_layers": (0, None, True, False),
+    "dropout": (0, 1, True, False),
+    "attention_dropout": (0, 1, True, False),
+    "context_length": (1, None, True, False),
+    "horizon": (0, None, True, False),  # supervised recipes: 0 = the dataset's prediction length
+    "synthetic": (0, None, True, False),
+    "mix": (0, None, True, False),
+    "min_context": (1, None, True, False),
+    "curriculum_steps": (0, None, True, False),
+    "patch_size": (1, None, True, False),
+    "n_tokens": (3, None, True, False),  # two special tokens (PAD, EOS) and at least one bin
+    "num_samples": (1, None, True, False),
+    "patch_length": (1, None, True, False),
+    "patch_stride": (1, None, True, False),
+    "lags": (1, None, True, False),
+}
+
+
+def _number(kind: type[int] | type[float], name: str) -> Callable[[str], float]:
+    """An argparse ``type`` converting to ``kind`` (int or float) and checking ``_RANGES[name]``, if any: out of range
+    (or NaN) is argparse's one-line error naming the option, exit status 2, before any work."""
+    low, high, low_in, high_in = _RANGES.get(name, (None, None, True, True))
+    return number(kind, low, high, low_inclusive=low_in, high_inclusive=high_in)
+
+
+def _value_type(name: str, example: object) -> Callable[[str], object]:
+    """The argparse ``type`` of option ``name`` whose default (or a list default's item) is ``example``."""
+    if example is None or isinstance(example, (int, float)):  # None defaults (threads) are ints
+        return _number(int if example is None or isinstance(example, int) else float, name)
+    return type(example)
 
 
 def _add_fields(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
@@ -32,9 +89,9 @@ def _add_fields(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> 
         if isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif isinstance(default, (list, tuple)):
-            p.add_argument(flag, nargs="+", type=type(default[0]) if default else str, default=None)
-        else:  # int, float or str; None defaults (threads) are ints
-            p.add_argument(flag, type=type(default) if default is not None else int, default=None)
+            p.add_argument(flag, nargs="+", type=_value_type(f.name, default[0]) if default else str, default=None)
+        else:  # int, float or str
+            p.add_argument(flag, type=_value_type(f.name, default), default=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"train the {name} reference model (resumes from --out if it holds a run)")
         p.add_argument("--out", required=True, help="run directory (checkpoint, log.jsonl, run.json)")
         p.add_argument("--no-progress", action="store_true")
-        p.add_argument("--stop-at", type=int, default=None, help="stop (with a checkpoint) at this step")
-        p.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after N minutes")
+        p.add_argument("--stop-at", type=_number(int, "stop_at"), help="stop (with a checkpoint) at this step")
+        p.add_argument(
+            "--time-limit", type=_number(float, "time_limit"), help="stop (with a checkpoint) after N minutes"
+        )
         _add_fields(p, cls, skip=("kind",))
         _add_fields(p, TrainSettings)
     p = sub.add_parser("status", help="print the last log lines of a run")
@@ -75,6 +134,8 @@ def _pick(args: argparse.Namespace, cls) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """CLI entry point (``mergeplug-train``); bad options are one-line errors with exit status 2, before any work."""
+    quiet_third_party()
     args = build_parser().parse_args(argv)
     try:
         return _main(args)
