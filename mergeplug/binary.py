@@ -259,11 +259,14 @@ class SparseBinaryLinear(nn.Linear):
         sign = torch.where(w >= 0, 1.0, -1.0).to(scores.dtype)
         sm = sign * m + 0.0  # +0.0 turns -0.0 (negative sign, not kept) into +0.0, as in packed mode
         kept_mag = w_mag * (sign * sm)  # = |W| ⊙ M, differentiable in M
+        # sums and counts in float32 at least (a bfloat16 count of kept weights is not exact above 256), alpha in the
+        # scores' dtype; float32 / float64 layers compute exactly what they did
+        acc = torch.promote_types(scores.dtype, torch.float32)
         if st.alpha == "layer":
-            alpha = kept_mag.sum() / st.k
+            alpha = kept_mag.sum(dtype=acc) / st.k
         else:
-            alpha = kept_mag.sum(1, keepdim=True) / m.detach().sum(1, keepdim=True).clamp_min(1.0)
-        return sm, alpha
+            alpha = kept_mag.sum(1, keepdim=True, dtype=acc) / m.detach().sum(1, keepdim=True, dtype=acc).clamp_min(1.0)
+        return sm, alpha.to(scores.dtype)
 
     def _cache_key(self) -> tuple:
         tensors = (

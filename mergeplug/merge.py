@@ -46,6 +46,7 @@ __all__ = [
     "MergeState",
     "band_scores",
     "group_mean_scores",
+    "group_leaders",
     "match",
     "merge_tokens",
     "unmerge",
@@ -79,6 +80,10 @@ class MergeState:
         causal: whether positions follow the latest member.
         period: (B,) float seasonal period in input tokens found by :func:`detect_period` (0: none), once
             ``period="auto"`` merging has looked at this sequence; None before.
+
+    ``size`` and ``pos`` stay float32 whatever the model's dtype (the default of :meth:`init`): bfloat16 has 8
+    significant bits, so positions and sizes above 256 would round (float16: above 2048), and merged tokens would
+    sit at wrong positions, tie in ``searchsorted`` and, in the causal modes, fill positions before their own.
     """
 
     size: torch.Tensor
@@ -101,7 +106,11 @@ class MergeState:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> MergeState:
-        """State of an unmerged sequence of shape (batch, length): sizes 1, positions 0..length-1."""
+        """State of an unmerged sequence of shape (batch, length): sizes 1, positions 0..length-1.
+
+        ``dtype`` is that of ``size`` and ``pos``: leave it float32 for bfloat16 / float16 models (see the class
+        docstring); features may have any dtype.
+        """
         ar = torch.arange(length, device=device)
         return cls(
             size=torch.ones(batch, length, device=device, dtype=dtype),
@@ -157,7 +166,11 @@ def causal_bias(
     if q_pos is k_pos:
         eye = torch.eye(k_pos.shape[1], dtype=torch.bool, device=k_pos.device)
         allowed = allowed | (eye & ~allowed.any(dim=-1, keepdim=True))
-    seen = k_size.clamp_min(1e-6).log()[:, None, :].to(dtype) if proportional else torch.zeros((), dtype=dtype)
+    seen = (
+        k_size.clamp_min(1e-6).log()[:, None, :].to(dtype)
+        if proportional
+        else torch.zeros((), dtype=dtype, device=k_pos.device)
+    )
     return torch.where(allowed, seen, torch.finfo(dtype).min)[:, None]
 
 
@@ -177,6 +190,13 @@ def recent_mask(
 
 
 def _normalize(metric: torch.Tensor) -> torch.Tensor:
+    """Unit-norm features, in float32 at least: similarities of bfloat16 / float16 features are computed in float32.
+
+    bfloat16 spaces numbers near 1 by 2^-8, so cosine similarities of alike tokens (the ones that merge) would tie
+    in bulk and a ``min_similarity`` / ``threshold`` would be compared at 3 significant digits; a float32 copy of
+    the (B, T, C) metric is cheap next to the attention that produced it. float32 / float64 stay as they are.
+    """
+    metric = metric.to(torch.promote_types(metric.dtype, torch.float32))
     return metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
@@ -201,7 +221,8 @@ def band_scores(metric: torch.Tensor, k: int | None, *, causal: bool = False) ->
         causal: only later B tokens are candidates.
 
     Returns:
-        scores: (B, Ta, W) similarities, -inf where the candidate does not exist (Ta = ceil(T/2)).
+        scores: (B, Ta, W) similarities (float32 at least, see :func:`_normalize`), -inf where the candidate does
+            not exist (Ta = ceil(T/2)).
         cand: (Ta, W) long, index j into set B of each candidate (clamped into range where invalid).
 
     For a band of width W the cost is O(T·W·C): the band is gathered with ``unfold``, never masked out of a
@@ -267,12 +288,16 @@ def seasonal_candidates(
     # searchsorted needs ascending values: empty slots (+inf) stay last, and a token that merged with a twin sits
     # between its members (bidirectional), so search the running maximum of the positions
     finite_b = torch.where(torch.isfinite(pos_b), pos_b, torch.finfo(pos_b.dtype).max).cummax(dim=1).values
-    per_row = torch.as_tensor(period, dtype=pos.dtype, device=pos.device).reshape(-1, 1)  # (1 | B, 1)
+    if isinstance(period, torch.Tensor):
+        per_row = period.to(device=pos.device, dtype=pos.dtype).reshape(-1, 1)  # (1 | B, 1)
+        has_period = per_row > 0
+    else:  # a number stays on the host: a blocking copy to the device would synchronise
+        per_row, has_period = float(period), period > 0
     cands, valid = [], []
     for sign in (1.0, -1.0):
         j = torch.searchsorted(finite_b, pos_a + sign * per_row)  # first B token at or after the twin position
         for c in (j - 1, j):
-            ok = (c >= 0) & (c < t_b) & (per_row > 0)
+            ok = (c >= 0) & (c < t_b) & has_period
             if causal:  # later B tokens only: B index j sits after A index i iff j >= i
                 ok = ok & (c >= torch.arange(a.shape[1], device=m.device)[None, :])
             cands.append(c.clamp(0, t_b - 1))
@@ -321,14 +346,13 @@ def detect_period(
     pairs = torch.fft.irfft(m * m.conj(), n=n_fft, dim=1)[:, :t].round()  # valid pairs at each lag
     valid_count = count[:, 0]
     if groups is not None:  # one curve and one longest lag per group: every row of a group gets the same period
-        labels, inverse = torch.unique(groups.to(metric.device), return_inverse=True)
-        corr = corr.new_zeros(labels.shape[0], t).index_add_(0, inverse, corr)[inverse]
-        pairs = pairs.new_zeros(labels.shape[0], t).index_add_(0, inverse, pairs)[inverse]
-        fewest = valid_count.new_full((labels.shape[0],), t).scatter_reduce(0, inverse, valid_count, reduce="amin")
-        valid_count = fewest[inverse]
+        leader = group_leaders(groups.to(metric.device))  # accumulate at each group's first row
+        corr = torch.zeros_like(corr).index_add_(0, leader, corr)[leader]
+        pairs = torch.zeros_like(pairs).index_add_(0, leader, pairs)[leader]
+        valid_count = torch.full_like(valid_count, t).scatter_reduce(0, leader, valid_count, reduce="amin")[leader]
     sim = corr / pairs.clamp_min(1)
     lags = torch.arange(t, device=metric.device)
-    longest = torch.minimum(valid_count // 2, torch.tensor(max_lag, device=metric.device))  # (B,)
+    longest = (valid_count // 2).clamp(max=max_lag)  # (B,)
     usable = (lags[None, :] >= 2) & (lags[None, :] <= longest[:, None]) & (pairs > 0)
     prev = F.pad(sim, (1, 0), value=float("inf"))[:, :-1]
     nxt = F.pad(sim, (0, 1), value=float("inf"))[:, 1:]
@@ -358,6 +382,17 @@ def _pair_rules(scores: torch.Tensor, cand: torch.Tensor, state: MergeState) -> 
     return scores.masked_fill(never, _NEVER)
 
 
+def group_leaders(groups: torch.Tensor) -> torch.Tensor:
+    """(B,) long: for every row, the first row with the same label in ``groups`` (B,) (any integer labels).
+
+    Found with a (B, B) comparison rather than ``torch.unique``, whose output size (the number of groups) would
+    need a host synchronisation on a GPU; the leaders index per-group accumulators of B slots instead.
+    """
+    rows = torch.arange(groups.shape[0], device=groups.device)
+    same = groups[:, None] == groups[None, :]
+    return torch.where(same, rows[None, :], groups.shape[0]).amin(dim=1)
+
+
 def group_mean_scores(scores: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Average band scores over the rows of each group, so that one merge decision serves a whole group.
 
@@ -366,20 +401,19 @@ def group_mean_scores(scores: torch.Tensor, groups: torch.Tensor) -> tuple[torch
         groups: (B,) integer group label of every row (any values; equal labels = one group).
 
     Returns:
-        mean: (G, Ta, W) mean score of each group, G = number of distinct labels (in sorted label order). A pair
+        mean: (B, Ta, W) every row holds the mean score of its group (rows of a group are equal, bitwise). A pair
             that may never merge in *any* row of a group (``-inf``) stays ``-inf`` for the group.
-        inverse: (B,) long, the group index (row of ``mean``) of every row.
+        leader: (B,) long, the first row of every row's group (:func:`group_leaders`).
     """
     if groups.ndim != 1 or groups.shape[0] != scores.shape[0]:
         raise ValueError(f"groups must have shape (B,) = ({scores.shape[0]},), got {tuple(groups.shape)}")
-    labels, inverse = torch.unique(groups, return_inverse=True)
-    n_g = labels.shape[0]
+    leader = group_leaders(groups)
     s32 = scores.float()  # sums and counts in float32 (bf16 counts stop being exact above 256)
-    total = s32.new_zeros((n_g, *scores.shape[1:])).index_add_(0, inverse, s32)
-    count = torch.zeros(n_g, dtype=torch.float32, device=scores.device).index_add_(
-        0, inverse, torch.ones_like(inverse, dtype=torch.float32)
+    total = torch.zeros_like(s32).index_add_(0, leader, s32)
+    count = torch.zeros(leader.shape, dtype=torch.float32, device=scores.device).index_add_(
+        0, leader, torch.ones_like(leader, dtype=torch.float32)
     )
-    return (total / count[:, None, None]).to(scores.dtype), inverse
+    return (total[leader] / count[leader, None, None]).to(scores.dtype), leader
 
 
 @scope("matching")
@@ -449,37 +483,35 @@ def match(
             scores = torch.cat([scores, s_twin], dim=-1)
             cand = torch.cat([cand.expand(n_b, -1, -1), c_twin], dim=-1)
         scores = _pair_rules(scores, cand, state)
-        inverse = None
-        if groups is not None:  # one decision per group: (G, Ta, W) mean scores, broadcast back below
-            scores, inverse = group_mean_scores(scores, groups.to(device))
+        if groups is not None:  # one decision per group: every row gets its group's mean scores (equal rows)
+            scores, leader = group_mean_scores(scores, groups.to(device))
             if cand.dim() == 3:  # rows of a group share positions, so candidates: take each group's first row
-                first = torch.full((scores.shape[0],), n_b, dtype=torch.long, device=device)
-                first = first.scatter_reduce(0, inverse, torch.arange(n_b, device=device), reduce="amin")
-                cand = cand[first]
-        best, arg = scores.max(dim=-1)  # (B, Ta), or (G, Ta) with groups
+                cand = cand[leader]
+        best, arg = scores.max(dim=-1)  # (B, Ta)
         allowed = best > _NEVER
         if min_similarity is not None:  # only pairs alike enough (padding pairs score above any similarity)
             allowed = allowed & (best >= min_similarity)
         # one length for the batch: the most constrained row (group) sets the count (a row that merged more would
-        # only leave empty slots: the batch keeps the longest row's length)
-        r = min(r, int(allowed.sum(dim=1).min().item()))
+        # only leave empty slots: the batch keeps the longest row's length). The one host synchronisation of the
+        # r mode: the merged length is a shape, and it depends on the data when the cap binds.
+        r = min(r, int(allowed.sum(dim=1).min()))
         if r <= 0:
             return torch.arange(t, device=device).expand(n_b, t), t
         order = best.argsort(dim=-1, descending=True, stable=True)[:, :r]  # (B, r) A indices
         vac_a = torch.zeros_like(best, dtype=torch.bool).scatter_(1, order, True)
-        if cand.dim() == 3:  # per-row candidates (B or G, Ta, W)
+        if cand.dim() == 3:  # per-row candidates (B, Ta, W)
             target = 2 * cand.gather(2, arg[..., None])[..., 0] + 1
         else:
             target = 2 * cand[torch.arange(cand.shape[0], device=device)[None, :], arg] + 1  # (B, Ta) seq index
-        if inverse is not None:  # every row takes its group's decision
-            vac_a, target = vac_a[inverse], target[inverse]
     vacated = torch.zeros(n_b, t, dtype=torch.bool, device=device)
     vacated[:, idx_a] = vac_a
     keep = ~vacated
     new_idx = keep.long().cumsum(dim=1) - 1
     dst = torch.where(vacated[:, idx_a], new_idx.gather(1, target), new_idx[:, idx_a])
     dst = new_idx.scatter(1, idx_a.expand(n_b, -1), dst)
-    t_new = int(keep.sum(dim=1).max().item())
+    # r mode: every row vacates exactly r slots, so T' is known on the host; strict mode: counts vary per row,
+    # and the longest row sets T' (a data-dependent shape: a host synchronisation)
+    t_new = t - r if threshold is None else int(keep.sum(dim=1).max())
     return dst, t_new
 
 

@@ -145,7 +145,8 @@ def inject_blocks(
             protected = recent_mask(
                 n_b, n, cfg.protect_recent, tail=record.hints.get("recent_tail", 0), device=x.device
             )
-            state = MergeState.init(n_b, n, protected=protected, causal=cfg.causal, device=x.device, dtype=x.dtype)
+            # sizes and positions in float32 whatever x's dtype (bfloat16 rounds positions above 256)
+            state = MergeState.init(n_b, n, protected=protected, causal=cfg.causal, device=x.device)
             scratch["state"], scratch["token_counts"] = state, [n]
             r_in = cfg.input_merges(n)
             if r_in > 0:

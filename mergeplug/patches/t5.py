@@ -131,14 +131,18 @@ def _relative_bias(stack: T5Stack, state: MergeState, merged: bool) -> torch.Ten
     """T5 relative position bias for the current tokens: (1, H, T, T) before any merge, (B, H, T, T) after.
 
     After merging, relative distances are those of the tokens' positions (rounded), not of their indices; the
-    bias of each of the 2N-1 possible distances is computed once and looked up (one gather, no per-pair bucketing).
+    bias of every distance up to ``L = max(N - 1, relative_attention_max_distance)`` is computed once and looked up
+    (one gather, no per-pair bucketing). L comes from shapes and the config, not from the positions (reading those
+    back would be a host synchronisation on a GPU): merged positions lie in [0, N-1] (means or latest members of
+    input positions), and T5's buckets are constant beyond ``relative_attention_max_distance``, so clamping longer
+    distances (positions set by hand) to L changes no bucket.
     """
     attn0: T5Attention = stack.block[0].layer[0].SelfAttention
     t = state.length
     if not merged:
         return attn0.compute_bias(t, t, device=state.pos.device)
-    n = max(state.source.shape[1], int(state.pos.max().ceil()) + 1)  # positions lie in [0, n)
-    # every distance memory - query lies in [-(n-1), n-1]: bucket those 2n-1 values once, then look them up
+    n = max(state.source.shape[1], attn0.relative_attention_max_distance + 1)
+    # every distance memory - query is clamped into [-(n-1), n-1]: bucket those 2n-1 values once, then look them up
     dist = torch.arange(-(n - 1), n, device=state.pos.device)
     buckets = T5Attention._relative_position_bucket(
         dist,
@@ -165,8 +169,9 @@ def _attention_bias(stack: T5Stack, state: MergeState, merged: bool, dtype: torc
 def _protected(record: PatchRecord, input_ids: torch.Tensor | None, n_b: int, n: int, device) -> torch.Tensor:
     prot = torch.zeros(n_b, n, dtype=torch.bool, device=device)
     ids = record.hints.get("protect_ids", ())
-    if input_ids is not None and ids:
-        prot |= torch.isin(input_ids, torch.tensor(list(ids), device=device))
+    if input_ids is not None:
+        for token in ids:  # comparisons with host numbers: no tensor of ids copied to the device
+            prot |= input_ids == token
     last = record.hints.get("protect_last", 0)
     if last:
         prot[:, -last:] = True
@@ -357,8 +362,8 @@ def _decoder_self_bias(stack: T5Stack, state: MergeState, merged: bool, dtype: t
     Empty slots (strict mode) sit at position +inf; they are given a finite position for the relative bias only
     (they are masked as keys, and their outputs are never read).
     """
-    finite = torch.isfinite(state.pos)
-    pos_state = state if bool(finite.all()) else replace(state, pos=torch.where(finite, state.pos, 0.0))
+    # no host check for "all finite": replacing nothing is cheaper than a synchronisation
+    pos_state = replace(state, pos=torch.where(torch.isfinite(state.pos), state.pos, 0.0))
     rel = _relative_bias(stack, pos_state, merged)  # (1 | B, H, T, T)
     causal = causal_attention_bias(state, dtype, proportional)
     return rel.add_(causal) if merged and rel.dtype == dtype else rel + causal  # in place: one pass less
