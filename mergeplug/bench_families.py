@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from . import apply, decoder_token_counts, remove
+from ._cli import quiet_third_party
 from .config import schedule_for_reduction
 from .cost import compare
 
@@ -180,6 +181,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_third_party()
     p = argparse.ArgumentParser(prog="python -m mergeplug.bench_families", description=__doc__.split("\n\n")[0])
     p.add_argument("--context", type=int, default=2048)
     p.add_argument("--reps", type=int, default=3)

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from . import remove
+from ._cli import quiet_third_party
 from .bench import synthetic_context
 from .config import schedule_for_reduction
 from .cost import profile
@@ -161,6 +162,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_third_party()
     p = argparse.ArgumentParser(prog="python -m mergeplug.bench_sampling", description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="small")
     p.add_argument("--batches", default="8,32")

@@ -329,3 +329,23 @@ def test_peak_memory_sees_memory_an_earlier_call_freed():
         work()
     assert pm.extra_mb > 150, pm.extra_mb  # without giving freed memory back at entry this reads ~0
     assert pm.peak_mb >= pm.start_mb + pm.extra_mb - 1e-9
+
+
+def test_cli_prints_only_what_was_asked_for(tmp_path):
+    """No GluonTS evaluation bars, transformers loading bars, orjson / frequency / matplotlib warnings: with
+    --no-progress the error stream stays empty, and the output is the report."""
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "mergeplug.eval.cli"]
+    runs = [
+        ["run", "--model", "mergeplug:patchtst", "--datasets", "taylor_30min", "--max-series", "1", "--reps", "1"]
+        + ["--merge", "k=1,ratio=0.2", "--timing-windows", "2", "--out", str(tmp_path / "p"), "--no-progress"],
+        ["run", "--model", "seasonal-naive", "--datasets", "m1_monthly", "m3_quarterly", "--out", str(tmp_path / "n")]
+        + ["--no-progress"],
+        ["report", str(tmp_path / "n")],  # no merged rows: nothing to put in the plot's legend
+    ]
+    for args in runs:
+        proc = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0 and proc.stderr == "", (args, proc.stderr[-2000:])
+        assert proc.stdout.startswith("| dataset | setting |")

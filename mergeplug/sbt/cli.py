@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._cli import quiet_third_party
 from .efficiency import honest_flops, parameter_summary, reference_flops, storage_summary, time_forward
 from .model import CompactTransformer
 from .tasks import TASKS, build_task
@@ -324,6 +325,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_third_party()
     try:
         return _main(argv)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
