@@ -97,11 +97,13 @@ def apply(
     config = family.resolve(config, obj)
     record = find_record(family.modules(obj))
     if record is not None:  # already patched (possibly through its pipeline or inner model): new settings
+        _check_layers(config, record)
         record.config = config
     else:
         record = PatchRecord(family=family.name, config=config)
         try:
             family.inject(obj, record)
+            _check_layers(config, record)
         except Exception:
             restore(record)
             raise
@@ -110,6 +112,18 @@ def apply(
 
         merge_decoder(obj, **decoder)
     return obj
+
+
+def _check_layers(config: MergeConfig, record: PatchRecord) -> None:
+    """Refuse per-layer ``r`` / ``ratio`` lists longer than the patched stack (the extra values would be ignored)."""
+    layers = record.hints.get("num_layers")
+    for name in ("r", "ratio"):
+        value = getattr(config, name)
+        if isinstance(value, (list, tuple)) and layers is not None and len(value) > layers:
+            raise ValueError(
+                f"{name} has {len(value)} per-layer values but this {record.family} model merges in {layers} layers; "
+                "give at most one value per layer (or one number for all)"
+            )
 
 
 def remove(obj: T, *, merging_only: bool = False) -> T:

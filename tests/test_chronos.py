@@ -290,3 +290,22 @@ def test_unsupported_objects_raise_type_error():
         mergeplug.apply(nn.Linear(3, 3), r=1)
     with pytest.raises(TypeError, match="does not support"):
         mergeplug.remove("not a model")
+
+
+@pytest.mark.parametrize("key", ["r", "ratio"])
+def test_per_layer_lists_longer_than_the_model_are_refused(t5_pipe, bolt_pipe, key):
+    """Values past the last layer used to be dropped silently; now the list must fit the merging stack."""
+    for pipe in (t5_pipe, bolt_pipe):
+        layers = pipe.inner_model.config.num_layers
+        value = [1] * (layers + 1) if key == "r" else [0.1] * (layers + 1)
+        with pytest.raises(
+            ValueError, match=rf"{key} has {layers + 1} per-layer values but this .* merges in {layers}"
+        ):
+            mergeplug.apply(pipe, k=1, **{key: value}, safe=False)
+        assert mergeplug.settings(pipe) is None  # nothing was left patched
+        fits = value[:layers]
+        mergeplug.apply(pipe, k=1, **{key: fits}, safe=False)
+        with pytest.raises(ValueError, match="per-layer values"):  # re-applying to a patched model checks too
+            mergeplug.apply(pipe, k=1, **{key: value}, safe=False)
+        assert getattr(mergeplug.settings(pipe), key) == fits  # the settings in force stay
+        mergeplug.remove(pipe)

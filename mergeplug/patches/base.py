@@ -32,7 +32,8 @@ class PatchRecord:
         config: current merge settings (``apply`` on a patched model replaces this object's contents).
         swapped: (module, original class) pairs.
         hooks: forward-hook handles.
-        hints: family-specific facts for the shared T5 code (e.g. ``protect_ids``, ``protect_last``).
+        hints: family-specific facts for the shared T5 code (e.g. ``protect_ids``, ``protect_last``), and
+            ``num_layers``: the merging stack's layers, which per-layer ``r`` / ``ratio`` lists may not exceed.
         scratch: per-forward scratch space (captured attention keys, the last merged encoder output).
         aux: an auxiliary patch that is not token merging (e.g. fast sampling); ``apply`` and ``settings``
             ignore such records, ``remove`` undoes them too.

@@ -132,6 +132,7 @@ def inject_causal_lm(model: nn.Module, record: PatchRecord) -> None:
     base, blocks, rope = find_stack(model)
     n_layers = min(len(blocks), int(getattr(model.config, "num_hidden_layers", len(blocks)) or len(blocks)))
     blocks = blocks[:n_layers]  # the blocks the model runs
+    record.hints["num_layers"] = n_layers
     scratch = record.scratch
     spec, base_spec = _Args(blocks[0].forward), _Args(base.forward)
 

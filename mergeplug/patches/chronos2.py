@@ -285,6 +285,7 @@ def _inject(obj: Any, record: PatchRecord) -> None:
         k_proj = block.layer[0].self_attention.k
         record.hooks.append(k_proj.register_forward_hook(grab))
         mark(k_proj, record)
+    record.hints["num_layers"] = len(model.encoder.block)
     swap_class(model.encoder, _MergingChronos2Encoder, record)
     swap_class(model, _MergingChronos2Model, record)
 

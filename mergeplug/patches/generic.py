@@ -102,6 +102,7 @@ def inject_blocks(
     n_layers = len(blocks)
     if n_layers == 0:
         raise ValueError("inject_blocks: the block list is empty")
+    record.hints["num_layers"] = n_layers
     scratch = record.scratch
 
     def to_btc(x: torch.Tensor) -> torch.Tensor:

@@ -120,6 +120,7 @@ def _inject(obj: nn.Module, record: PatchRecord) -> None:
     for layer in encoder.layers:
         record.hooks.append(layer.self_attn.k_proj.register_forward_hook(grab))
         mark(layer.self_attn.k_proj, record)
+    record.hints["num_layers"] = len(encoder.layers)
     swap_class(encoder, _MergingPatchTSTEncoder, record)
 
 

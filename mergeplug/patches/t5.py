@@ -576,6 +576,7 @@ def inject_encoder(stack: T5Stack, record: PatchRecord) -> None:
     if stack.is_decoder:
         raise TypeError("inject_encoder expects an encoder T5Stack (config.is_decoder=False)")
     _hook_keys(stack, record)
+    record.hints["num_layers"] = len(stack.block)
     swap_class(stack, _MergingEncoder, record)
 
 
