@@ -217,7 +217,7 @@ def save_pretrained(
 
             # from the original classes (then patched again with the same settings); binarized layers: their float
             # weights (the packed file holds the binary ones)
-            with unmerged(obj), suspended(obj):
+            with unmerged(obj), suspended(obj), _no_shard_bar():
                 _inner(obj).save_pretrained(tmp)
         if meta["binarization"] is not None:
             from .binary import save_packed
@@ -234,6 +234,20 @@ def save_pretrained(
             ).save(tmp / CARD_NAME)
         _install(tmp, out, superseded=WEIGHT_PATTERNS if weights else ())
     return out
+
+
+@contextmanager
+def _no_shard_bar() -> Iterator[None]:
+    """Without transformers' "Writing model shards" bar: a save writes a few files and reports nothing else."""
+    import transformers.utils.logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def _keep_users_card(readme: Path) -> bool:

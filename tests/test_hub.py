@@ -363,3 +363,15 @@ def test_damaged_config_or_weights_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="not a complete safetensors file") as info:
         mergeplug.from_pretrained(out)
     assert str(weights) in str(info.value) and "mergeplug.save_pretrained" in str(info.value)
+
+
+def test_save_prints_nothing(tmp_path, capfd):
+    """No "Writing model shards" bar (or anything else) on save; transformers' bar setting is left as it was."""
+    import transformers.utils.logging as hf_logging
+
+    model = _patchtst()
+    capfd.readouterr()
+    mergeplug.save_pretrained(model, tmp_path / "m")
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    assert hf_logging.is_progress_bar_enabled()
