@@ -369,9 +369,15 @@ def test_save_prints_nothing(tmp_path, capfd):
     """No "Writing model shards" bar (or anything else) on save; transformers' bar setting is left as it was."""
     import transformers.utils.logging as hf_logging
 
-    model = _patchtst()
-    capfd.readouterr()
-    mergeplug.save_pretrained(model, tmp_path / "m")
-    out, err = capfd.readouterr()
-    assert out == "" and err == ""
-    assert hf_logging.is_progress_bar_enabled()
+    was = hf_logging.is_progress_bar_enabled()  # the CLIs tested in this process may have switched bars off
+    hf_logging.enable_progress_bar()
+    try:
+        model = _patchtst()
+        capfd.readouterr()
+        mergeplug.save_pretrained(model, tmp_path / "m")
+        out, err = capfd.readouterr()
+        assert out == "" and err == ""
+        assert hf_logging.is_progress_bar_enabled()
+    finally:
+        if not was:
+            hf_logging.disable_progress_bar()
