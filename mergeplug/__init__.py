@@ -13,16 +13,15 @@ from .binary import (
     unbinarize,
 )
 from .config import MergeConfig, ratio_for_reduction, schedule_for_reduction
-from .core import apply, remove, settings, token_counts
+from .core import apply, merge_decoder, remove, settings, token_counts
 from .cost import CostReport, profile
 from .hub import from_pretrained, push_to_hub, save_pretrained
 from .patches.chronos_sampling import fast_sampling
 from .patches.generic import register_patch
-from .patches.t5 import decoder_token_counts, merge_decoder
+from .patches.t5 import decoder_token_counts
 from .precheck import precheck
 from .tune import TuneResult, tune
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "MergeConfig",

@@ -9,8 +9,9 @@ from typing import Any, TypeVar
 from .config import MergeConfig
 from .patches import find_family
 from .patches.base import PatchRecord, find_record, restore
+from .patches.t5 import DECODER_KEY, decoder_config
 
-__all__ = ["apply", "remove", "settings", "token_counts", "apply_kwargs", "unmerged", "APPLY_KEYS"]
+__all__ = ["apply", "merge_decoder", "remove", "settings", "token_counts", "apply_kwargs", "unmerged", "APPLY_KEYS"]
 
 #: the ``apply`` arguments a :class:`MergeConfig` records (``decoder`` apart)
 APPLY_KEYS = (
@@ -108,8 +109,6 @@ def apply(
             restore(record)
             raise
     if decoder is not None:
-        from .patches.t5 import merge_decoder
-
         merge_decoder(obj, **decoder)
     return obj
 
@@ -124,6 +123,56 @@ def _check_layers(config: MergeConfig, record: PatchRecord) -> None:
                 f"{name} has {len(value)} per-layer values but this {record.family} model merges in {layers} layers; "
                 "give at most one value per layer (or one number for all)"
             )
+
+
+def merge_decoder(
+    obj: T,
+    *,
+    k: int | None = 1,
+    r: int | list[int] | None = None,
+    ratio: float | list[float] | None = None,
+    threshold: float | None = None,
+    proportional_attention: bool = True,
+) -> T:
+    """Opt in to causal token merging in the decoder of an encoder-decoder model (teacher forcing).
+
+    Works on models of the ``t5`` (``T5ForConditionalGeneration`` / ``T5Model``), ``chronos-t5`` and
+    ``hf-time-series`` families. A model not patched yet is patched first with no encoder merging
+    (``mergeplug.apply(obj, r=0)``); otherwise the encoder settings stay. Calling it again replaces the decoder
+    settings; ``r=0`` switches decoder merging off; ``mergeplug.apply`` resets them.
+
+    Args:
+        obj: the model (or pipeline) to change; returned.
+        k: locality of the decoder merges (``None``: global).
+        r / ratio: tokens (or fraction of the current tokens) merged per decoder layer: the r mode, in which
+            *which* tokens merge can depend on later targets (fine for training: every position is scored).
+        threshold: strict causal mode: every decoder output at position p depends only on decoder inputs at
+            positions <= p (see :mod:`mergeplug.merge`).
+        proportional_attention: add ``log(size)`` of every merged target token to the self-attention logits.
+
+    Raises:
+        TypeError: the model has no decoder mergeplug can merge (the message says which families do).
+        ValueError / NotImplementedError: invalid settings, or settings the model's decoder cannot run.
+    """
+    family = find_family(obj)
+    record = find_record(family.modules(obj))
+    if record is None:
+        apply(obj, r=0)
+        record = find_record(family.modules(obj))
+    if record is not None and record.hints.get("decoder_unsupported"):
+        raise NotImplementedError(record.hints["decoder_unsupported"])
+    if record is None or not record.hints.get("decoder_merging"):
+        raise TypeError(
+            f"{family.name}: this object has no decoder that mergeplug can merge. Decoder merging supports "
+            "T5ForConditionalGeneration / T5Model, Chronos-T5 and Hugging Face TimeSeriesTransformer / Informer "
+            "(distil=False); pass the encoder-decoder model itself."
+        )
+    config = decoder_config(k=k, r=r, ratio=ratio, threshold=threshold, proportional_attention=proportional_attention)
+    check = record.hints.get("decoder_check")
+    if check is not None:
+        check(config)
+    record.config.extra[DECODER_KEY] = config
+    return obj
 
 
 def remove(obj: T, *, merging_only: bool = False) -> T:

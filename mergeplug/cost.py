@@ -31,7 +31,6 @@ What is counted, and the conventions (the same as PyTorch's ``torch.utils.flop_c
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import re
@@ -46,22 +45,11 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .merge import current_scope, scope
+
 __all__ = ["CostReport", "profile", "parameter_counts", "storage_bytes", "compare", "format_comparison", "scope"]
 
 aten = torch.ops.aten
-
-# --------------------------------------------------------------------------------------------------- scopes
-_SCOPES: list[str] = []
-
-
-@contextlib.contextmanager
-def scope(name: str) -> Iterator[None]:
-    """Attribute the products run inside this block to component ``name`` (e.g. ``"matching"``)."""
-    _SCOPES.append(name)
-    try:
-        yield
-    finally:
-        _SCOPES.pop()
 
 
 # ------------------------------------------------------------------------------------------------- formulas
@@ -370,8 +358,8 @@ class _Counter(TorchDispatchMode):
             if func.overloadpacket in _SDPA_OPS:
                 rep.sdpa_macs += macs
             in_linear = any(_is_weighted(m) for _, m in self.stack)
-            if _SCOPES:
-                key = ("other" if not self.stack else _part(self.stack[-1][0]), _SCOPES[-1])
+            if (named := current_scope()) is not None:
+                key = ("other" if not self.stack else _part(self.stack[-1][0]), named)
             else:
                 key = (_part(self.stack[-1][0]) if self.stack else "other", _kind(self.stack, in_linear))
             rep.by_component[key] = rep.by_component.get(key, 0) + macs

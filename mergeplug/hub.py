@@ -324,8 +324,8 @@ def write_config(
 
     ``weights`` / ``float_weights`` record what :func:`save_pretrained` writes next to it (see there).
     """
-    from . import __version__
     from .core import settings
+    from .version import __version__
 
     info = _describe(obj)
     try:
@@ -365,7 +365,7 @@ def read_config(directory_or_hub_id: str | Path) -> tuple[dict[str, Any], Path]:
         ValueError: a config that is damaged (not a JSON object, a field of the wrong type), of a newer format, or
             that names a family / loader this mergeplug does not know.
     """
-    from . import __version__
+    from .version import __version__
 
     location = _local_or_hub(directory_or_hub_id)
     path = Path(location)
@@ -744,7 +744,7 @@ def _cost_lines(obj: Any) -> str:
 
 
 def _results_section(results: str | Path) -> str:
-    from .eval.report import load_rows, markdown
+    from .results import load_rows, markdown
 
     rows = load_rows(results)
     text = (

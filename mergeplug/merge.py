@@ -30,19 +30,18 @@ Causal guarantees (see :class:`MergeState` and :func:`match`):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from .cost import scope
-
-if TYPE_CHECKING:
-    from .config import MergeConfig
-
 __all__ = [
+    "MergeSchedule",
+    "scope",
+    "current_scope",
     "MergeState",
     "band_scores",
     "group_mean_scores",
@@ -60,6 +59,40 @@ __all__ = [
     "seasonal_candidates",
     "detect_period",
 ]
+
+
+# ------------------------------------------------------------------------------------------- named regions
+_SCOPES: list[str] = []
+
+
+@contextlib.contextmanager
+def scope(name: str) -> Iterator[None]:
+    """Name the work done inside this block (e.g. ``"matching"``); :mod:`mergeplug.cost` attributes the
+    products counted there to it. Also a decorator (``@scope("matching")``)."""
+    _SCOPES.append(name)
+    try:
+        yield
+    finally:
+        _SCOPES.pop()
+
+
+def current_scope() -> str | None:
+    """The innermost :func:`scope` in force, or None."""
+    return _SCOPES[-1] if _SCOPES else None
+
+
+class MergeSchedule(Protocol):
+    """What :func:`merge_layer` reads of a schedule (:class:`mergeplug.config.MergeConfig` is one)."""
+
+    k: int | None
+    threshold: float | None
+    min_similarity: float | None
+
+    @property
+    def token_period(self) -> float | str | None: ...
+
+    def merges_at(self, layer: int, length: int) -> int: ...
+
 
 # Score given to pairs that may never merge, and to pairs of two padding tokens (merged first: free).
 _NEVER = float("-inf")
@@ -601,7 +634,7 @@ def head_mean(keys: torch.Tensor, heads: int) -> torch.Tensor:
 def merge_layer(
     x: torch.Tensor,
     state: MergeState,
-    config: MergeConfig,
+    config: MergeSchedule,
     layer: int,
     *,
     metric: torch.Tensor | Callable[[], torch.Tensor] | None = None,

@@ -125,12 +125,14 @@ def window_stats(windows: np.ndarray, cutoffs: Sequence[float] = ()) -> dict[str
 
 
 def _contexts(data: Any, context: int) -> np.ndarray:
-    """(N, context) windows from a dataset name, an EvalDataset, a 1-D / 2-D array or a list of series."""
-    from .eval.data import EvalDataset, load_dataset
-
+    """(N, context) windows from a dataset (anything with ``entries``, ``windows`` and ``prediction_length``, e.g.
+    the harness' ``EvalDataset``), a 1-D / 2-D array or a list of series."""
     if isinstance(data, str):
-        data = load_dataset(data)
-    if isinstance(data, EvalDataset):
+        raise TypeError(
+            f"precheck: {data!r} is a name; load the dataset first: "
+            f"mergeplug.precheck(mergeplug.eval.load_dataset({data!r})) (or run mergeplug-eval precheck)"
+        )
+    if all(hasattr(data, a) for a in ("entries", "windows", "prediction_length")):
         rows = []
         for e in data.entries:
             x = np.asarray(e["target"], dtype=np.float64)
@@ -147,7 +149,7 @@ def _contexts(data: Any, context: int) -> np.ndarray:
         rows = [np.asarray(data, dtype=np.float64)[-context:]]
     else:
         raise TypeError(f"precheck: unsupported data of type {type(data).__name__}; give a series, an array of "
-                        "series, a list of series, a dataset name or an EvalDataset")  # fmt: skip
+                        "series, a list of series or a dataset (mergeplug.eval.load_dataset)")  # fmt: skip
     rows = [r for r in rows if np.isfinite(r).sum() >= 8]
     if not rows:
         raise ValueError("precheck: no series has 8 or more observed values; the spectrum needs a longer context")
@@ -268,7 +270,8 @@ def precheck(
     """Spectral statistics of ``data`` and the expected accuracy change of each calibrated merge setting.
 
     Args:
-        data: a 1-D series, an (N, T) array, a list of series, a registered dataset name or an ``EvalDataset``.
+        data: a 1-D series, an (N, T) array, a list of series, or a dataset of the evaluation harness
+            (``mergeplug.eval.load_dataset("m3_monthly")``: its windows' histories).
         context / stride: context length and time steps per token of the target model (default: those of the
             calibration's model).
         tolerance: allowed relative WQL change for the recommendation (0.01 = 1%).

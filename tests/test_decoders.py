@@ -21,10 +21,11 @@ from transformers import (
 )
 
 import mergeplug
+from mergeplug import merge_decoder
 from mergeplug.config import MergeConfig
 from mergeplug.models import chronos_t5
 from mergeplug.patches.base import PatchRecord
-from mergeplug.patches.t5 import decoder_token_counts, merge_decoder, merged_decoder_forward
+from mergeplug.patches.t5 import decoder_token_counts, merged_decoder_forward
 
 # ------------------------------------------------------------------------------------------------------- T5
 

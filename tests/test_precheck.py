@@ -144,8 +144,10 @@ def test_shipped_calibration_is_complete():
     cal = load_calibration()
     assert cal["points"] >= 12 and cal["statistic"] in STATISTICS
     assert {"rho", "p", "mae", "n"} <= set(next(iter(cal["heldout_per_setting"].values())))
-    res = precheck("taylor_30min")
+    res = precheck(load_dataset("taylor_30min"))
     assert set(res.predictions) == set(cal["settings"]) and np.isfinite(list(res.predictions.values())).all()
+    with pytest.raises(TypeError, match=r"load the dataset first: mergeplug.precheck\(mergeplug.eval.load_dataset"):
+        precheck("taylor_30min")  # the library does not load the harness' datasets itself
     with pytest.raises(FileNotFoundError, match="precheck-validate"):
         load_calibration("/nonexistent/calibration.json")
 
@@ -168,7 +170,7 @@ def test_predictions_stay_within_the_measured_range_sine_noise_constant():
     assert res.predictions == {} and res.recommended is None and "constant" in res.note
     assert "constant" in str(res)
     # in range: taylor_30min, every prediction within the measured changes and no flag
-    res = precheck("taylor_30min")
+    res = precheck(load_dataset("taylor_30min"))
     assert not res.outside and all(
         cal["settings"][s]["change_range"][0] <= v <= cal["settings"][s]["change_range"][1]
         for s, v in res.predictions.items()

@@ -29,6 +29,7 @@ from pandas.tseries.frequencies import to_offset
 from pandas.tseries.offsets import BaseOffset
 
 __all__ = [
+    "QUANTILES",
     "EvalDataset",
     "DatasetSpec",
     "REGISTRY",
@@ -37,6 +38,10 @@ __all__ = [
     "load_local",
     "OfflineError",
 ]
+
+
+#: the quantile levels every model forecasts and WQL averages over (Chronos' protocol)
+QUANTILES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 class OfflineError(RuntimeError):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import EvalDataset
+from .data import QUANTILES, EvalDataset
 
 __all__ = [
     "QUANTILES",
@@ -42,7 +42,6 @@ __all__ = [
     "chronos_quantiles",
 ]
 
-QUANTILES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 PER_DATASET = ("patchtst", "tst")
 
 

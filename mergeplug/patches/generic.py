@@ -18,7 +18,7 @@ of the model sees every position. The similarity is the cosine of the hidden sta
 
 Hugging Face **TimeSeriesTransformer / Informer** (``distil=False``, family ``hf-time-series``): tokens merge
 between the encoder layers and every position is restored before the decoder. Their decoder merges too when
-:func:`mergeplug.patches.t5.merge_decoder` turns it on: in training (``future_values`` given) the decoder gets all
+:func:`mergeplug.merge_decoder` turns it on: in training (``future_values`` given) the decoder gets all
 ``prediction_length`` future positions at once without a cache (``*ForPrediction`` sets ``use_cache=False`` when
 ``future_values`` is given; ``TimeSeriesTransformerModel`` / ``InformerModel`` callers pass it), and target tokens
 merge *causally* between its layers (similarity: the hidden states leaving a layer); each later layer gets an
@@ -502,7 +502,7 @@ register(
         name="hf-time-series",
         description="Hugging Face TimeSeriesTransformer / Informer (distil=False) models: merging between encoder "
         "layers, every position restored before the decoder; opt-in causal decoder merging in training with "
-        "mergeplug.patches.t5.merge_decoder (Autoformer raises NotImplementedError)",
+        "mergeplug.merge_decoder (Autoformer raises NotImplementedError)",
         matches=_is_hf_ts,
         inject=_inject_hf_ts,
         modules=lambda obj: [obj],

@@ -73,7 +73,7 @@ __all__ = [
     "inject_encoder",
     "inject_decoder",
     "inject_seq2seq",
-    "merge_decoder",
+    "decoder_config",
     "decoder_settings",
     "decoder_token_counts",
     "causal_attention_bias",
@@ -271,70 +271,18 @@ def decoder_settings(config: MergeConfig) -> MergeConfig | None:
     value = config.extra.get(DECODER_KEY)
     if value is None or isinstance(value, MergeConfig):
         return value
-    value = _decoder_config(**value)
+    value = decoder_config(**value)
     config.extra[DECODER_KEY] = value
     return value
 
 
-def _decoder_config(**kwargs: Any) -> MergeConfig:
+def decoder_config(**kwargs: Any) -> MergeConfig:
     """A validated causal MergeConfig for a decoder (``causal=True`` implied; no input merging)."""
     if kwargs.pop("input_ratio", 0.0):
         raise ValueError("input_ratio is not supported for decoders: merge target tokens with r, ratio or threshold")
     if kwargs.pop("causal", True) is not True:
         raise ValueError("decoder merging is always causal (target position p must not see later positions)")
     return MergeConfig(causal=True, **kwargs)
-
-
-def merge_decoder(
-    obj: T,
-    *,
-    k: int | None = 1,
-    r: int | list[int] | None = None,
-    ratio: float | list[float] | None = None,
-    threshold: float | None = None,
-    proportional_attention: bool = True,
-) -> T:
-    """Opt in to causal token merging in the decoder of an encoder-decoder model (teacher forcing).
-
-    Works on models of the ``t5`` (``T5ForConditionalGeneration`` / ``T5Model``), ``chronos-t5`` and
-    ``hf-time-series`` families. A model not patched yet is patched first with no encoder merging
-    (``mergeplug.apply(obj, r=0)``); otherwise the encoder settings stay. Calling it again replaces the decoder
-    settings; ``r=0`` switches decoder merging off; ``mergeplug.apply`` resets them.
-
-    Args:
-        obj: the model (or pipeline) to change; returned.
-        k: locality of the decoder merges (``None``: global).
-        r / ratio: tokens (or fraction of the current tokens) merged per decoder layer: the r mode, in which
-            *which* tokens merge can depend on later targets (fine for training: every position is scored).
-        threshold: strict causal mode: every decoder output at position p depends only on decoder inputs at
-            positions <= p (see :mod:`mergeplug.merge`).
-        proportional_attention: add ``log(size)`` of every merged target token to the self-attention logits.
-
-    Raises:
-        TypeError: the model has no decoder mergeplug can merge (the message says which families do).
-        ValueError / NotImplementedError: invalid settings, or settings the model's decoder cannot run.
-    """
-    from ..core import apply  # core imports the patches: import at call time
-
-    family = find_family(obj)
-    record = find_record(family.modules(obj))
-    if record is None:
-        apply(obj, r=0)
-        record = find_record(family.modules(obj))
-    if record is not None and record.hints.get("decoder_unsupported"):
-        raise NotImplementedError(record.hints["decoder_unsupported"])
-    if record is None or not record.hints.get("decoder_merging"):
-        raise TypeError(
-            f"{family.name}: this object has no decoder that mergeplug can merge. Decoder merging supports "
-            "T5ForConditionalGeneration / T5Model, Chronos-T5 and Hugging Face TimeSeriesTransformer / Informer "
-            "(distil=False); pass the encoder-decoder model itself."
-        )
-    config = _decoder_config(k=k, r=r, ratio=ratio, threshold=threshold, proportional_attention=proportional_attention)
-    check = record.hints.get("decoder_check")
-    if check is not None:
-        check(config)
-    record.config.extra[DECODER_KEY] = config
-    return obj
 
 
 def decoder_token_counts(obj: Any) -> list[int] | None:

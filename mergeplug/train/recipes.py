@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..eval.models import QUANTILES as _EVAL_QUANTILES
+from ..eval.data import QUANTILES as _EVAL_QUANTILES
 from ..models import chronos_bolt_config, chronos_t5_config, t5_config
 from .data import DEFAULT_TRAIN_DATASETS, Batch, TrainingSeries, WindowSampler, training_series
 
