@@ -16,10 +16,10 @@ from .config import MergeConfig, ratio_for_reduction, schedule_for_reduction
 from .core import apply, merge_decoder, remove, settings, token_counts
 from .cost import CostReport, profile
 from .hub import from_pretrained, push_to_hub, save_pretrained
-from .patches.chronos_sampling import fast_sampling
 from .patches.generic import register_patch
 from .patches.t5 import decoder_token_counts
 from .precheck import precheck
+from .sampling import fast_sampling
 from .tune import TuneResult, tune
 from .version import __version__
 

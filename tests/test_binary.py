@@ -16,12 +16,11 @@ import mergeplug
 from mergeplug.binary import (
     BinarizationConfig,
     SparseBinaryLinear,
-    _rice_decode,
-    _rice_encode,
     binary_layers,
     read_packed_metadata,
     suspended,
 )
+from mergeplug.binary.packed import _rice_decode, _rice_encode
 from mergeplug.hub import model_card
 from mergeplug.models import chronos2, chronos_bolt, chronos_t5
 

@@ -1,6 +1,6 @@
 """Opt-in causal merging in the decoders of encoder-decoder models under teacher forcing (merge_decoder).
 
-T5 (mergeplug/patches/t5.py) and the Hugging Face time-series models (mergeplug/patches/generic.py), built from
+T5 (mergeplug/patches/t5.py) and the Hugging Face time-series models (mergeplug/patches/hf_time_series.py), built from
 tiny random configs. Strict-mode checks bound differences by 1e-5, not bitwise: a change after position t can
 change the merged length, and matrix products may round rows differently at another length.
 """

@@ -11,7 +11,7 @@ from chronos.chronos2.model import Chronos2Model
 from transformers import PatchTSTConfig, PatchTSTForPrediction
 
 import mergeplug
-import mergeplug.merge as merge_mod
+import mergeplug.merge.matching as merge_mod  # merge_layer calls merge_step there
 from mergeplug.config import MergeConfig
 from mergeplug.merge import MergeState, detect_period, match, seasonal_candidates
 from mergeplug.models import chronos2, chronos_bolt, chronos_t5

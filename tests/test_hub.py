@@ -1,4 +1,4 @@
-"""Save / load with mergeplug_config.json and generated model cards (mergeplug/hub.py)."""
+"""Save / load with mergeplug_config.json and generated model cards (mergeplug/hub/)."""
 
 from __future__ import annotations
 
@@ -238,7 +238,7 @@ def test_failed_save_leaves_the_previous_save_intact(tmp_path, monkeypatch, fail
     if failure == "weights":
         monkeypatch.setattr(PreTrainedModel, "save_pretrained", _weights_cut_short)
     elif failure == "card":
-        monkeypatch.setattr(hub, "model_card", _disk_full)
+        monkeypatch.setattr(hub.save, "model_card", _disk_full)  # the name save_pretrained calls
     else:
         results = tmp_path / "no-such-results"
     with pytest.raises((OSError, ValueError)):
@@ -279,7 +279,7 @@ def test_save_into_a_directory_whose_parent_is_not_writable(tmp_path, monkeypatc
     out = tmp_path / "m"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    monkeypatch.setattr(hub.os, "access", lambda path, mode: Path(path) != tmp_path)
+    monkeypatch.setattr(hub.save.os, "access", lambda path, mode: Path(path) != tmp_path)
     mergeplug.save_pretrained(_patchtst(), out)
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [CONFIG_NAME, "config.json", "model.safetensors", "README.md", "notes.txt"]
@@ -322,7 +322,7 @@ def test_missing_local_path_is_named_and_hub_ids_go_to_the_hub(tmp_path, monkeyp
         asked.append(repo_id)
         raise OSError(f"the Hub was asked for {repo_id}")
 
-    monkeypatch.setattr(hub, "_hub_download", fake_hub)
+    monkeypatch.setattr(hub.format, "_hub_download", fake_hub)  # read_config's
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     (tmp_path / "models").mkdir()

@@ -1,4 +1,4 @@
-"""Fast Chronos-T5 sampling (mergeplug/patches/chronos_sampling.py): same tokens as stock generate()."""
+"""Fast Chronos-T5 sampling (mergeplug/sampling.py): same tokens as stock generate()."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def test_fast_sampling_rejects_other_models():
 
 @pytest.mark.parametrize("kw", [{"top_k": 5}, {"top_k": 12, "temperature": 0.7, "top_p": 0.8}, {"top_k": 1}])
 def test_top_k_sampler_has_the_distribution_of_generate(kw):
-    from mergeplug.patches.chronos_sampling import _processors, sample_top_k
+    from mergeplug.sampling import _processors, sample_top_k
 
     g = torch.Generator().manual_seed(0)
     logits = (2.0 * torch.randn(1, 40, generator=g)).expand(60_000, 40).contiguous()
@@ -99,7 +99,7 @@ def test_top_k_sampler_has_the_distribution_of_generate(kw):
 
 @pytest.mark.parametrize("bad", [{"top_k": 0}, {"top_k": 5, "temperature": 0.0}, {"top_k": 5, "top_p": 1.5}])
 def test_top_k_sampler_names_bad_settings(bad):
-    from mergeplug.patches.chronos_sampling import sample_top_k
+    from mergeplug.sampling import sample_top_k
 
     with pytest.raises(ValueError, match=next(iter(k for k in bad if k != "top_k" or len(bad) == 1))):
         sample_top_k(torch.zeros(2, 10), **bad)

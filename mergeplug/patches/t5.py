@@ -11,9 +11,9 @@ mask, positions and source map. ``T5ForConditionalGeneration.forward`` is swappe
 cross-attention uses the merged memory with the matching additive mask (``log(size)`` for real tokens);
 ``generate()`` expands these tensors per returned sequence along with the hidden states.
 
-**Decoder merging (opt-in, teacher forcing).** :func:`merge_decoder` adds *causal* merging to the decoder of a
+**Decoder merging (opt-in, teacher forcing).** :func:`mergeplug.merge_decoder` adds *causal* merging to the decoder of a
 patched encoder-decoder (``T5ForConditionalGeneration`` / ``T5Model``, Chronos-T5, and the Hugging Face
-time-series models of :mod:`mergeplug.patches.generic`); its settings live in ``config.extra["decoder"]`` (a
+time-series models of :mod:`mergeplug.patches.hf_time_series`); its settings live in ``config.extra["decoder"]`` (a
 :class:`~mergeplug.config.MergeConfig` with ``causal=True``), and ``mergeplug.apply`` on a patched model resets
 them (new settings replace the old ones). Example::
 

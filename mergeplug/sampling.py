@@ -43,8 +43,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from ..config import MergeConfig
-from .base import AUX_ATTR, PatchRecord, find_record, restore
+from .config import MergeConfig
+from .patches.base import AUX_ATTR, PatchRecord, find_record, restore
 
 __all__ = ["fast_sampling", "sample_tokens", "sample_top_k", "FAMILY"]
 
