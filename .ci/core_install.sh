@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The lean install: `pip install .` (no extras) into a fresh venv, then merging on a Hugging Face T5 works and none
+# of the harness' dependencies (gluonts, datasets, matplotlib, scipy) was installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${CORE_VENV:-$(mktemp -d)/core-venv}"
+python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${TORCH_SPEC:-torch==2.13.0}"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check .
+cd "$(mktemp -d)"  # away from the checkout: the installed package is imported, not the source tree
+"$VENV/bin/python" - <<'PY'
+import importlib.util
+
+import torch
+from transformers import T5Config, T5EncoderModel
+
+import mergeplug
+
+absent = [m for m in ("gluonts", "datasets", "matplotlib", "scipy") if importlib.util.find_spec(m) is not None]
+assert not absent, f"the core install pulled in {absent}"
+torch.manual_seed(0)
+cfg = T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, vocab_size=64)
+model = T5EncoderModel(cfg).eval()
+ids = torch.randint(0, 64, (2, 40))
+with torch.no_grad():
+    before = model(input_ids=ids).last_hidden_state
+    mergeplug.apply(model, k=1, r=8)
+    merged = model(input_ids=ids).last_hidden_state
+    counts = mergeplug.token_counts(model)
+    mergeplug.remove(model)
+    after = model(input_ids=ids).last_hidden_state
+assert counts == [40, 32, 24], counts
+assert torch.equal(before, after)
+try:
+    import mergeplug.eval  # noqa: F401
+except ImportError as exc:
+    assert "pip install 'mergeplug[eval]'" in str(exc), exc
+    print(f"mergeplug.eval without the extra: {exc}")
+else:
+    raise AssertionError("mergeplug.eval imported without its extra")
+print(f"core install OK: mergeplug {mergeplug.__version__}, T5 encoder tokens per layer {counts}, remove() bitwise")
+PY
