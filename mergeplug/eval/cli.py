@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 from .._cli import quiet_third_party
 from .data import OfflineError, list_datasets
@@ -30,8 +34,8 @@ def _fail(exc: Exception) -> int:
     return 2
 
 
-def main(argv: list[str] | None = None) -> int:
-    quiet_third_party()
+def build_parser() -> argparse.ArgumentParser:
+    """``mergeplug-eval``'s verbs and their options."""
     p = argparse.ArgumentParser(prog="mergeplug-eval", description="Speed-up and accuracy change of token merging.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -138,93 +142,35 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="regenerate report.md and the plot of a results directory")
     rep.add_argument("directory")
 
-    args = p.parse_args(argv)
-    if args.command == "list-datasets":
-        for spec in list_datasets(args.tag):
-            print(
-                f"{spec.name:32s} H={spec.prediction_length:<3d} windows={spec.windows:<3d} "
-                f"{spec.description} [{spec.source}]"
-            )
-        return 0
-    if args.command == "report":
-        try:
-            print(write_report(args.directory))
-        except (FileNotFoundError, ValueError) as exc:
-            return _fail(exc)
-        return 0
-    if args.command in ("precheck", "precheck-validate", "precheck-confirm"):
-        try:
-            return _precheck(args)
-        except (KeyError, ValueError, OfflineError, OSError) as exc:
-            return _fail(exc)
-    if args.command == "tune":
-        from .tune_cli import test_table, tune_dataset
+    return p
 
-        for name in _expand(args.datasets):
-            try:
-                result, rows = tune_dataset(
-                    args.model, name, merges=args.merge, prediction_length=args.prediction_length,
-                    windows=args.windows, tolerance=args.tolerance, out=args.out, check_test=args.check_test,
-                    reps=args.reps, progress=not args.no_progress,
-                )  # fmt: skip
-            except (KeyError, ValueError, OfflineError, OSError) as exc:
-                return _fail(exc)
-            print(f"### {name}\n\n{result}")
-            if rows is not None:
-                print(f"\nOn the test windows:\n\n{test_table(rows)}")
-        return 0
-    if args.command == "card":
-        from ..hub import model_card
 
-        try:
-            card = model_card(args.directory, results=args.results, license=args.license, model_name=args.name)
-        except (ValueError, OSError) as exc:
-            return _fail(exc)
-        path = f"{args.directory.rstrip('/')}/README.md"
-        card.save(path)
-        print(path)
-        return 0
-    if args.command == "profile":
-        from .profile_cli import profile_model
-
-        try:
-            print(
-                profile_model(
-                    args.model,
-                    dataset=args.dataset,
-                    batch=args.batch,
-                    context=args.context,
-                    horizon=args.horizon,
-                    merges=args.merge,
-                    reps=args.reps,
-                    seed=args.seed,
-                    out=args.json,
-                )
-            )
-        except (KeyError, ValueError, OfflineError, OSError) as exc:
-            return _fail(exc)
-        return 0
-    datasets = _expand(args.datasets)
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: run one verb; bad input is a one-line error (exit status 2)."""
+    quiet_third_party()
+    args = build_parser().parse_args(argv)
     try:
-        run(
-            args.model,
-            datasets,
-            args.merge,
-            out=args.out,
-            reps=args.reps,
-            batch_size=args.batch_size,
-            timing_windows=args.timing_windows,
-            max_series=args.max_series,
-            seed=args.seed,
-            device=args.device,
-            dtype=args.dtype,
-            progress=not args.no_progress,
-            prediction_length=args.prediction_length,
-            windows=args.windows,
-            freq=args.freq,
-        )
+        return VERBS[args.command](args)
     except (KeyError, ValueError, OfflineError, OSError) as exc:
         return _fail(exc)
+
+
+def list_datasets_verb(args: argparse.Namespace) -> int:
+    """``list-datasets``: the registered datasets, one line each."""
+    for spec in list_datasets(args.tag):
+        print(f"{spec.name:32s} H={spec.prediction_length:<3d} windows={spec.windows:<3d} {spec.description} "
+              f"[{spec.source}]")  # fmt: skip
+    return 0
+
+
+def run_verb(args: argparse.Namespace) -> int:
+    """``run``: evaluate, then print the report (the main process of a multi-process run)."""
+    run(
+        args.model, _expand(args.datasets), args.merge, out=args.out, reps=args.reps, batch_size=args.batch_size,
+        timing_windows=args.timing_windows, max_series=args.max_series, seed=args.seed, device=args.device,
+        dtype=args.dtype, progress=not args.no_progress, prediction_length=args.prediction_length,
+        windows=args.windows, freq=args.freq,
+    )  # fmt: skip
     from accelerate import PartialState
 
     if not PartialState().is_main_process:
@@ -234,35 +180,83 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _precheck(args: argparse.Namespace) -> int:
-    import json
-    import time
-    from pathlib import Path
+def report_verb(args: argparse.Namespace) -> int:
+    """``report``: regenerate report.md and the plot of a results directory."""
+    print(write_report(args.directory))
+    return 0
 
+
+def tune_verb(args: argparse.Namespace) -> int:
+    """``tune``: the fastest merge setting within a WQL tolerance, per dataset."""
+    from .tune_cli import test_table, tune_dataset
+
+    for name in _expand(args.datasets):
+        result, rows = tune_dataset(
+            args.model, name, merges=args.merge, prediction_length=args.prediction_length, windows=args.windows,
+            tolerance=args.tolerance, out=args.out, check_test=args.check_test, reps=args.reps,
+            progress=not args.no_progress,
+        )  # fmt: skip
+        print(f"### {name}\n\n{result}")
+        if rows is not None:
+            print(f"\nOn the test windows:\n\n{test_table(rows)}")
+    return 0
+
+
+def card_verb(args: argparse.Namespace) -> int:
+    """``card``: write the model card (README.md) of a save_pretrained directory."""
+    from ..hub import model_card
+
+    card = model_card(args.directory, results=args.results, license=args.license, model_name=args.name)
+    path = f"{args.directory.rstrip('/')}/README.md"
+    card.save(path)
+    print(path)
+    return 0
+
+
+def profile_verb(args: argparse.Namespace) -> int:
+    """``profile``: parameters, storage, MACs by component; MACs ratio vs measured speed-up."""
+    from .profile_cli import profile_model
+
+    print(
+        profile_model(
+            args.model, dataset=args.dataset, batch=args.batch, context=args.context, horizon=args.horizon,
+            merges=args.merge, reps=args.reps, seed=args.seed, out=args.json,
+        )
+    )  # fmt: skip
+    return 0
+
+
+def precheck_confirm_verb(args: argparse.Namespace) -> int:
+    """``precheck-confirm``: check a finished calibration on dataset variants it never saw."""
+    from .precheck_study import FRESH_VARIANTS, confirm, parse_variant
+
+    variants = [parse_variant(v) for v in args.variants] if args.variants else FRESH_VARIANTS
+    confirm(args.out, calibration=args.calibration, model=args.model, variants=variants,
+            progress=not args.no_progress)  # fmt: skip
+    print((Path(args.out) / "report.md").read_text())
+    return 0
+
+
+def precheck_validate_verb(args: argparse.Namespace) -> int:
+    """``precheck-validate``: measure merging on datasets + variants, score the statistics."""
+    from .precheck_study import validate
+
+    cal = validate(
+        args.out, model=args.model, context=args.context, stride=args.stride, progress=not args.no_progress,
+        merging=args.merging,
+    )  # fmt: skip
+    print((Path(args.out) / "report.md").read_text())
+    print(f"calibration: {args.out}/precheck_calibration.json (statistic {cal['statistic']})")
+    return 0
+
+
+def precheck_verb(args: argparse.Namespace) -> int:
+    """``precheck``: spectral statistics of data and the expected accuracy change of merging."""
     from ..precheck import precheck
     from .data import load_dataset
 
-    if args.command == "precheck-confirm":
-        from .precheck_study import FRESH_VARIANTS, confirm, parse_variant
-
-        variants = [parse_variant(v) for v in args.variants] if args.variants else FRESH_VARIANTS
-        confirm(args.out, calibration=args.calibration, model=args.model, variants=variants,
-                progress=not args.no_progress)  # fmt: skip
-        print((Path(args.out) / "report.md").read_text())
-        return 0
-    if args.command == "precheck-validate":
-        from .precheck_study import validate
-
-        cal = validate(
-            args.out, model=args.model, context=args.context, stride=args.stride, progress=not args.no_progress,
-            merging=args.merging,
-        )  # fmt: skip
-        print((Path(args.out) / "report.md").read_text())
-        print(f"calibration: {args.out}/precheck_calibration.json (statistic {cal['statistic']})")
-        return 0
-    names = _expand(args.datasets)
     texts, saved = [], {}
-    for name in names:
+    for name in _expand(args.datasets):
         ds = load_dataset(name, prediction_length=args.prediction_length)
         start = time.perf_counter()
         res = precheck(
@@ -278,6 +272,20 @@ def _precheck(args: argparse.Namespace) -> int:
         (Path(args.out) / "precheck.md").write_text(text + "\n")
         (Path(args.out) / "precheck.json").write_text(json.dumps(saved, indent=1))
     return 0
+
+
+#: verb name -> function (each takes the parsed arguments and returns the exit status)
+VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "list-datasets": list_datasets_verb,
+    "run": run_verb,
+    "report": report_verb,
+    "tune": tune_verb,
+    "card": card_verb,
+    "profile": profile_verb,
+    "precheck": precheck_verb,
+    "precheck-validate": precheck_validate_verb,
+    "precheck-confirm": precheck_confirm_verb,
+}
 
 
 if __name__ == "__main__":
