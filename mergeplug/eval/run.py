@@ -376,8 +376,61 @@ def run(
     (other options are refused, naming them). Returns all rows of the results directory (finished cells of an
     earlier run included).
     """
-    import mergeplug
+    _check_options(
+        datasets, merges, model=model, reps=reps, batch_size=batch_size, timing_windows=timing_windows,
+        cost_windows=cost_windows, max_series=max_series, prediction_length=prediction_length, windows=windows,
+        freq=freq, device=device, dtype=dtype,
+    )  # fmt: skip
+    data_options = dict(prediction_length=prediction_length, windows=windows, max_series=max_series, freq=freq)
+    name = model if isinstance(model, str) else (model.name or type(model).__name__)
+    meta = {
+        "model": name, "quantiles": list(QUANTILES), "seed": seed, "merges": list(merges), "reps": reps,
+        "prediction_length": prediction_length, "windows": windows, "freq": freq, "max_series": max_series,
+        "batch_size": batch_size, "timing_windows": timing_windows, "cost_windows": cost_windows, "device": device,
+        "dtype": dtype,
+    }  # fmt: skip
+    from accelerate import PartialState
 
+    dist = PartialState()  # one process unless started with `accelerate launch`
+    store = ResultStore(out, meta, write=dist.is_main_process)
+    try:
+        forecaster, settings = _forecaster_and_settings(model, merges, device=device, dtype=dtype)
+        opt = _Options(reps, batch_size, timing_windows, cost_windows, seed, progress, bool(merges))
+        for item in tqdm(datasets, desc="datasets", disable=not progress):
+            ds = item if isinstance(item, EvalDataset) else load_dataset(item, **data_options)
+            base = {"dataset": ds.name, "series": len(ds), "skipped_series": ds.skipped, "windows": ds.windows,
+                    "prediction_length": ds.prediction_length}  # fmt: skip
+            if not store.done(ds.name, "seasonal-naive"):
+                test_data = _windows(ds)
+                metrics = score(ds, test_data, seasonal_naive_quantiles(ds, list(test_data.input)))
+                store.add({**base, "setting": "seasonal-naive", **metrics})
+            pending = [s for s in settings if not store.done(ds.name, s.label)]
+            if pending:
+                reference = store.get(ds.name, "unmerged")
+                for row in _measure(forecaster.for_dataset(ds), ds, settings, pending, reference, opt, dist):
+                    store.add({**base, **row})
+        return store.rows
+    finally:
+        store.close()
+
+
+def _check_options(
+    datasets: Sequence[str | EvalDataset],
+    merges: Sequence[str],
+    *,
+    model: Any,
+    reps: Any,
+    batch_size: Any,
+    timing_windows: Any,
+    cost_windows: Any,
+    max_series: Any,
+    prediction_length: Any,
+    windows: Any,
+    freq: str | None,
+    device: str,
+    dtype: str,
+) -> None:
+    """Every option of :func:`run` that can be checked before any work (a ValueError naming it otherwise)."""
     for name, value, low in (("reps", reps, 1), ("batch_size", batch_size, 1), ("timing_windows", timing_windows, 1),
                              ("cost_windows", cost_windows, 0)):  # fmt: skip
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -393,125 +446,118 @@ def run(
     for item in datasets:  # a missing horizon or an unknown name fails now, not after hours of work
         if isinstance(item, str):
             check_dataset_name(item, prediction_length=prediction_length, freq=freq)
-    data_options = dict(prediction_length=prediction_length, windows=windows, max_series=max_series, freq=freq)
-    name = model if isinstance(model, str) else (model.name or type(model).__name__)
-    meta = {
-        "model": name, "quantiles": list(QUANTILES), "seed": seed, "merges": list(merges), "reps": reps,
-        "prediction_length": prediction_length, "windows": windows, "freq": freq, "max_series": max_series,
-        "batch_size": batch_size, "timing_windows": timing_windows, "cost_windows": cost_windows, "device": device,
-        "dtype": dtype,
-    }  # fmt: skip
-    from accelerate import PartialState
 
-    dist = PartialState()  # one process unless started with `accelerate launch`
-    shard = (dist.process_index, dist.num_processes)
-    store = ResultStore(out, meta, write=dist.is_main_process)
-    try:
-        forecaster = None if model == "seasonal-naive" else load_model(model, device=device, dtype=dtype)
-        layers = forecaster.num_layers if forecaster is not None else None
-        settings = (
-            [MergeSetting("unmerged", {})] + [parse_merge(m, layers) for m in merges] if forecaster is not None else []
+
+def _forecaster_and_settings(
+    model: str | Forecaster, merges: Sequence[str], *, device: str, dtype: str
+) -> tuple[Forecaster | None, list[MergeSetting]]:
+    """The model (None for the seasonal-naive baseline alone) and its settings, unmerged first; settings the model
+    cannot run are refused before any forecast."""
+    if model == "seasonal-naive":
+        return None, []
+    forecaster = load_model(model, device=device, dtype=dtype)
+    settings = [MergeSetting("unmerged", {})] + [parse_merge(m, forecaster.num_layers) for m in merges]
+    if any(s.sampling for s in settings) and not _samples_tokens(forecaster):
+        raise ValueError(
+            f"sampling=... switches Chronos-T5's token sampling; {forecaster.name or model!r} is not a "
+            "Chronos-T5 (seq2seq) pipeline (Chronos-Bolt and Chronos-2 predict quantiles directly): drop "
+            "sampling= from --merge"
         )
-        if any(s.sampling for s in settings) and not _samples_tokens(forecaster):
-            raise ValueError(
-                f"sampling=... switches Chronos-T5's token sampling; {forecaster.name or model!r} is not a "
-                "Chronos-T5 (seq2seq) pipeline (Chronos-Bolt and Chronos-2 predict quantiles directly): drop "
-                "sampling= from --merge"
-            )
-        if forecaster is not None and merges and not forecaster.mergeable():
-            raise ValueError(
-                f"token merging does not apply to {forecaster.name or model!r} (supported families: "
-                f"{', '.join(f.name for f in families())}); evaluate it without --merge"
-            )
+    if merges and not forecaster.mergeable():
+        raise ValueError(
+            f"token merging does not apply to {forecaster.name or model!r} (supported families: "
+            f"{', '.join(f.name for f in families())}); evaluate it without --merge"
+        )
+    return forecaster, settings
 
-        def configure(fc: Forecaster, s: MergeSetting) -> None:
-            if merges:  # else nothing to apply or remove (and the model may not be patchable at all)
-                apply_setting(fc.target, s, season=ds.season)
 
-        for item in tqdm(datasets, desc="datasets", disable=not progress):
-            ds = item if isinstance(item, EvalDataset) else load_dataset(item, **data_options)
-            ds_name = ds.name
-            base = {"dataset": ds_name, "series": len(ds), "skipped_series": ds.skipped, "windows": ds.windows}
-            base["prediction_length"] = ds.prediction_length
-            if not store.done(ds_name, "seasonal-naive"):
-                test_data = _windows(ds)
-                metrics = score(ds, test_data, seasonal_naive_quantiles(ds, list(test_data.input)))
-                store.add({**base, "setting": "seasonal-naive", **metrics})
-            pending = [s for s in settings if not store.done(ds_name, s.label)]
-            if not pending:
-                continue
-            fc = forecaster.for_dataset(ds)
-            test_data = _windows(ds)
-            inputs = list(test_data.input)
-            timed = [settings[0]] + [s for s in pending if not s.is_reference]  # the reference is always re-timed
-            times: dict[str, list[float]] = {s.label: [] for s in timed}
-            accuracy: dict[str, dict[str, float]] = {}
-            counts: dict[str, list[int] | None] = {}
-            memory: dict[str, float] = {}
-            costs: dict[str, dict[str, Any]] = {}
-            kw = dict(batch_size=batch_size, seed=seed, shard=shard)
-            with torch.inference_mode():
-                for s in pending:  # accuracy: every window, same seeds for every setting
-                    configure(fc, s)
-                    with PeakMemory() as mem:
-                        q = fc.quantiles(
-                            inputs, ds.prediction_length, **kw, progress=progress and dist.is_main_process,
-                            desc=f"{ds_name} {s.label}",
-                        )  # fmt: skip
-                    memory[s.label] = mem.extra_mb
-                    accuracy[s.label] = score(ds, test_data, q)
-                    counts[s.label] = mergeplug.token_counts(fc.target) if s.kwargs else None
-                if fc.target is not None and cost_windows > 0:  # a torch model: count its MACs per window
-                    few = inputs[:cost_windows]
-                    for s in timed:
-                        configure(fc, s)
-                        rep = profile(
-                            fc.target,
-                            run=partial(fc.quantiles, few, ds.prediction_length, batch_size=len(few), seed=seed),
-                            series=len(few),
-                            storage=False,
-                        )
-                        costs[s.label] = {"macs_per_window": rep.macs_per_series, "params": rep.params["total"]}
-                subset = inputs[:timing_windows]
-                configure(fc, timed[0])
-                fc.quantiles(subset[:batch_size], ds.prediction_length, batch_size=batch_size)  # warm-up
-                for _ in tqdm(range(reps), desc=f"{ds_name} timing", disable=not progress, leave=False):
-                    for s in timed:  # interleaved
-                        configure(fc, s)
-                        dist.wait_for_everyone()
-                        start = time.perf_counter()
-                        fc.quantiles(subset, ds.prediction_length, **kw)
-                        times[s.label].append(time.perf_counter() - start)  # the gather makes this the slowest shard
-            configure(fc, settings[0])
-            ref_time = statistics.median(times["unmerged"])
-            ref_acc = accuracy.get("unmerged") or store.get(ds_name, "unmerged")
-            for s in pending:
-                t = statistics.median(times[s.label])
-                acc = accuracy[s.label]
-                store.add(
-                    {
-                        **base,
-                        "setting": s.label,
-                        "merge": s.kwargs,
-                        "sampling": s.sampling or "stock",
-                        **acc,
-                        "MASE_change": acc["MASE"] / ref_acc["MASE"] - 1.0,
-                        "WQL_change": acc["WQL"] / ref_acc["WQL"] - 1.0,
-                        "time_s": t,
-                        "timing_windows": len(subset),
-                        "windows_per_s": len(subset) / t,
-                        "speedup": ref_time / t,
-                        "tokens_per_layer": counts[s.label],
-                        "peak_mem_mb": memory[s.label],
-                        "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-                        **costs.get(s.label, {}),
-                        **(
-                            {"macs_ratio": costs["unmerged"]["macs_per_window"] / costs[s.label]["macs_per_window"]}
-                            if s.label in costs and costs["unmerged"]["macs_per_window"]
-                            else {}
-                        ),
-                    }
+@dataclass(frozen=True)
+class _Options:
+    """How :func:`_measure` forecasts and times (see :func:`run`); ``merging``: settings are applied / removed."""
+
+    reps: int
+    batch_size: int
+    timing_windows: int
+    cost_windows: int
+    seed: int
+    progress: bool
+    merging: bool
+
+
+def _measure(
+    fc: Forecaster,
+    ds: EvalDataset,
+    settings: list[MergeSetting],
+    pending: list[MergeSetting],
+    reference: dict[str, Any] | None,
+    opt: _Options,
+    dist: Any,
+) -> list[dict[str, Any]]:
+    """The rows of the ``pending`` settings on one dataset: accuracy on every window, cost on a few, then
+    interleaved timing against the unmerged model (``settings[0]``, always re-timed; ``reference``: its stored
+    row when it is not pending)."""
+    import mergeplug
+
+    def configure(s: MergeSetting) -> None:
+        if opt.merging:  # else nothing to apply or remove (and the model may not be patchable at all)
+            apply_setting(fc.target, s, season=ds.season)
+
+    test_data = _windows(ds)
+    inputs = list(test_data.input)
+    timed = [settings[0]] + [s for s in pending if not s.is_reference]
+    times: dict[str, list[float]] = {s.label: [] for s in timed}
+    accuracy: dict[str, dict[str, float]] = {}
+    counts: dict[str, list[int] | None] = {}
+    memory: dict[str, float] = {}
+    costs: dict[str, dict[str, Any]] = {}
+    kw = dict(batch_size=opt.batch_size, seed=opt.seed, shard=(dist.process_index, dist.num_processes))
+    with torch.inference_mode():
+        for s in pending:  # accuracy: every window, same seeds for every setting
+            configure(s)
+            with PeakMemory() as mem:
+                q = fc.quantiles(
+                    inputs, ds.prediction_length, **kw, progress=opt.progress and dist.is_main_process,
+                    desc=f"{ds.name} {s.label}",
+                )  # fmt: skip
+            memory[s.label] = mem.extra_mb
+            accuracy[s.label] = score(ds, test_data, q)
+            counts[s.label] = mergeplug.token_counts(fc.target) if s.kwargs else None
+        if fc.target is not None and opt.cost_windows > 0:  # a torch model: count its MACs per window
+            few = inputs[: opt.cost_windows]
+            for s in timed:
+                configure(s)
+                rep = profile(
+                    fc.target,
+                    run=partial(fc.quantiles, few, ds.prediction_length, batch_size=len(few), seed=opt.seed),
+                    series=len(few),
+                    storage=False,
                 )
-        return store.rows
-    finally:
-        store.close()
+                costs[s.label] = {"macs_per_window": rep.macs_per_series, "params": rep.params["total"]}
+        subset = inputs[: opt.timing_windows]
+        configure(timed[0])
+        fc.quantiles(subset[: opt.batch_size], ds.prediction_length, batch_size=opt.batch_size)  # warm-up
+        for _ in tqdm(range(opt.reps), desc=f"{ds.name} timing", disable=not opt.progress, leave=False):
+            for s in timed:  # interleaved
+                configure(s)
+                dist.wait_for_everyone()
+                start = time.perf_counter()
+                fc.quantiles(subset, ds.prediction_length, **kw)
+                times[s.label].append(time.perf_counter() - start)  # the gather makes this the slowest shard
+    configure(settings[0])
+    ref_time = statistics.median(times["unmerged"])
+    ref_acc = accuracy.get("unmerged") or reference
+    rows = []
+    for s in pending:
+        t = statistics.median(times[s.label])
+        acc = accuracy[s.label]
+        macs = costs.get(s.label, {})
+        rows.append({
+            "setting": s.label, "merge": s.kwargs, "sampling": s.sampling or "stock", **acc,
+            "MASE_change": acc["MASE"] / ref_acc["MASE"] - 1.0, "WQL_change": acc["WQL"] / ref_acc["WQL"] - 1.0,
+            "time_s": t, "timing_windows": len(subset), "windows_per_s": len(subset) / t, "speedup": ref_time / t,
+            "tokens_per_layer": counts[s.label], "peak_mem_mb": memory[s.label],
+            "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, **macs,
+            **({"macs_ratio": costs["unmerged"]["macs_per_window"] / macs["macs_per_window"]}
+               if macs and costs["unmerged"]["macs_per_window"] else {}),
+        })  # fmt: skip
+    return rows

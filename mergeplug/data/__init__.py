@@ -1,1 +1,0 @@
-"""Offline time-series data shipped with mergeplug (see SOURCES.md)."""
