@@ -32,6 +32,7 @@ from . import apply, remove
 from ._cli import checked, number, quiet_third_party
 from .config import schedule_for_reduction
 from .models import SIZES, chronos_bolt, chronos_t5
+from .patches.base import RECORD_ATTR
 
 __all__ = ["Setting", "run", "main"]
 
@@ -187,9 +188,9 @@ def _tokens_after_encoder(pipe, family: str, ctx: torch.Tensor, n_tokens: int) -
     else:
         embeds = torch.zeros(ctx.shape[0], n_tokens, pipe.model.config.d_model)
         out = pipe.model.encoder(inputs_embeds=embeds)
-        rec = pipe.model.__dict__.get("_mergeplug_record")
-        if rec is not None:
-            rec.scratch.pop("last_output", None)
+        rec = pipe.model.__dict__.get(RECORD_ATTR)
+        if rec is not None:  # the direct encoder call stashed its output for a forecast that never comes
+            rec.scratch.last_output = None
     return int(out.last_hidden_state.shape[1])
 
 

@@ -115,7 +115,7 @@ def apply(
 
 def _check_layers(config: MergeConfig, record: PatchRecord) -> None:
     """Refuse per-layer ``r`` / ``ratio`` lists longer than the patched stack (the extra values would be ignored)."""
-    layers = record.hints.get("num_layers")
+    layers = record.hints.num_layers
     for name in ("r", "ratio"):
         value = getattr(config, name)
         if isinstance(value, (list, tuple)) and layers is not None and len(value) > layers:
@@ -159,16 +159,16 @@ def merge_decoder(
     if record is None:
         apply(obj, r=0)
         record = find_record(family.modules(obj))
-    if record is not None and record.hints.get("decoder_unsupported"):
-        raise NotImplementedError(record.hints["decoder_unsupported"])
-    if record is None or not record.hints.get("decoder_merging"):
+    if record is not None and record.hints.decoder_unsupported:
+        raise NotImplementedError(record.hints.decoder_unsupported)
+    if record is None or not record.hints.decoder_merging:
         raise TypeError(
             f"{family.name}: this object has no decoder that mergeplug can merge. Decoder merging supports "
             "T5ForConditionalGeneration / T5Model, Chronos-T5 and Hugging Face TimeSeriesTransformer / Informer "
             "(distil=False); pass the encoder-decoder model itself."
         )
     config = decoder_config(k=k, r=r, ratio=ratio, threshold=threshold, proportional_attention=proportional_attention)
-    check = record.hints.get("decoder_check")
+    check = record.hints.decoder_check
     if check is not None:
         check(config)
     record.config.extra[DECODER_KEY] = config
@@ -228,4 +228,4 @@ def token_counts(obj: Any) -> list[int] | None:
     a merged forward since it was patched.
     """
     record = find_record(find_family(obj).modules(obj))
-    return None if record is None else record.scratch.get("token_counts")
+    return None if record is None else record.scratch.token_counts

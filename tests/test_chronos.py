@@ -12,7 +12,7 @@ import mergeplug
 from mergeplug.config import MergeConfig
 from mergeplug.merge import MergeState
 from mergeplug.models import chronos_bolt, chronos_t5
-from mergeplug.patches.base import PatchRecord
+from mergeplug.patches.base import PatchRecord, record_of
 from mergeplug.patches.t5 import MergedEncoderOutput, _relative_bias, merged_encoder_forward
 
 
@@ -225,7 +225,7 @@ def test_bolt_merged_end_to_end(bolt_pipe):
         hidden, _, _, attention_mask = model.encode(ctx)  # a direct call keeps the per-patch contract
         assert hidden.shape == (3, 26, 64) and attention_mask.shape == (3, 26)
         model.encoder(inputs_embeds=torch.randn(1, 26, 64))
-        out = model.__dict__["_mergeplug_record"].scratch.pop("last_output")
+        out = record_of(model).scratch.last_output
         assert out.last_hidden_state.shape[1] == 26 - 2 * 5  # 2 layers x r=5
         assert out.token_sizes[0, -1] == 1  # [REG] never merges
     finally:

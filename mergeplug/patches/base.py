@@ -3,24 +3,112 @@
 A family is one module in :mod:`mergeplug.patches` that calls :func:`register` with a :class:`Family`.
 Injection swaps the ``__class__`` of chosen modules to a subclass that mixes in mergeplug's forward
 (PEFT-style, no weights touched) and may add forward hooks; everything done is written into a
-:class:`PatchRecord`, so :func:`restore` can undo it exactly.
+:class:`PatchRecord`, so :func:`restore` can undo it exactly. The record is attached to the patched modules under
+:data:`RECORD_ATTR` (read it back with :func:`record_of` or :func:`find_record`).
+
+Plumbing the families share: :func:`hook_keys` and :func:`call_capturing_keys` (an attention block's keys as the
+merge metric), :func:`merge_inputs` (merging the input tokens before the first block, ``input_ratio``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
+import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..config import MergeConfig
+from ..merge import MergeState, match, merge_step
 
+#: instance attribute (in ``module.__dict__``) under which a patched module holds its :class:`PatchRecord`
 RECORD_ATTR = "_mergeplug_record"
 AUX_ATTR = "_mergeplug_aux_record"  # auxiliary patches live beside the merging record, never replace it
 
-__all__ = ["Family", "PatchRecord", "register", "families", "find_family", "find_record", "swap_class", "restore"]
+__all__ = [
+    "Family", "PatchRecord", "PatchHints", "Scratch", "RECORD_ATTR", "register", "families", "find_family",
+    "find_record", "record_of", "swap_class", "restore", "hook_keys", "call_capturing_keys", "merge_inputs",
+]  # fmt: skip
+
+T = TypeVar("T")
+
+
+@dataclass
+class PatchHints:
+    """Facts a family's injection writes once, read at run time by the shared code (and by ``mergeplug.apply``).
+
+    Attributes:
+        num_layers: layers of the merging stack, which per-layer ``r`` / ``ratio`` lists may not exceed.
+        protect_ids: token ids that never merge in a T5 encoder (EOS); None: not set yet (then the model's EOS).
+        protect_last: trailing tokens that never merge in a T5 encoder (Chronos-Bolt's [REG]).
+        recent_tail: tokens after the most recent context token ([REG], EOS) that ``protect_recent`` counts back from.
+        stash_output: keep the last merged T5 encoder output in :attr:`Scratch.last_output` (Chronos-Bolt, whose
+            callers see ``last_hidden_state`` only).
+        decoder_merging: the model has a decoder that ``mergeplug.merge_decoder`` can merge.
+        decoder_check: raises for decoder settings this model cannot run (called by ``merge_decoder``).
+        decoder_unsupported: why this model's decoder cannot merge (``merge_decoder`` raises with it).
+    """
+
+    num_layers: int | None = None
+    protect_ids: tuple[int, ...] | None = None
+    protect_last: int = 0
+    recent_tail: int = 0
+    stash_output: bool = False
+    decoder_merging: bool = False
+    decoder_check: Callable[[MergeConfig], None] | None = None
+    decoder_unsupported: str | None = None
+
+
+@dataclass
+class Scratch:
+    """Per-forward state of a patched model (cleared by :func:`restore`).
+
+    Attributes:
+        token_counts: tokens entering block 0, then leaving every block, of the last merged forward.
+        short: (between-blocks families) this forward is no longer than the token floor and runs unmerged.
+        state: the merge state of the forward in progress (between-blocks and causal-LM families).
+        capture: the key-projection hooks of :func:`hook_keys` are recording.
+        keys: the keys they recorded, (B, T, H * dk), until :meth:`take_keys`.
+        last_output: the last merged T5 encoder output (see :attr:`PatchHints.stash_output`).
+        token_source: (B, N) merged token holding every input position after the last forward (Chronos-2).
+        protect_last: trailing read-out tokens of the ``encode`` call in progress (Chronos-2's [REG] and future
+            patches); None outside ``encode``.
+        decoder_token_counts: target tokens entering / leaving every block of the last merged decoder forward.
+        decoder_state: the decoder's merge state of the forward in progress (Hugging Face time-series models).
+        decoder_fresh: the next decoder layer to run is the first of its forward (time-series models).
+        decoder_padding: the decoder's padding mask of the forward in progress (time-series models).
+        phase: causal LMs: ``"prefill"`` (merging), ``"decode"`` (on a merged cache) or None (original code).
+        pad: causal LMs: the (B, N) padding mask of the forward in progress.
+        rope: causal LMs: the rotary (cos, sin) of the prefill in progress.
+    """
+
+    token_counts: list[int] | None = None
+    short: bool = False
+    state: MergeState | None = None
+    capture: bool = False
+    keys: torch.Tensor | None = None
+    last_output: Any = None
+    token_source: torch.Tensor | None = None
+    protect_last: int | None = None
+    decoder_token_counts: list[int] | None = None
+    decoder_state: MergeState | None = None
+    decoder_fresh: bool = False
+    decoder_padding: torch.Tensor | None = None
+    phase: str | None = None
+    pad: torch.Tensor | None = None
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def clear(self) -> None:
+        """Every field back to its default (in place: hooks hold this object)."""
+        for f in fields(self):
+            setattr(self, f.name, f.default)
+
+    def take_keys(self) -> torch.Tensor | None:
+        """The captured keys, which are dropped here."""
+        keys, self.keys = self.keys, None
+        return keys
 
 
 @dataclass
@@ -32,9 +120,8 @@ class PatchRecord:
         config: current merge settings (``apply`` on a patched model replaces this object's contents).
         swapped: (module, original class) pairs.
         hooks: forward-hook handles.
-        hints: family-specific facts for the shared T5 code (e.g. ``protect_ids``, ``protect_last``), and
-            ``num_layers``: the merging stack's layers, which per-layer ``r`` / ``ratio`` lists may not exceed.
-        scratch: per-forward scratch space (captured attention keys, the last merged encoder output).
+        hints: family facts written at injection (:class:`PatchHints`).
+        scratch: per-forward state (:class:`Scratch`: captured attention keys, token counts, merge states).
         aux: an auxiliary patch that is not token merging (e.g. fast sampling); ``apply`` and ``settings``
             ignore such records, ``remove`` undoes them too.
         undo: callbacks run (last first) by :func:`restore`, for changes other than class swaps and hooks.
@@ -44,8 +131,8 @@ class PatchRecord:
     config: MergeConfig
     swapped: list[tuple[nn.Module, type]] = field(default_factory=list)
     hooks: list[RemovableHandle] = field(default_factory=list)
-    hints: dict[str, Any] = field(default_factory=dict)
-    scratch: dict[str, Any] = field(default_factory=dict)
+    hints: PatchHints = field(default_factory=PatchHints)
+    scratch: Scratch = field(default_factory=Scratch)
     aux: bool = False
     undo: list[Callable[[], None]] = field(default_factory=list)
 
@@ -142,6 +229,11 @@ def find_record(mods: list[nn.Module], *, aux: bool = False, family: str | None 
 _SUBCLASS_CACHE: dict[tuple[type, type], type] = {}
 
 
+def record_of(module: nn.Module) -> PatchRecord:
+    """The record a patched (swapped or marked) module carries."""
+    return module.__dict__[RECORD_ATTR]
+
+
 def swap_class(module: nn.Module, mixin: type, record: PatchRecord) -> None:
     """Give ``module`` the class ``(mixin, type(module))`` and remember the original in ``record``."""
     orig = type(module)
@@ -173,3 +265,61 @@ def restore(record: PatchRecord) -> None:
     record.hooks.clear()
     record.swapped.clear()
     record.scratch.clear()
+
+
+# ------------------------------------------------------------------------------------ plumbing shared by families
+
+
+def hook_keys(record: PatchRecord, projections: Iterable[nn.Module]) -> None:
+    """Hook key projections (e.g. every block's ``SelfAttention.k``) so that the merge metric costs no extra matmul:
+    while ``record.scratch.capture`` is set (:func:`call_capturing_keys`), a projection's output (B, T, H * dk) goes
+    to ``record.scratch.keys``."""
+
+    def grab(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+        if record.scratch.capture:
+            record.scratch.keys = output
+
+    for proj in projections:
+        record.hooks.append(proj.register_forward_hook(grab))
+        mark(proj, record)
+
+
+def call_capturing_keys(
+    record: PatchRecord, attention: Callable[..., T], *args: Any, **kwargs: Any
+) -> tuple[T, torch.Tensor | None]:
+    """``attention(*args, **kwargs)`` with the hooks of :func:`hook_keys` recording: (its output, the keys)."""
+    record.scratch.capture = True
+    try:
+        out = attention(*args, **kwargs)
+    finally:
+        record.scratch.capture = False
+    return out, record.scratch.take_keys()
+
+
+def merge_inputs(
+    h: torch.Tensor,
+    state: MergeState,
+    config: MergeConfig,
+    *,
+    metric: torch.Tensor | None = None,
+    groups: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, bool]:
+    """Merge ``config.input_merges(N)`` of the N input tokens ``h`` (B, N, C) before the first block.
+
+    The merges are chosen on ``metric`` (default ``h``; the input embeddings), per group of rows with ``groups``
+    (see :func:`mergeplug.merge.match`); ``state`` is updated in place.
+
+    Returns:
+        (B, T', C) tokens and True, or ``h`` itself and False when nothing merges.
+    """
+    n = h.shape[1]
+    r_in = config.input_merges(n)
+    if r_in <= 0:
+        return h, False
+    dst, t_new = match(
+        h if metric is None else metric, state, r=r_in, k=config.k, groups=groups, period=config.token_period,
+        min_similarity=config.min_similarity,
+    )  # fmt: skip
+    if t_new >= n:
+        return h, False
+    return merge_step(h, state, dst, t_new), True

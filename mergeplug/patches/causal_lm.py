@@ -132,19 +132,19 @@ def inject_causal_lm(model: nn.Module, record: PatchRecord) -> None:
     base, blocks, rope = find_stack(model)
     n_layers = min(len(blocks), int(getattr(model.config, "num_hidden_layers", len(blocks)) or len(blocks)))
     blocks = blocks[:n_layers]  # the blocks the model runs
-    record.hints["num_layers"] = n_layers
+    record.hints.num_layers = n_layers
     scratch = record.scratch
     spec, base_spec = _Args(blocks[0].forward), _Args(base.forward)
 
     def base_pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        scratch["phase"] = None
+        scratch.phase = None
         mask = base_spec.get(args, kwargs, "attention_mask")
         if mask is not None and mask.dim() != 2 and not record.config.is_noop(n_layers):
             raise NotImplementedError(
                 f"{type(module).__name__} received a {mask.dim()}-D attention_mask; mergeplug rebuilds the mask for "
                 "merged tokens from a 2-D padding mask (batch, length) only. Pass a 2-D mask or none."
             )
-        scratch["pad"] = mask if mask is not None and mask.dim() == 2 else None
+        scratch.pad = mask if mask is not None and mask.dim() == 2 else None
 
     def pre(i: int, block: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         cfg: MergeConfig = record.config
@@ -152,9 +152,9 @@ def inject_causal_lm(model: nn.Module, record: PatchRecord) -> None:
         cache = spec.get(args, kwargs, "cache")
         facts = getattr(cache, KV_ATTR, None) if cache is not None else None
         if i == 0 and facts is not None and _cached_length(cache, 0) > 0:
-            scratch["phase"] = "decode"  # decoding on a merged cache, whatever the current settings
+            scratch.phase = "decode"  # decoding on a merged cache, whatever the current settings
             return None  # the first block caches every token: the model's own mask is right
-        if scratch.get("phase") == "decode":
+        if scratch.phase == "decode":
             return spec.set(
                 args, kwargs, "attention_mask", _decode_mask(cache, facts, i, x, cfg.proportional_attention)
             )
@@ -167,12 +167,12 @@ def inject_causal_lm(model: nn.Module, record: PatchRecord) -> None:
                     "this KV cache holds different lengths per block (a merged prefill) but no mergeplug facts: it "
                     "was rebuilt or converted after the prefill. Decode on the cache object the prefill filled."
                 )
-            scratch["phase"] = "prefill" if past == 0 else None
+            scratch.phase = "prefill" if past == 0 else None
             if past == 0:
                 _start_prefill(x, cache, spec.get(args, kwargs, "position_embeddings") if rope else None)
-        if scratch.get("phase") != "prefill" or i == 0:
+        if scratch.phase != "prefill" or i == 0:
             return None
-        state: MergeState = scratch["state"]
+        state: MergeState = scratch.state
         if cache is not None:
             facts = cache.__dict__.setdefault(KV_ATTR, {})
             facts[i] = [state.pos.clone(), state.size.clone(), state.mask.clone()]
@@ -180,17 +180,17 @@ def inject_causal_lm(model: nn.Module, record: PatchRecord) -> None:
             m = causal_bias(state.pos, state.pos, state.size, state.mask, x.dtype, cfg.proportional_attention)
             args, kwargs = spec.set(args, kwargs, "attention_mask", m)
             if rope:
-                pe = _gather_rope(scratch["rope"], state.pos)
+                pe = _gather_rope(scratch.rope, state.pos)
                 args, kwargs = spec.set(args, kwargs, "position_embeddings", pe)
         return args, kwargs
 
     def _start_prefill(x: torch.Tensor, cache: Any, pe: Any) -> None:
         n_b, n, _ = x.shape
-        pad = scratch.get("pad")
+        pad = scratch.pad
         mask = None if pad is None else pad[:, -n:].bool()
-        scratch["state"] = MergeState.init(n_b, n, mask=mask, causal=True, device=x.device, dtype=torch.float32)
-        scratch["token_counts"] = [n]
-        scratch["rope"] = pe
+        scratch.state = MergeState.init(n_b, n, mask=mask, causal=True, device=x.device, dtype=torch.float32)
+        scratch.token_counts = [n]
+        scratch.rope = pe
         if cache is not None:
             cache.__dict__.pop(KV_ATTR, None)
 
@@ -207,7 +207,7 @@ def inject_causal_lm(model: nn.Module, record: PatchRecord) -> None:
             )
         start = _cached_length(cache, 0) - q  # block 0 (full length) already holds this step's tokens
         new_pos = torch.arange(start, start + q, device=x.device, dtype=k_pos.dtype).expand(n_b, q)
-        pad = scratch.get("pad")
+        pad = scratch.pad
         new_mask = torch.ones(n_b, q, dtype=torch.bool, device=x.device) if pad is None else pad[:, -q:].bool()
         k_pos = torch.cat([k_pos, new_pos], 1)
         k_size = torch.cat([k_size, torch.ones_like(new_pos)], 1)
@@ -217,17 +217,17 @@ def inject_causal_lm(model: nn.Module, record: PatchRecord) -> None:
 
     def post(i: int, block: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
         cfg: MergeConfig = record.config
-        if scratch.get("phase") != "prefill":
+        if scratch.phase != "prefill":
             return None
-        state: MergeState = scratch["state"]
+        state: MergeState = scratch.state
         h = out if isinstance(out, torch.Tensor) else out[0]
         if i < n_layers - 1:
             h = merge_layer(h, state, cfg, i)
-        scratch["token_counts"].append(state.length)
+        scratch.token_counts.append(state.length)
         if i == n_layers - 1:
             h = causal_unmerge(h, state)
-            scratch["state"] = None
-            scratch["phase"] = None
+            scratch.state = None
+            scratch.phase = None
         return h if isinstance(out, torch.Tensor) else (h, *out[1:])
 
     record.hooks.append(base.register_forward_pre_hook(base_pre, with_kwargs=True))

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from .base import Family, PatchRecord, register, swap_class
+from .base import Family, PatchRecord, record_of, register, swap_class
 from .causal_lm import check_causal_lm_config, inject_causal_lm
 from .t5 import MergedEncoderOutput, check_encoder_config, inject_encoder, inject_seq2seq
 
@@ -42,6 +42,9 @@ class _UnmergingChronosModel:
         return out.unmerged() if isinstance(out, MergedEncoderOutput) else out.last_hidden_state
 
 
+_IN_FORWARD = "_mergeplug_in_forward"  # on a patched Bolt model, inside its forward (removed by restore: "_mergeplug")
+
+
 class _MergingBolt:
     """Mixin for ``ChronosBoltModelForForecasting``.
 
@@ -50,19 +53,19 @@ class _MergingBolt:
     """
 
     def forward(self, *args: Any, **kwargs: Any):
-        self.__dict__["_mergeplug_in_forward"] = True
+        self.__dict__[_IN_FORWARD] = True
         try:
             return super().forward(*args, **kwargs)
         finally:
-            self.__dict__["_mergeplug_in_forward"] = False
+            self.__dict__[_IN_FORWARD] = False
 
     def encode(self, context, mask=None):
         hidden, loc_scale, input_embeds, attention_mask = super().encode(context, mask)
-        record: PatchRecord = self.__dict__["_mergeplug_record"]
-        out = record.scratch.pop("last_output", None)
+        record = record_of(self)
+        out, record.scratch.last_output = record.scratch.last_output, None
         if not isinstance(out, MergedEncoderOutput):  # nothing merged: original path
             return hidden, loc_scale, input_embeds, attention_mask
-        if self.__dict__.get("_mergeplug_in_forward"):
+        if self.__dict__.get(_IN_FORWARD):
             return (
                 hidden,
                 loc_scale,
@@ -82,8 +85,8 @@ def _is_chronos(obj: Any, model_type: str) -> bool:
 
 def _inject_chronos_t5(obj: Any, record: PatchRecord) -> None:
     model = _chronos_t5_model(obj)
-    record.hints["protect_ids"] = (model.config.eos_token_id,)
-    record.hints["recent_tail"] = 1  # the EOS token the tokenizer appends after the context
+    record.hints.protect_ids = (model.config.eos_token_id,)
+    record.hints.recent_tail = 1  # the EOS token the tokenizer appends after the context
     inject_seq2seq(model.model, record)
     swap_class(model, _UnmergingChronosModel, record)
 
@@ -94,8 +97,8 @@ def _bolt_model(obj: Any) -> ChronosBoltModelForForecasting:
 
 def _inject_bolt(obj: Any, record: PatchRecord) -> None:
     model = _bolt_model(obj)
-    record.hints["protect_last"] = record.hints["recent_tail"] = 1 if model.chronos_config.use_reg_token else 0
-    record.hints["stash_output"] = True
+    record.hints.protect_last = record.hints.recent_tail = 1 if model.chronos_config.use_reg_token else 0
+    record.hints.stash_output = True
     inject_encoder(model.encoder, record)
     swap_class(model, _MergingBolt, record)
 

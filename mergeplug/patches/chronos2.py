@@ -51,8 +51,8 @@ import torch
 from torch import nn
 
 from ..config import MergeConfig
-from ..merge import MergeState, head_mean, key_bias, match, merge_layer, merge_step, recent_mask, unmerge
-from .base import Family, PatchRecord, mark, register, swap_class
+from ..merge import MergeState, head_mean, key_bias, merge_layer, recent_mask, unmerge
+from .base import Family, PatchRecord, call_capturing_keys, hook_keys, merge_inputs, record_of, register, swap_class
 
 try:  # chronos-forecasting is a dependency, but keep the import error readable
     from chronos import Chronos2Pipeline
@@ -113,7 +113,7 @@ def merged_chronos2_encoder_forward(
 
     Args:
         encoder: the model's ``Chronos2Encoder``.
-        record: the patch record (settings; ``scratch["token_counts"]`` and ``scratch["token_source"]`` are set).
+        record: the patch record (settings; ``scratch.token_counts`` and ``scratch.token_source`` are set).
         inputs_embeds: (B, N, C) token embeddings: context patches, [REG], future patches.
         group_ids: (B,) group label of every series; rows with equal labels attend to each other.
         attention_mask: (B, N), 1 for observed tokens, 0 for missing / padded patches; None = all observed.
@@ -137,17 +137,7 @@ def merged_chronos2_encoder_forward(
     protected |= recent_mask(n_b, n, cfg.protect_recent, tail=protect_last, device=device)
     state = MergeState.init(n_b, n, mask=attention_mask > 0, protected=protected, device=device)
     state.pos = position_ids.to(state.pos.dtype).expand(n_b, n).clone()
-    h = encoder.dropout(inputs_embeds)
-    merged = False
-    r_in = cfg.input_merges(n)
-    if r_in > 0:  # before the first block, metric: the input embeddings
-        dst, t_new = match(
-            inputs_embeds, state, r=r_in, k=cfg.k, groups=group_ids, period=cfg.token_period,
-            min_similarity=cfg.min_similarity,
-        )  # fmt: skip
-        if t_new < n:
-            h, merged = merge_step(h, state, dst, t_new), True
-    scratch = record.scratch
+    h, merged = merge_inputs(encoder.dropout(inputs_embeds), state, cfg, metric=inputs_embeds, groups=group_ids)
     counts = [state.length]  # tokens entering block 0
     if merged:
         time_mask = _time_mask(state, dtype, cfg.proportional_attention)
@@ -158,12 +148,8 @@ def merged_chronos2_encoder_forward(
         positions = position_ids
     for i, block in enumerate(encoder.block):
         time_attn: TimeSelfAttention = block.layer[0]
-        scratch["capture"] = True
-        try:
-            h = time_attn(h, position_ids=positions, attention_mask=time_mask)[0]
-        finally:
-            scratch["capture"] = False
-        keys = scratch.pop("keys", None)
+        out, keys = call_capturing_keys(record, time_attn, h, position_ids=positions, attention_mask=time_mask)
+        h = out[0]
         before = state.length
         heads = time_attn.self_attention.n_heads
         h = merge_layer(h, state, cfg, i, metric=partial(head_mean, keys, heads), groups=group_ids)
@@ -174,8 +160,8 @@ def merged_chronos2_encoder_forward(
         h = block.layer[1](h, attention_mask=group_mask)[0]
         h = block.layer[2](h)
     h = encoder.dropout(encoder.final_layer_norm(h))  # per token: cheaper before unmerging, same result
-    scratch["token_counts"] = counts
-    scratch["token_source"] = state.source
+    record.scratch.token_counts = counts
+    record.scratch.token_source = state.source
     return Chronos2EncoderOutput(
         last_hidden_state=unmerge(h, state), all_time_self_attn_weights=(), all_group_self_attn_weights=()
     )
@@ -193,10 +179,10 @@ class _MergingChronos2Encoder:
         position_ids: torch.Tensor | None = None,
         output_attentions: bool = False,
     ) -> Chronos2EncoderOutput:
-        record: PatchRecord = self.__dict__["_mergeplug_record"]
+        record = record_of(self)
         if record.config.is_noop(len(self.block), inputs_embeds.shape[1]):
             if not record.config.is_noop(len(self.block)):  # short: at most min_tokens tokens, nothing merges
-                record.scratch["token_counts"] = [inputs_embeds.shape[1]] * (len(self.block) + 1)
+                record.scratch.token_counts = [inputs_embeds.shape[1]] * (len(self.block) + 1)
             return super().forward(
                 inputs_embeds,
                 group_ids=group_ids,
@@ -209,7 +195,7 @@ class _MergingChronos2Encoder:
                 "output_attentions=True is not supported with Chronos-2 token merging (the weights would be over "
                 "merged tokens, not input positions); call mergeplug.remove(model) or apply it with r=0 first"
             )
-        protect_last = record.scratch.get("protect_last")
+        protect_last = record.scratch.protect_last
         if protect_last is None:
             raise RuntimeError(
                 "the merging Chronos-2 encoder was called directly; call Chronos2Model.encode / forward (or the "
@@ -224,15 +210,15 @@ class _MergingChronos2Model:
     """Mixin for ``Chronos2Model``: ``encode`` tells the encoder how many trailing tokens are read out."""
 
     def encode(self, *args: Any, **kwargs: Any):
-        record: PatchRecord = self.__dict__["_mergeplug_record"]
+        record = record_of(self)
         bound = inspect.signature(super().encode).bind(*args, **kwargs)
         bound.apply_defaults()
         n_out = int(bound.arguments["num_output_patches"])
-        record.scratch["protect_last"] = n_out + int(bool(self.chronos_config.use_reg_token))
+        record.scratch.protect_last = n_out + int(bool(self.chronos_config.use_reg_token))
         try:
             return super().encode(*args, **kwargs)
         finally:
-            record.scratch.pop("protect_last", None)
+            record.scratch.protect_last = None
 
 
 def _model(obj: Any) -> Chronos2Model:
@@ -276,16 +262,8 @@ def _validate(model: Chronos2Model) -> None:
 def _inject(obj: Any, record: PatchRecord) -> None:
     model = _model(obj)
     _validate(model)
-
-    def grab(module: nn.Module, args: Any, output: torch.Tensor) -> None:
-        if record.scratch.get("capture"):
-            record.scratch["keys"] = output
-
-    for block in model.encoder.block:
-        k_proj = block.layer[0].self_attention.k
-        record.hooks.append(k_proj.register_forward_hook(grab))
-        mark(k_proj, record)
-    record.hints["num_layers"] = len(model.encoder.block)
+    hook_keys(record, (block.layer[0].self_attention.k for block in model.encoder.block))  # the merge metric
+    record.hints.num_layers = len(model.encoder.block)
     swap_class(model.encoder, _MergingChronos2Encoder, record)
     swap_class(model, _MergingChronos2Model, record)
 

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from ..config import MergeConfig
-from ..merge import MergeState, causal_unmerge, match, merge_layer, merge_step, recent_mask, unmerge
-from .base import Family, PatchRecord, mark, register
+from ..merge import MergeState, causal_unmerge, merge_layer, recent_mask, unmerge
+from .base import Family, PatchRecord, mark, merge_inputs, register
 
 __all__ = ["register_patch", "inject_blocks"]
 
@@ -89,7 +89,7 @@ def inject_blocks(
     n_layers = len(blocks)
     if n_layers == 0:
         raise ValueError("inject_blocks: the block list is empty")
-    record.hints["num_layers"] = n_layers
+    record.hints.num_layers = n_layers
     scratch = record.scratch
 
     def to_btc(x: torch.Tensor) -> torch.Tensor:
@@ -101,10 +101,10 @@ def inject_blocks(
             return None
         if i == 0:  # a sequence no longer than the token floor runs the original blocks, bitwise
             n = to_btc(args[0]).shape[1]
-            scratch["short"] = cfg.is_noop(n_layers, n)
-            if scratch["short"]:
-                scratch["token_counts"] = [n] * (n_layers + 1)
-        if scratch.get("short"):
+            scratch.short = cfg.is_noop(n_layers, n)
+            if scratch.short:
+                scratch.token_counts = [n] * (n_layers + 1)
+        if scratch.short:
             return None
         for key in padding_kwargs:
             mask = kwargs.get(key)
@@ -130,22 +130,15 @@ def inject_blocks(
         x = to_btc(args[0])
         if i == 0:  # a new forward: fresh state, optional merging of the input tokens
             n_b, n, _ = x.shape
-            protected = recent_mask(
-                n_b, n, cfg.protect_recent, tail=record.hints.get("recent_tail", 0), device=x.device
-            )
+            protected = recent_mask(n_b, n, cfg.protect_recent, tail=record.hints.recent_tail, device=x.device)
             # sizes and positions in float32 whatever x's dtype (bfloat16 rounds positions above 256)
             state = MergeState.init(n_b, n, protected=protected, causal=cfg.causal, device=x.device)
-            scratch["state"], scratch["token_counts"] = state, [n]
-            r_in = cfg.input_merges(n)
-            if r_in > 0:
-                dst, t_new = match(
-                    x, state, r=r_in, k=cfg.k, period=cfg.token_period, min_similarity=cfg.min_similarity
-                )
-                if t_new < n:
-                    x = merge_step(x, state, dst, t_new)
-                    args = (x if seq_dim == 1 else x.transpose(0, 1), *args[1:])
-                    scratch["token_counts"][0] = t_new
-        state: MergeState = scratch["state"]
+            scratch.state, scratch.token_counts = state, [n]
+            x, merged = merge_inputs(x, state, cfg)
+            if merged:
+                args = (x if seq_dim == 1 else x.transpose(0, 1), *args[1:])
+                scratch.token_counts[0] = state.length
+        state: MergeState = scratch.state
         n = state.source.shape[1]
         for key in mask_kwargs:
             mask = kwargs.get(key)
@@ -167,16 +160,16 @@ def inject_blocks(
 
     def post(i: int, block: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
         cfg: MergeConfig = record.config
-        if cfg.is_noop(n_layers) or scratch.get("short"):
+        if cfg.is_noop(n_layers) or scratch.short:
             return None
-        state: MergeState = scratch["state"]
+        state: MergeState = scratch.state
         h = to_btc(_first_tensor(out))
         if i < n_layers - 1:
             h = merge_layer(h, state, cfg, i)
-        scratch["token_counts"].append(state.length)
+        scratch.token_counts.append(state.length)
         if i == n_layers - 1:  # back to every position for the rest of the model
             h = causal_unmerge(h, state) if state.causal else unmerge(h, state)
-            scratch.pop("state", None)
+            scratch.state = None
         return _replace_first(out, h if seq_dim == 1 else h.transpose(0, 1))
 
     for i, block in enumerate(blocks):

@@ -110,7 +110,7 @@ def _inject_hf_ts_decoder(obj: nn.Module, record: PatchRecord) -> None:
 
     A decoder forward merges when decoder merging is on (``config.extra["decoder"]``), more than one target
     position comes in and no cache is in use (the layers receive ``cache=None``). The first layer that runs
-    starts the merge state (``record.scratch["decoder_state"]``), every layer but the last merges after it, later
+    starts the merge state (``record.scratch.decoder_state``), every layer but the last merges after it, later
     layers get the rebuilt causal mask, and the decoder's output (B, N, C) is restored by ``causal_unmerge`` when
     the decoder returns, so layers skipped by ``decoder_layerdrop`` in training are harmless.
     """
@@ -126,15 +126,15 @@ def _inject_hf_ts_decoder(obj: nn.Module, record: PatchRecord) -> None:
         return None if config is None or config.is_noop(n_layers - 1) else config  # merges happen between layers
 
     def start(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        scratch["decoder_state"] = None
-        scratch["decoder_fresh"] = True  # the next layer to run is the first of this forward
-        scratch["decoder_padding"] = kwargs.get("attention_mask", args[0] if args else None)
+        scratch.decoder_state = None
+        scratch.decoder_fresh = True  # the next layer to run is the first of this forward
+        scratch.decoder_padding = kwargs.get("attention_mask", args[0] if args else None)
 
     def pre(i: int, layer: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         config = active()
         h = args[0]
-        if scratch.pop("decoder_fresh", False):
-            padding = scratch.pop("decoder_padding", None)
+        if scratch.decoder_fresh:
+            padding, scratch.decoder_fresh, scratch.decoder_padding = scratch.decoder_padding, False, None
             cache = kwargs.get("cache", kwargs.get("past_key_values"))
             if config is None or cache is not None or h.shape[1] < 2:
                 return None
@@ -145,9 +145,9 @@ def _inject_hf_ts_decoder(obj: nn.Module, record: PatchRecord) -> None:
                 )
             mask = None if padding is None else padding.to(h.device).bool()
             state = MergeState.init(h.shape[0], h.shape[1], mask=mask, causal=True, device=h.device)
-            scratch["decoder_state"], scratch["decoder_token_counts"] = state, [h.shape[1]]
+            scratch.decoder_state, scratch.decoder_token_counts = state, [h.shape[1]]
             return None
-        state: MergeState | None = scratch.get("decoder_state")
+        state: MergeState | None = scratch.decoder_state
         if state is None or config is None or state.length == state.source.shape[1]:
             return None  # not merging, or nothing merged yet: the original mask is right
         # the self-attention mask of the merged tokens; the cross-attention mask only loses its query axis
@@ -163,19 +163,18 @@ def _inject_hf_ts_decoder(obj: nn.Module, record: PatchRecord) -> None:
         return args, kwargs
 
     def post(i: int, layer: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor) -> torch.Tensor | None:
-        state: MergeState | None = scratch.get("decoder_state")
+        state: MergeState | None = scratch.decoder_state
         config = active()
         if state is None or config is None:
             return None
         if i < n_layers - 1:
             out = merge_layer(out, state, config, i)
-        scratch["decoder_token_counts"].append(state.length)
+        scratch.decoder_token_counts.append(state.length)
         return out
 
     def finish(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
-        state: MergeState | None = scratch.pop("decoder_state", None)
-        scratch.pop("decoder_fresh", None)
-        scratch.pop("decoder_padding", None)
+        state: MergeState | None = scratch.decoder_state
+        scratch.decoder_state, scratch.decoder_fresh, scratch.decoder_padding = None, False, None
         if state is None or state.length == state.source.shape[1]:
             return out
         # (B, T', C) -> (B, N, C): every future position gets an output before the parameter projection
@@ -193,8 +192,8 @@ def _inject_hf_ts_decoder(obj: nn.Module, record: PatchRecord) -> None:
         record.hooks.append(
             layer.register_forward_hook(lambda m, a, kw, o, i=i: post(i, m, a, kw, o), with_kwargs=True)
         )
-    record.hints["decoder_merging"] = True
-    record.hints["decoder_check"] = _hf_ts_decoder_check(obj)
+    record.hints.decoder_merging = True
+    record.hints.decoder_check = _hf_ts_decoder_check(obj)
 
 
 def _inject_hf_ts(obj: nn.Module, record: PatchRecord) -> None:

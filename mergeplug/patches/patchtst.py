@@ -20,7 +20,7 @@ from transformers.models.patchtst.modeling_patchtst import PatchTSTEncoder, Patc
 
 from ..config import MergeConfig
 from ..merge import MergeState, head_mean, merge_layer, recent_mask, unmerge
-from .base import Family, PatchRecord, mark, register, swap_class
+from .base import Family, PatchRecord, call_capturing_keys, hook_keys, record_of, register, swap_class
 
 __all__ = ["merged_patchtst_forward"]
 
@@ -67,22 +67,16 @@ def merged_patchtst_forward(encoder: PatchTSTEncoder, record: PatchRecord, patch
     if encoder.config.use_cls_token:
         protected[:, 0] = True
     state = MergeState.init(n_b * n_c, n, protected=protected, device=h.device)
-    scratch = record.scratch
     counts, bias = [n], None
     for i, layer in enumerate(encoder.layers):
-        scratch["capture"] = True
-        try:
-            h = _sublayer_attention(layer, h, bias)
-        finally:
-            scratch["capture"] = False
-        keys = scratch.pop("keys", None)
+        h, keys = call_capturing_keys(record, _sublayer_attention, layer, h, bias)
         before = state.length
         h = merge_layer(h, state, cfg, i, metric=partial(head_mean, keys, layer.self_attn.num_heads))
         if state.length < before:
             bias = state.log_size_bias(h.dtype, cfg.proportional_attention) if cfg.proportional_attention else None
         counts.append(state.length)
         h = _sublayer_ff(layer, h)
-    scratch["token_counts"] = counts
+    record.scratch.token_counts = counts
     return unmerge(h, state).reshape(n_b, n_c, n, d)
 
 
@@ -90,10 +84,10 @@ class _MergingPatchTSTEncoder:
     """Mixin for ``PatchTSTEncoder``: merged forward, or the original one when nothing would merge."""
 
     def forward(self, patch_input: torch.Tensor, output_hidden_states=None, output_attentions=None, **kwargs: Any):
-        record: PatchRecord = self.__dict__["_mergeplug_record"]
+        record = record_of(self)
         n_patches = patch_input.shape[2] + int(self.config.use_cls_token)
         if not record.config.is_noop(len(self.layers)) and record.config.is_noop(len(self.layers), n_patches):
-            record.scratch["token_counts"] = [n_patches] * (len(self.layers) + 1)  # short: nothing merges
+            record.scratch.token_counts = [n_patches] * (len(self.layers) + 1)  # short: nothing merges
         if record.config.is_noop(len(self.layers), n_patches) or output_hidden_states or output_attentions:
             return super().forward(
                 patch_input, output_hidden_states=output_hidden_states, output_attentions=output_attentions, **kwargs
@@ -112,15 +106,8 @@ def _inject(obj: nn.Module, record: PatchRecord) -> None:
         raise ValueError("PatchTST with channel_attention=True mixes channels per patch; merging does not support it")
     if record.config.input_ratio:
         raise ValueError("input_ratio is not supported for PatchTST (merge inside the layers with r / ratio)")
-
-    def grab(module: nn.Module, args: Any, output: torch.Tensor) -> None:
-        if record.scratch.get("capture"):
-            record.scratch["keys"] = output
-
-    for layer in encoder.layers:
-        record.hooks.append(layer.self_attn.k_proj.register_forward_hook(grab))
-        mark(layer.self_attn.k_proj, record)
-    record.hints["num_layers"] = len(encoder.layers)
+    hook_keys(record, (layer.self_attn.k_proj for layer in encoder.layers))  # the merge metric
+    record.hints.num_layers = len(encoder.layers)
     swap_class(encoder, _MergingPatchTSTEncoder, record)
 
 

@@ -54,19 +54,19 @@ from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPa
 from transformers.models.t5.modeling_t5 import T5Attention, T5Stack
 
 from ..config import MergeConfig
-from ..merge import (
-    MergeState,
-    causal_bias,
-    causal_unmerge,
-    head_mean,
-    key_bias,
-    match,
-    merge_layer,
-    merge_step,
-    recent_mask,
-    unmerge,
+from ..merge import MergeState, causal_bias, causal_unmerge, head_mean, key_bias, merge_layer, recent_mask, unmerge
+from .base import (
+    Family,
+    PatchRecord,
+    call_capturing_keys,
+    find_family,
+    find_record,
+    hook_keys,
+    merge_inputs,
+    record_of,
+    register,
+    swap_class,
 )
-from .base import Family, PatchRecord, find_family, find_record, mark, register, swap_class
 
 __all__ = [
     "MergedEncoderOutput",
@@ -168,17 +168,14 @@ def _attention_bias(stack: T5Stack, state: MergeState, merged: bool, dtype: torc
 
 def _protected(record: PatchRecord, input_ids: torch.Tensor | None, n_b: int, n: int, device) -> torch.Tensor:
     prot = torch.zeros(n_b, n, dtype=torch.bool, device=device)
-    ids = record.hints.get("protect_ids", ())
-    if input_ids is not None:
-        for token in ids:  # comparisons with host numbers: no tensor of ids copied to the device
+    if input_ids is not None:  # comparisons with host numbers: no tensor of ids copied to the device
+        for token in record.hints.protect_ids or ():
             prot |= input_ids == token
-    last = record.hints.get("protect_last", 0)
+    last = record.hints.protect_last
     if last:
         prot[:, -last:] = True
     recent = record.config.protect_recent
-    return (
-        prot | recent_mask(n_b, n, recent, tail=record.hints.get("recent_tail", 0), device=device) if recent else prot
-    )
+    return prot | recent_mask(n_b, n, recent, tail=record.hints.recent_tail, device=device) if recent else prot
 
 
 def _attend_and_merge(
@@ -188,18 +185,13 @@ def _attend_and_merge(
     state: MergeState,
     config: MergeConfig,
     i: int,
-    scratch: dict,
+    record: PatchRecord,
 ) -> tuple[torch.Tensor, bool]:
     """A T5 block's self-attention sublayer on (B, T, C) with the additive ``bias``, then the layer's scheduled
     merge on its keys (averaged over heads, captured by the hook on ``.k``). Returns (h, whether tokens merged)."""
     sa = block.layer[0]
-    scratch["capture"] = True
-    try:
-        attn, _, _ = sa.SelfAttention(sa.layer_norm(h), mask=None, position_bias=bias)
-    finally:
-        scratch["capture"] = False
+    (attn, _, _), keys = call_capturing_keys(record, sa.SelfAttention, sa.layer_norm(h), mask=None, position_bias=bias)
     h = _clamp_fp16(h + sa.dropout(attn))
-    keys = scratch.pop("keys", None)  # (B, T, H * dk)
     before = state.length
     h = merge_layer(h, state, config, i, metric=partial(head_mean, keys, sa.SelfAttention.n_heads))
     return h, state.length < before
@@ -230,27 +222,19 @@ def merged_encoder_forward(
     device, dtype = inputs_embeds.device, inputs_embeds.dtype
     mask = None if attention_mask is None else attention_mask.to(device).bool()
     state = MergeState.init(n_b, n, mask=mask, protected=_protected(record, input_ids, n_b, n, device), device=device)
-    h = stack.dropout(inputs_embeds)
-    bias, merged = None, False
-    r_in = cfg.input_merges(n)
-    if r_in > 0:  # before the first block, on the input embeddings
-        dst, t_new = match(
-            inputs_embeds, state, r=r_in, k=cfg.k, period=cfg.token_period, min_similarity=cfg.min_similarity,
-        )  # fmt: skip
-        if t_new < n:
-            h, merged = merge_step(h, state, dst, t_new), True
-    scratch = record.scratch
+    h, merged = merge_inputs(stack.dropout(inputs_embeds), state, cfg, metric=inputs_embeds)
+    bias = None
     counts = [state.length]  # tokens entering block 0
     for i, block in enumerate(stack.block):
         if bias is None:
             bias = _attention_bias(stack, state, merged, dtype, cfg.proportional_attention)
-        h, changed = _attend_and_merge(block, h, bias, state, cfg, i, scratch)
+        h, changed = _attend_and_merge(block, h, bias, state, cfg, i, record)
         if changed:
             bias, merged = None, True
         counts.append(state.length)  # tokens leaving block i
         h = _clamp_fp16(block.layer[-1](h))
     h = stack.dropout(stack.final_layer_norm(h))
-    scratch["token_counts"] = counts
+    record.scratch.token_counts = counts
     return MergedEncoderOutput(
         last_hidden_state=h,
         token_sizes=state.size,
@@ -291,7 +275,7 @@ def decoder_token_counts(obj: Any) -> list[int] | None:
     None if ``obj`` is not patched or its decoder has not run a merged forward since it was patched.
     """
     record = find_record(find_family(obj).modules(obj))
-    return None if record is None else record.scratch.get("decoder_token_counts")
+    return None if record is None else record.scratch.decoder_token_counts
 
 
 def causal_attention_bias(state: MergeState, dtype: torch.dtype, proportional: bool = True) -> torch.Tensor:
@@ -373,13 +357,12 @@ def merged_decoder_forward(
     state = MergeState.init(n_b, n, mask=mask, causal=True, device=device)
     cross_bias = _cross_attention_bias(encoder_attention_mask, dtype)
     h = stack.dropout(inputs_embeds)
-    scratch = record.scratch
     bias, merged = None, False
     counts = [n]
     for i, block in enumerate(stack.block):
         if bias is None:
             bias = _decoder_self_bias(stack, state, merged, dtype, config.proportional_attention)
-        h, changed = _attend_and_merge(block, h, bias, state, config, i, scratch)
+        h, changed = _attend_and_merge(block, h, bias, state, config, i, record)
         if changed:
             bias, merged = None, True
         counts.append(state.length)  # target tokens leaving block i
@@ -390,7 +373,7 @@ def merged_decoder_forward(
     h = stack.final_layer_norm(h)
     if merged:
         h = causal_unmerge(h, state)  # (B, N, C): position p <- the latest token at or before p
-    scratch["decoder_token_counts"] = counts
+    record.scratch.decoder_token_counts = counts
     return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=stack.dropout(h), cache=None)
 
 
@@ -409,18 +392,18 @@ class _MergingEncoder:
     """Mixin for an encoder ``T5Stack``: merged forward, or the original one when nothing would merge."""
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs: Any):
-        record: PatchRecord = self.__dict__["_mergeplug_record"]
+        record = record_of(self)
         tokens = input_ids if input_ids is not None else inputs_embeds
         length = None if tokens is None else tokens.shape[1]
         if record.config.is_noop(len(self.block), length):
             if not record.config.is_noop(len(self.block)):  # short: at most min_tokens tokens, nothing merges
-                record.scratch["token_counts"] = [length] * (len(self.block) + 1)
+                record.scratch.token_counts = [length] * (len(self.block) + 1)
             return super().forward(
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
             )
         out = merged_encoder_forward(self, record, input_ids, attention_mask, inputs_embeds)
-        if record.hints.get("stash_output"):  # for callers that only see last_hidden_state (Chronos-Bolt)
-            record.scratch["last_output"] = out
+        if record.hints.stash_output:  # for callers that only see last_hidden_state (Chronos-Bolt)
+            record.scratch.last_output = out
         return out
 
 
@@ -428,7 +411,7 @@ class _MergingSeq2Seq:
     """Mixin for ``T5ForConditionalGeneration`` / ``T5Model``: cross-attention over the merged memory."""
 
     def forward(self, input_ids=None, attention_mask=None, encoder_outputs=None, inputs_embeds=None, **kwargs: Any):
-        record: PatchRecord = self.__dict__["_mergeplug_record"]
+        record = record_of(self)
         dec = decoder_settings(record.config)
         if (
             dec is not None
@@ -473,7 +456,7 @@ class _MergingDecoder:
         use_cache=None,
         **kwargs: Any,
     ):
-        record: PatchRecord = self.__dict__["_mergeplug_record"]
+        record = record_of(self)
         config = decoder_settings(record.config)
         tokens = input_ids if input_ids is not None else inputs_embeds
         if (
@@ -505,26 +488,12 @@ class _MergingDecoder:
         )
 
 
-def _hook_keys(stack: T5Stack, record: PatchRecord) -> None:
-    """Capture every block's self-attention keys (B, T, H * dk) into ``record.scratch["keys"]`` while
-    ``record.scratch["capture"]`` is set (the merging forwards set it around the self-attention call)."""
-
-    def grab(module: nn.Module, args: Any, output: torch.Tensor) -> None:
-        if record.scratch.get("capture"):
-            record.scratch["keys"] = output
-
-    for block in stack.block:
-        k_proj = block.layer[0].SelfAttention.k
-        record.hooks.append(k_proj.register_forward_hook(grab))
-        mark(k_proj, record)
-
-
 def inject_encoder(stack: T5Stack, record: PatchRecord) -> None:
     """Swap an encoder ``T5Stack`` to the merging forward and hook its blocks' key projections."""
     if stack.is_decoder:
         raise TypeError("inject_encoder expects an encoder T5Stack (config.is_decoder=False)")
-    _hook_keys(stack, record)
-    record.hints["num_layers"] = len(stack.block)
+    hook_keys(record, (block.layer[0].SelfAttention.k for block in stack.block))  # the merge metric
+    record.hints.num_layers = len(stack.block)
     swap_class(stack, _MergingEncoder, record)
 
 
@@ -535,14 +504,14 @@ def inject_decoder(stack: T5Stack, record: PatchRecord) -> None:
     for i, block in enumerate(stack.block):
         if len(block.layer) != 3 or not isinstance(block.layer[0].SelfAttention, T5Attention):
             # encoder merging still works; merge_decoder raises with this reason
-            record.hints["decoder_unsupported"] = (
+            record.hints.decoder_unsupported = (
                 f"{type(stack).__name__} decoder block {i} is not T5 self-attention, cross-attention and feed-forward "
                 f"({len(block.layer)} sub-layers), so mergeplug cannot merge this decoder; leave decoder merging off."
             )
             return
-    _hook_keys(stack, record)
+    hook_keys(record, (block.layer[0].SelfAttention.k for block in stack.block))  # the merge metric
     swap_class(stack, _MergingDecoder, record)
-    record.hints["decoder_merging"] = True
+    record.hints.decoder_merging = True
 
 
 def inject_seq2seq(model: nn.Module, record: PatchRecord) -> None:
@@ -556,7 +525,8 @@ def inject_seq2seq(model: nn.Module, record: PatchRecord) -> None:
 
 def _protect_eos(model: nn.Module, record: PatchRecord) -> None:
     eos = model.config.eos_token_id
-    record.hints.setdefault("protect_ids", () if eos is None else (eos,))
+    if record.hints.protect_ids is None:  # Chronos-T5 sets its own
+        record.hints.protect_ids = () if eos is None else (eos,)
 
 
 def _inject_t5(obj: nn.Module, record: PatchRecord) -> None:
