@@ -12,10 +12,14 @@ TORCH_SPEC ?= torch==2.13.0
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The shipped reference models and datasets are their own distribution (assets/, mergeplug-assets; not on PyPI), so
+# the library wheel stays small; installed here from the checkout, editable: the harness, `make demo` and the tests
+# read them offline, and `mergeplug-train export` writes into assets/mergeplug_assets/checkpoints.
+$(STAMP): pyproject.toml assets/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[eval,train,sbt,test]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ./assets
 	touch $(STAMP)
 
 # Main job: merged vs unmerged Chronos-T5 (tiny dims, random weights), speed and output difference; stock vs fast

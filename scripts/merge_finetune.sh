@@ -15,8 +15,8 @@ DATASETS=(electricity_hourly sf_traffic_hourly solar_hourly wind_hourly traffic_
 OUT=runs/mergeft-bolt-ref${TAG:-}
 # the recipe of the shipped model (a fine-tuning run rebuilds it, then loads the weights)
 "$BIN/mergeplug-train" bolt --out "$OUT/run" --datasets "${DATASETS[@]}" --synthetic 0 --mix 0.8 0.2 0.0 \
-  --batch-size 64 --lr 0.0002 --warmup 100 --steps "$STEPS" --threads 1 --init-from mergeplug/checkpoints/bolt-ref \
-  --merge "$MERGE" --no-bf16 --no-progress
+  --batch-size 64 --lr 0.0002 --warmup 100 --steps "$STEPS" --threads 1 \
+  --init-from assets/mergeplug_assets/checkpoints/bolt-ref --merge "$MERGE" --no-bf16 --no-progress
 "$BIN/mergeplug-train" export "$OUT/run" --out "$OUT/model" --name bolt-ref-mergeft
 # the fine-tuned weights, unmerged and merged (the harness loads the weights; --merge applies the settings)
 "$BIN/mergeplug-eval" run --model "$OUT/model" --datasets "${DATASETS[@]}" --merge "$MERGE" \

@@ -18,6 +18,7 @@ from transformers import PatchTSTConfig, PatchTSTForPrediction, PreTrainedModel
 import mergeplug
 import mergeplug.hub as hub
 from mergeplug.eval.cli import main
+from mergeplug.eval.models import checkpoint_dir
 from mergeplug.hub import CARD_MARKER, CONFIG_NAME, FORMAT_VERSION, model_card
 from mergeplug.models import chronos_bolt, chronos_t5
 
@@ -307,7 +308,7 @@ def test_save_keeps_a_users_readme_unless_overwrite_card(tmp_path, recwarn):
     assert not [w for w in recwarn.list if issubclass(w.category, UserWarning) and "README" in str(w.message)]
     assert ModelCard.load(out / "README.md").data.pipeline_tag == "time-series-forecasting"
     # a card an older mergeplug generated (no marker yet; the shipped checkpoints have such cards) is ours too
-    shipped = Path(mergeplug.__file__).parent / "checkpoints" / "patchtst-electricity_hourly" / "README.md"
+    shipped = checkpoint_dir("patchtst-electricity_hourly") / "README.md"
     assert CARD_MARKER not in shipped.read_text()
     (out / "README.md").write_text(shipped.read_text())
     mergeplug.save_pretrained(model, out, model_name="third")

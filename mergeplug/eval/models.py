@@ -5,7 +5,7 @@ nine levels 0.1..0.9). Model specs accepted by :func:`load_model` (and ``mergepl
 
 - a local directory or hub id of a Chronos-T5 / Chronos-Bolt / Chronos-2 model (``BaseChronosPipeline``),
   or of a ``PatchTSTForPrediction`` / ``TimeSeriesTransformerForPrediction`` checkpoint;
-- ``mergeplug:<name>``: a reference model shipped in ``mergeplug/checkpoints`` (``mergeplug:bolt-ref``),
+- ``mergeplug:<name>``: a shipped reference model (``mergeplug_assets/checkpoints``, ``mergeplug:bolt-ref``),
   or a per-dataset family (``mergeplug:patchtst``, ``mergeplug:tst``: the model trained on each dataset);
 - ``random:chronos-t5-<size>``, ``random:chronos-bolt-<size>``, ``random:chronos-2-<size>``: random weights
   built from a config (speed and plumbing checks only);
@@ -21,7 +21,6 @@ import importlib
 import inspect
 import json
 from collections.abc import Callable, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import _assets
 from .data import QUANTILES, EvalDataset
 
 __all__ = [
@@ -226,8 +226,9 @@ class SupervisedForecaster(Forecaster):
 
 
 def checkpoint_dir(name: str = "") -> Path:
-    """Directory of the reference checkpoints shipped in the package (``mergeplug/checkpoints/<name>``)."""
-    return Path(str(resources.files("mergeplug"))) / "checkpoints" / name
+    """Directory of a shipped reference checkpoint (``mergeplug_assets/checkpoints/<name>``, in the separate
+    ``mergeplug-assets`` package; no name: their parent)."""
+    return _assets.checkpoint_dir(name)
 
 
 def _load_supervised(path: Path) -> torch.nn.Module:

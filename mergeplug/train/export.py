@@ -15,6 +15,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .._assets import AssetsMissingError, checkpoint_dir
+
 __all__ = ["export", "write_card", "accuracy_table", "geomean"]
 
 
@@ -180,9 +182,10 @@ def write_card(directory: str | Path, *, name: str | None = None, eval_dirs: lis
     params = sum(p.numel() for p in model.parameters())
     is_chronos = kind in ("bolt", "chronos-t5")
     per_dataset = not is_chronos and not recipe_meta.get("train_on")  # one model per dataset
-    from ..eval.models import checkpoint_dir
-
-    shipped = out.resolve().parent == checkpoint_dir().resolve()
+    try:  # written into the shipped checkpoints (assets/mergeplug_assets/checkpoints): the card loads it by name
+        shipped = out.resolve().parent == checkpoint_dir().resolve()
+    except AssetsMissingError:  # no mergeplug-assets installed: out cannot be one of its checkpoints
+        shipped = False
     location = f'checkpoint_dir("{out.name}")' if shipped else json.dumps(out.as_posix())
     if is_chronos:
         arch = "Chronos-Bolt" if kind == "bolt" else "Chronos-T5"
