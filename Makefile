@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.mergeplug-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test bench bench-sampling bench-families profile eval-quick eval-full train-supervised sbt clean \
+.PHONY: install demo test bench bench-sampling bench-overhead bench-families profile eval-quick eval-full train-supervised sbt clean \
 	forecast-safe core-install
 
 install: $(STAMP)
@@ -48,6 +48,11 @@ bench: $(STAMP)
 # Chronos-T5 sampling: stock generate() vs the fast path vs fast path + merging (small dims, batch 8 and 32).
 bench-sampling: $(STAMP)
 	$(BIN)/python -m mergeplug.bench_sampling --batches 8,32 --reps 3 --out results/bench_sampling.json
+
+# Merging overhead: speed-up vs MACs ratio (efficiency) of the Chronos-T5 / Bolt encoders, tiny and small dims, batch
+# 1, 8, 32, one and two threads; and one merge step's time at T = 512 ... 16,384 (resumable; about 15 minutes).
+bench-overhead: $(STAMP)
+	$(BIN)/python -m mergeplug.bench_overhead --out results/overhead
 
 # Every model family merged vs unmerged at a long context (benchmarks/bench_families*.json; about 40 minutes).
 bench-families: $(STAMP)

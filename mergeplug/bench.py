@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from . import apply, remove
 from ._cli import checked, number, quiet_third_party
-from .config import schedule_for_reduction
+from .config import SCHEDULES, schedule_for_reduction
+from .cost import profile
 from .models import SIZES, chronos_bolt, chronos_t5
 from .patches.base import RECORD_ATTR
 
@@ -38,7 +39,6 @@ __all__ = ["Setting", "run", "main"]
 
 T = TypeVar("T")
 
-SCHEDULES = ("constant", "front", "front-input")
 DEFAULT_REDUCTIONS = (0.5, 0.75, 0.9)  # less those the model's layers cannot reach (see ``main``)
 DEFAULT_CONTEXT = {"t5": 512, "bolt": 2048}
 MIN_CONTEXT = {"t5": 16, "bolt": 32}  # shorter contexts leave (almost) nothing to merge; Bolt: two patches of 16
@@ -56,6 +56,8 @@ class Setting:
     predict_s: list[float] = field(default_factory=list)
     embed_s: list[float] = field(default_factory=list)
     tokens_out: int = 0
+    embed_macs: int = 0
+    predict_macs: int = 0
     embed_rel_err: float = 0.0
     output_diff: float = 0.0
 
@@ -148,6 +150,10 @@ def run(
                 s.embed_rel_err = float((emb - reference["emb"]).norm() / reference["emb"].norm())
                 s.output_diff = float((probe - reference["probe"]).norm() / reference["probe"].norm())
             s.tokens_out = _tokens_after_encoder(pipe, family, ctx, n_tokens)
+            # multiply-accumulates that really run (merging's own matching included): the MACs ratio
+            s.embed_macs = profile(pipe, run=lambda: pipe.embed(ctx), storage=False).macs
+            if not encoder_only:
+                s.predict_macs = profile(pipe, run=predict, storage=False).macs
         for _ in tqdm(range(reps), desc="repetitions", disable=not progress):
             for s in settings:
                 configure(s)
@@ -195,21 +201,27 @@ def _tokens_after_encoder(pipe, family: str, ctx: torch.Tensor, n_tokens: int) -
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """Markdown table of medians and speed-ups vs the unmerged model (predict columns only if timed)."""
+    """Markdown table of medians and speed-ups vs the unmerged model (predict columns only if timed), each speed-up
+    beside its MACs ratio (unmerged multiply-accumulates / these) and the efficiency = speed-up / MACs ratio (1.0:
+    merging saves exactly the time its arithmetic saving predicts)."""
     rows = result["settings"]
     timed_predict = bool(rows[0]["predict_s"])
     head = ["setting", "encoder tokens out"]
-    head += ["predict s", "predict speed-up"] if timed_predict else []
-    head += ["embed s", "embed speed-up", "embed rel. diff", "output rel. diff"]
+    parts = (["predict"] if timed_predict else []) + ["embed"]
+    for part in parts:
+        head += [f"{part} s", f"{part} speed-up", f"{part} MACs ratio", f"{part} efficiency"]
+    head += ["embed rel. diff", "output rel. diff"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    base_e = statistics.median(rows[0]["embed_s"])
     for s in rows:
         cells = [s["label"], str(s["tokens_out"])]
-        if timed_predict:
-            p = statistics.median(s["predict_s"])
-            cells += [f"{p:.3f}", f"{statistics.median(rows[0]['predict_s']) / p:.2f}x"]
-        e = statistics.median(s["embed_s"])
-        cells += [f"{e:.4f}", f"{base_e / e:.2f}x", f"{s['embed_rel_err']:.3f}", f"{s['output_diff']:.3f}"]
+        for part in parts:
+            t = statistics.median(s[f"{part}_s"])
+            speedup = statistics.median(rows[0][f"{part}_s"]) / t
+            macs, ref = s.get(f"{part}_macs", 0), rows[0].get(f"{part}_macs", 0)
+            ratio = ref / macs if macs and ref else float("nan")
+            cells += [f"{t:.4f}" if part == "embed" else f"{t:.3f}", f"{speedup:.2f}x", f"{ratio:.2f}x"]
+            cells.append(f"{speedup / ratio:.2f}" if math.isfinite(ratio) else "-")
+        cells += [f"{s['embed_rel_err']:.3f}", f"{s['output_diff']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -292,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--schedule",
         type=_SCHEDULE_LIST,
         default=("constant",),
-        help="comma-separated: constant, front, front-input (see schedule_for_reduction)",
+        help="comma-separated: " + ", ".join(SCHEDULES) + " (see schedule_for_reduction)",
     )
     p.add_argument("--reps", type=_at_least(1), default=3, help="interleaved repetitions (median reported), >= 1")
     p.add_argument("--threads", type=_at_least(1), default=None, help="torch threads (default: torch's choice)")

@@ -3,7 +3,8 @@
 ``python -m mergeplug.bench_families`` builds each model from a config (random weights: speed only), then uses
 :func:`mergeplug.cost.compare` (warm-up, interleaved repetitions, medians) for the unmerged model and two merge
 settings that remove 75% of the tokens by the last layer, local (k=1) and global, and reports the MACs ratio,
-the measured speed-up, the tokens at the last layer and the relative L2 change of the output.
+the measured speed-up, the efficiency (speed-up / MACs ratio), the tokens at the last layer and the relative L2
+change of the output.
 """
 
 from __future__ import annotations
@@ -135,14 +136,41 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def run(context: int = 2048, reps: int = 3, cases: list[str] | None = None) -> list[dict[str, Any]]:
-    """One row per (family, setting)."""
+def _synchronized(call: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
+    """``call`` that waits for the device to finish (GPU kernels run asynchronously: a timer would stop early)."""
+    if device.type != "cuda":
+        return call
+
+    def run() -> Any:
+        out = call()
+        torch.cuda.synchronize(device)
+        return out
+
+    return run
+
+
+def run(
+    context: int = 2048,
+    reps: int = 3,
+    cases: list[str] | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> list[dict[str, Any]]:
+    """One row per (family, setting); the models and inputs are built on ``device`` in ``dtype``."""
+    dev = torch.device(device)
     rows = []
     for name, build in CASES.items():
         if cases and not any(c in name for c in cases):
             continue
         torch.manual_seed(0)
-        model, call, merge_points, extra = build(context)
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)  # parameters and float inputs made by the builders, in this dtype
+        try:
+            with dev:
+                model, call, merge_points, extra = build(context)
+        finally:
+            torch.set_default_dtype(default)
+        call = _synchronized(call, dev)
         sched = schedule_for_reduction(0.75, merge_points)
         settings = {"unmerged": None}
         for label, k in (("k=1, 75%", 1), ("global, 75%", None)):
@@ -152,30 +180,34 @@ def run(context: int = 2048, reps: int = 3, cases: list[str] | None = None) -> l
             else:
                 settings[label] = {"k": k, "safe": False, **sched, **extra}
         with torch.inference_mode():
-            ref = call()
+            ref = call().float()
             diffs, dec_counts = {}, {}
             for label, kw in settings.items():
                 if kw:
                     apply(model, **kw)
-                    diffs[label] = _rel(call(), ref)
+                    diffs[label] = _rel(call().float(), ref)
                     dec_counts[label] = decoder_token_counts(model)
                     remove(model)
         for r in compare(model, settings, run=call, reps=reps):
             if extra.get("decoder"):  # the tokens that count are the decoder's
                 r["token_counts"] = dec_counts.get(r["label"])
-            rows.append({"family": name, "context": context, **r, "output_rel_diff": diffs.get(r["label"], 0.0)})
+            rows.append(
+                {"family": name, "context": context, "device": str(dev), "dtype": str(dtype).removeprefix("torch."),
+                 **r, "efficiency": r["speedup"] / r["macs_ratio"], "output_rel_diff": diffs.get(r["label"], 0.0)}
+            )  # fmt: skip
     return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        f"{'family':<54}{'setting':<14}{'MACs ratio':>11}{'time s':>9}{'speed-up':>10}{'tokens':>8}{'rel diff':>10}"
+        f"{'family':<54}{'setting':<14}{'MACs ratio':>11}{'time s':>9}{'speed-up':>10}{'effic.':>8}{'tokens':>8}"
+        f"{'rel diff':>10}"
     ]
     for r in rows:
         last = r["token_counts"][-1] if r.get("token_counts") else "-"
         lines.append(
             f"{r['family']:<54}{r['label']:<14}{r['macs_ratio']:>10.2f}x{r['time_s']:>9.3f}{r['speedup']:>9.2f}x"
-            f"{last!s:>8}{r['output_rel_diff']:>10.2e}"
+            f"{r['speedup'] / r['macs_ratio']:>8.2f}{last!s:>8}{r['output_rel_diff']:>10.2e}"
         )
     return "\n".join(lines)
 
@@ -186,9 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context", type=int, default=2048)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--cases", nargs="*", default=None, help="substrings of the family names to run")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
-    rows = run(a.context, a.reps, a.cases)
+    if torch.device(a.device).type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {a.device}: this torch build has no usable CUDA (torch.cuda.is_available() is False)")
+    rows = run(a.context, a.reps, a.cases, a.device, getattr(torch, a.dtype))
     print(format_table(rows))
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -133,6 +133,8 @@ def run(
                     "same_samples_as_stock": bool(torch.equal(outs[label], outs["stock"])) if label == "fast" else None,
                     "merge": st.kwargs or None,
                     "macs": macs[label],
+                    "macs_ratio": macs["stock"] / macs[label],
+                    "efficiency": ref / t / (macs["stock"] / macs[label]),
                     "gemm_gmacs": rate,
                     "floor_s": floor,
                     "bound_speedup": ref / floor,
@@ -144,19 +146,21 @@ def run(
 def format_table(rows: list[dict[str, Any]]) -> str:
     width = max([46, *(len(r["setting"]) + 2 for r in rows)])
     lines = [
-        f"{'batch':>5}  {'setting':<{width}}{'time s':>9}{'speed-up':>10}{'peak MB':>9}{'GMAC':>8}"
-        f"{'floor s':>9}{'bound':>8}  same samples"
+        f"{'batch':>5}  {'setting':<{width}}{'time s':>9}{'speed-up':>10}{'MACs ratio':>11}{'effic.':>8}{'peak MB':>9}"
+        f"{'GMAC':>8}{'floor s':>9}{'bound':>8}  same samples"
     ]
     for r in rows:
         same = "" if r["same_samples_as_stock"] is None else str(r["same_samples_as_stock"])
         lines.append(
             f"{r['batch']:>5}  {r['setting']:<{width}}{r['time_s']:>9.2f}{r['speedup']:>9.2f}x"
-            f"{r['peak_mem_mb']:>9.0f}{r['macs'] / 1e9:>8.0f}{r['floor_s']:>9.2f}{r['bound_speedup']:>7.2f}x  {same}"
+            f"{r['macs_ratio']:>10.2f}x{r['efficiency']:>8.2f}{r['peak_mem_mb']:>9.0f}{r['macs'] / 1e9:>8.0f}"
+            f"{r['floor_s']:>9.2f}{r['bound_speedup']:>7.2f}x  {same}"
         )
     rate = ", ".join(f"batch {r['batch']}: {r['gemm_gmacs']:.0f}" for r in rows if r["setting"] == "stock")
     lines.append(
         f"floor = the call's MACs at the best float32 matrix-product rate measured on the model's shapes (GMAC/s, "
-        f"{rate}); bound = stock time / floor, the speed-up if every multiply-accumulate ran at that rate"
+        f"{rate}); bound = stock time / floor, the speed-up if every multiply-accumulate ran at that rate; "
+        "MACs ratio = stock MACs / these; efficiency = speed-up / MACs ratio"
     )
     return "\n".join(lines)
 

@@ -46,21 +46,30 @@ def ratio_for_reduction(
     return ratio
 
 
-def schedule_for_reduction(
-    reduction: float, num_layers: int, schedule: Literal["constant", "front", "front-input"] = "constant"
-) -> dict[str, Any]:
+Schedule = Literal["constant", "front", "front-input", "input"]
+SCHEDULES: tuple[str, ...] = ("constant", "front", "front-input", "input")
+
+
+def schedule_for_reduction(reduction: float, num_layers: int, schedule: Schedule = "constant") -> dict[str, Any]:
     """``apply`` keyword arguments that remove the fraction ``reduction`` of the tokens by the last layer.
 
     ``"constant"`` and ``"front"`` are :func:`ratio_for_reduction`'s schedules (``{"ratio": ...}``);
     ``"front-input"`` also merges up to half of the input tokens before the first block
-    (``{"input_ratio": ..., "ratio": [...]}``), so the first block's attention runs on fewer tokens too.
+    (``{"input_ratio": ..., "ratio": [...]}``), so the first block's attention runs on fewer tokens too;
+    ``"input"`` removes the whole fraction before the first block (``{"input_ratio": reduction, "ratio": 0}``,
+    several merge steps on the input embeddings when it is above one half): every block runs on the reduced
+    sequence, the cheapest schedule and the one that changes the model most.
 
     Example: ``mergeplug.apply(pipe, k=1, **schedule_for_reduction(0.9, 6, "front-input"))``.
     """
-    if schedule != "front-input":
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if schedule in ("constant", "front"):
         return {"ratio": ratio_for_reduction(reduction, num_layers, schedule)}
     if not 0.0 <= reduction < 1.0:
         raise ValueError(f"reduction must be in [0, 1), got {reduction}")
+    if schedule == "input":
+        return {"input_ratio": reduction, "ratio": 0.0}
     input_ratio = min(0.5, reduction)
     rest = 1.0 - (1.0 - reduction) / (1.0 - input_ratio)
     return {"input_ratio": input_ratio, "ratio": ratio_for_reduction(max(rest, 0.0), num_layers, "front")}
@@ -84,8 +93,9 @@ class MergeConfig:
         causal: merged tokens sit at their latest member and never attend to later positions.
         proportional_attention: add log(size) of each key to the attention logits (ToMe).
         input_ratio: fraction of the *input* tokens merged before the first block, with the input embeddings as
-            the similarity metric, in [0, 1) (capped at about half); 0 = off. This also shrinks the first block's
-            attention, which the per-layer schedule (applied after each block's attention) cannot.
+            the similarity metric, in [0, 1); 0 = off. One merge step removes at most about half; above 0.5 further
+            steps run on the merged input tokens. This also shrinks the first block's attention, which the
+            per-layer schedule (applied after each block's attention) cannot.
         safe: forecast-safe merging (default ``True``). For forecasting families (Chronos-T5, Chronos-Bolt,
             Chronos-2, PatchTST, TimeSeriesTransformer / Informer) ``protect_recent`` and ``min_tokens`` left at
             ``None`` take the family's defaults (see ``mergeplug.patches.families()``); ``safe=False`` is the plain

@@ -3,17 +3,19 @@
 The merge mechanics are checked with plain merging (``safe=False``); the forecast-safe defaults are tested in
 tests/test_forecast_safe.py."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
 from transformers.models.t5.modeling_t5 import T5ForConditionalGeneration, T5Stack
 
 import mergeplug
-from mergeplug.config import MergeConfig
+from mergeplug.config import MergeConfig, schedule_for_reduction
 from mergeplug.merge import MergeState
 from mergeplug.models import chronos_bolt, chronos_t5
 from mergeplug.patches.base import PatchRecord, record_of
-from mergeplug.patches.t5 import MergedEncoderOutput, _relative_bias, merged_encoder_forward
+from mergeplug.patches.t5 import MergedEncoderOutput, _lookup_bias, _relative_bias, merged_encoder_forward
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +186,30 @@ def test_merged_encoder_loop_matches_stock_when_nothing_merges(t5_pipe):
     torch.testing.assert_close(out.last_hidden_state[real], ref[real], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("input_ratio", [0.5, 0.75, 0.9])
+def test_input_ratio_above_one_half_runs_several_input_steps(t5_pipe, input_ratio):
+    """Up to one half: one merge step before block 0 (as before); above it, further steps on the merged input
+    tokens until the count is reached. Every block then runs on the reduced sequence; sizes still add up, the
+    source map stays in order (local merging keeps temporal order) and the forecast is finite."""
+    ctx = _context(nan_prefix=0)
+    token_ids, mask, _ = t5_pipe.tokenizer.context_input_transform(ctx)
+    encoder = t5_pipe.model.model.encoder
+    n = token_ids.shape[1]
+    try:
+        mergeplug.apply(t5_pipe, safe=False, k=1, **schedule_for_reduction(input_ratio, 2, "input"))
+        with torch.no_grad():
+            out = encoder(input_ids=token_ids, attention_mask=mask)
+        kept = n - math.floor(input_ratio * n + 0.5) if input_ratio > 0.5 else n - min(n // 2, round(0.5 * n))
+        assert mergeplug.token_counts(t5_pipe) == [kept] * 3
+        assert out.token_sizes.sum(1).tolist() == [float(n)] * 3
+        assert (out.token_source.diff(dim=1) >= 0).all()
+        with torch.no_grad():
+            torch.manual_seed(0)
+            assert torch.isfinite(t5_pipe.predict(ctx, prediction_length=3)).all()
+    finally:
+        mergeplug.remove(t5_pipe)
+
+
 def test_relative_bias_follows_merged_positions(t5_pipe):
     encoder = t5_pipe.model.model.encoder
     attn0 = encoder.block[0].layer[0].SelfAttention
@@ -195,6 +221,26 @@ def test_relative_bias_follows_merged_positions(t5_pipe):
     for b in range(2):
         p = state.pos[b].round().long()
         torch.testing.assert_close(bias[b], full[:, p][:, :, p])
+
+
+@pytest.mark.parametrize("extra_shape", [None, (3, 1, 1, 6), (3, 1, 6, 6), (1, 1, 1, 6)])
+def test_relative_bias_lookup_is_the_same_row_by_row_and_batched(extra_shape):
+    """The CPU path (one index_select per row, extra added per row) and the one-kernel path (used off CPU) agree
+    bitwise with a gather from the table expanded over heads."""
+    torch.manual_seed(5)
+    values = torch.randn(4, 21)
+    rel = torch.randint(0, 21, (3, 6, 6), dtype=torch.int32)
+    extra = None if extra_shape is None else torch.randn(extra_shape)
+    ref = values[None, :, None, :].expand(3, 4, 6, 21).gather(3, rel.long()[:, None].expand(3, 4, 6, 6))
+    ref = ref if extra is None else ref + extra
+    for rowwise in (True, False):
+        out = _lookup_bias(values, rel, extra, rowwise=rowwise)
+        assert out.is_contiguous() and torch.equal(out, ref), rowwise
+    grad_table = values.clone().requires_grad_()  # training: no out= (autograd cannot carry it), same numbers
+    out = _lookup_bias(grad_table, rel, extra, rowwise=True)
+    assert out.is_contiguous() and torch.equal(out.detach(), ref)
+    out.sum().backward()
+    assert grad_table.grad.sum() == out.numel()
 
 
 def test_batch_rows_merge_independently(t5_pipe):

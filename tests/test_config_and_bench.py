@@ -55,7 +55,35 @@ def test_bench_cli_runs_and_writes_json(tmp_path, capsys, family):
     tokens_in = result["tokens_in"]
     for s in result["settings"][1:]:
         assert s["tokens_out"] <= tokens_in // 2 + 2 and s["embed_rel_err"] > 0
-    assert "| unmerged |" in capsys.readouterr().out
+        # merging halves the tokens: fewer multiply-accumulates in the encoder and in the forecast
+        assert 0 < s["embed_macs"] < result["settings"][0]["embed_macs"]
+        assert 0 < s["predict_macs"] < result["settings"][0]["predict_macs"]
+    text = capsys.readouterr().out
+    assert "| unmerged |" in text and "embed MACs ratio | embed efficiency" in text
+
+
+def test_overhead_bench_rows_resume_and_merge_step_table(tmp_path, capsys):
+    """bench_overhead: one row per case with MACs ratio, speed-up and efficiency; rows already written are kept and
+    not measured again; the merge-step table has a local and a global row per length."""
+    from mergeplug import bench_overhead
+
+    args = ["--families", "t5", "--sizes", "test", "--batches", "1", "--threads", "1", "--reps", "1"]
+    args += ["--step-lengths", "64,128", "--out", str(tmp_path), "--no-progress"]
+    assert bench_overhead.main(args) == 0
+    rows = [json.loads(line) for line in (tmp_path / "models.jsonl").read_text().splitlines()]
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["macs_ratio"] > 1.2 and row["tokens"][-1] < row["tokens"][0]
+    assert row["efficiency"] == pytest.approx(row["speedup"] / row["macs_ratio"])
+    steps = json.loads((tmp_path / "merge_step.json").read_text())
+    assert [(r["tokens"], r["k"]) for r in steps] == [(64, 1), (64, None), (128, 1), (128, None)]
+    text = capsys.readouterr().out
+    assert "| MACs ratio | speed-up | efficiency |" in text and "| 128 | global |" in text
+    assert bench_overhead.main(args) == 0  # resumed: nothing measured again
+    assert (tmp_path / "models.jsonl").read_text().count("\n") == 1
+    with pytest.raises(SystemExit):
+        bench_overhead.main(["--sizes", "nope"])
+    assert "unknown size 'nope'" in capsys.readouterr().err
 
 
 def test_bench_cli_rejects_bad_arguments():
@@ -73,6 +101,9 @@ def test_front_input_schedule_reaches_the_reduction(reduction):
         keep *= 1 - ratio
     assert keep == pytest.approx(1 - reduction)
     assert schedule_for_reduction(reduction, 6) == {"ratio": ratio_for_reduction(reduction, 6)}
+    assert schedule_for_reduction(reduction, 6, "input") == {"input_ratio": reduction, "ratio": 0.0}
+    with pytest.raises(ValueError, match="unknown schedule 'back'"):
+        schedule_for_reduction(reduction, 6, "back")  # type: ignore[arg-type]
 
 
 def test_input_ratio_validation_and_noop():

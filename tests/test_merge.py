@@ -4,7 +4,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mergeplug.merge import MergeState, band_scores, causal_unmerge, match, merge_step, merge_tokens, unmerge
+from mergeplug.merge import (
+    MergeState,
+    band_scores,
+    causal_unmerge,
+    gather_rows,
+    match,
+    merge_step,
+    merge_tokens,
+    unmerge,
+)
 
 
 def _brute_scores(metric, k, causal):
@@ -88,6 +97,31 @@ def test_size_weighted_average_and_conservation():
             assert state.size[b, slot] == len(members)
     assert torch.equal(merge_tokens(x, dst, size0, t_new), y)
     assert size1.shape == (n_b, t_new)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_merge_tokens_equals_a_scatter_reference_bitwise(dtype):
+    """The flattened index_add_ merge gives exactly the numbers of the per-element scatter_add_ it replaced (same
+    summation order), including empty slots (size 0) and sizes above 1."""
+    torch.manual_seed(3)
+    n_b, t, c = 3, 40, 7
+    x = torch.randn(n_b, t, c).to(dtype)
+    size = torch.randint(0, 4, (n_b, t)).float()
+    dst = torch.sort(torch.randint(0, 25, (n_b, t)), dim=1).values
+    w = size.to(dtype)[..., None]
+    total = x.new_zeros(n_b, 25, 1).scatter_add_(1, dst[..., None], w)
+    ref = x.new_zeros(n_b, 25, c).scatter_add_(1, dst[..., None].expand(-1, -1, c), x * w) / total.clamp_min(1e-12)
+    assert torch.equal(merge_tokens(x, dst, size, 25), ref)
+
+
+def test_gather_rows_equals_gather_with_an_expanded_index():
+    torch.manual_seed(4)
+    x = torch.randn(3, 9, 5)
+    index = torch.randint(0, 9, (3, 14))
+    ref = x.gather(1, index[..., None].expand(-1, -1, 5))
+    assert torch.equal(gather_rows(x, index), ref)
+    assert torch.equal(gather_rows(x[:1], index), x[:1].expand(3, -1, -1).gather(1, index[..., None].expand(-1, -1, 5)))
+    assert torch.equal(gather_rows(x.transpose(1, 2).contiguous().transpose(1, 2), index), ref)  # non-contiguous
 
 
 def test_unmerge_copies_each_token_back_to_its_sources():

@@ -71,7 +71,7 @@ def parse_merge(text: str, num_layers: int | None = None) -> MergeSetting:
 
     Keys: ``k`` (int or ``global``), ``r`` (int, or per-layer ints joined by ``:``), ``ratio`` (float or
     per-layer floats joined by ``:``), ``input_ratio``, ``proportional_attention`` (true/false), and
-    ``reduction`` + optional ``schedule`` (constant / front / front-input) which need ``num_layers``, and
+    ``reduction`` + optional ``schedule`` (constant / front / front-input / input) which need ``num_layers``, and
     ``sampling`` (Chronos-T5 only: ``stock``, ``fast`` = ``fast_sampling(exact=True)``, same samples as stock, or
     ``fast-topk`` = ``fast_sampling(exact=False)``); ``"sampling=fast"`` alone is the fast path without merging.
     Forecast-safe merging: ``safe`` (true/false: false = plain merging), ``protect_recent`` and ``min_tokens``

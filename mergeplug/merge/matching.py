@@ -245,27 +245,41 @@ def _strict_causal_choice(
     return vac_a, succ.expand(n_b, -1)
 
 
-def merge_tokens(x: torch.Tensor, dst: torch.Tensor, size: torch.Tensor, t_new: int) -> torch.Tensor:
+def _flat_destinations(dst: torch.Tensor, t_new: int) -> torch.Tensor:
+    """(B·T,) destination of every token in the flattened (B·T', ...) output: ``dst`` (B, T) offset by row."""
+    rows = torch.arange(dst.shape[0], device=dst.device)[:, None] * t_new
+    return (dst + rows).view(-1)
+
+
+def merge_tokens(
+    x: torch.Tensor, dst: torch.Tensor, size: torch.Tensor, t_new: int, *, flat: torch.Tensor | None = None
+) -> torch.Tensor:
     """Size-weighted average of the tokens that share a destination.
 
     Args:
         x: (B, T, C) features; dst: (B, T) long; size: (B, T) sizes *before* the step; t_new: T'.
+        flat: (B·T,) ``dst`` offset by row (:func:`_flat_destinations`), when the caller has it already.
 
     Returns:
         (B, T', C) merged features (0 in empty slots).
+
+    The sums are ``index_add_`` over the flattened (B·T', C) output (rows of C contiguous values, about 5x faster
+    on CPU than a ``scatter_add_`` with an index expanded over C, and the same numbers).
     """
-    n_b, _, c = x.shape
-    w = size.to(x.dtype)[..., None]
-    total = x.new_zeros(n_b, t_new, 1).scatter_add_(1, dst[..., None], w)
-    out = x.new_zeros(n_b, t_new, c).scatter_add_(1, dst[..., None].expand(-1, -1, c), x * w)
-    return out / total.clamp_min(1e-12)
+    n_b, t, c = x.shape
+    flat = _flat_destinations(dst, t_new) if flat is None else flat
+    w = size.to(x.dtype).reshape(-1)
+    total = x.new_zeros(n_b * t_new).index_add_(0, flat, w)
+    out = x.new_zeros(n_b * t_new, c).index_add_(0, flat, x.reshape(-1, c) * w[:, None])
+    return out.div_(total.clamp_min_(1e-12)[:, None]).view(n_b, t_new, c)
 
 
 def merge_step(x: torch.Tensor, state: MergeState, dst: torch.Tensor, t_new: int) -> torch.Tensor:
     """Merge features ``x`` (B, T, C) along ``dst`` and update ``state`` in place; returns (B, T', C)."""
-    out = merge_tokens(x, dst, state.size, t_new)
+    flat = _flat_destinations(dst, t_new)
+    out = merge_tokens(x, dst, state.size, t_new, flat=flat)
     n_b = x.shape[0]
-    size_new = state.size.new_zeros(n_b, t_new).scatter_add_(1, dst, state.size)
+    size_new = state.size.new_zeros(n_b * t_new).index_add_(0, flat, state.size.reshape(-1)).view(n_b, t_new)
     filled = size_new > 0
     if state.causal:  # latest member; empty slots at +inf so positions stay ascending
         pos_new = state.pos.new_full((n_b, t_new), float("-inf")).scatter_reduce_(
@@ -273,8 +287,8 @@ def merge_step(x: torch.Tensor, state: MergeState, dst: torch.Tensor, t_new: int
         )
         pos_new = pos_new.masked_fill(~filled, float("inf"))
     else:  # size-weighted mean of the members
-        pos_new = state.pos.new_zeros(n_b, t_new).scatter_add_(1, dst, state.pos * state.size)
-        pos_new = pos_new / size_new.clamp_min(1e-12)
+        pos_new = state.pos.new_zeros(n_b * t_new).index_add_(0, flat, (state.pos * state.size).reshape(-1))
+        pos_new = pos_new.view(n_b, t_new) / size_new.clamp_min(1e-12)
     mask_new = torch.zeros(n_b, t_new, dtype=torch.bool, device=x.device).scatter_reduce_(
         1, dst, state.mask, reduce="amax", include_self=True
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .state import _NEVER, _normalize, group_leaders
+from .state import _NEVER, _normalize, gather_rows, group_leaders
 
 __all__ = ["seasonal_candidates", "detect_period"]
 
@@ -62,7 +62,7 @@ def seasonal_candidates(
             valid.append(ok)
     cand = torch.stack(cands, dim=-1)  # (B, Ta, 4)
     ok = torch.stack(valid, dim=-1)
-    twins = b.gather(1, cand.flatten(1)[..., None].expand(-1, -1, b.shape[-1])).view(*cand.shape, b.shape[-1])
+    twins = gather_rows(b, cand.flatten(1)).view(*cand.shape, b.shape[-1])
     scores = (a.unsqueeze(-2) * twins).sum(-1)
     return scores.masked_fill(~ok, _NEVER), cand
 

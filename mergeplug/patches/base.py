@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..config import MergeConfig
-from ..merge import MergeState, match, merge_step
+from ..merge import MergeState, match, merge_step, merge_tokens
 
 #: instance attribute (in ``module.__dict__``) under which a patched module holds its :class:`PatchRecord`
 RECORD_ATTR = "_mergeplug_record"
@@ -307,19 +307,31 @@ def merge_inputs(
     """Merge ``config.input_merges(N)`` of the N input tokens ``h`` (B, N, C) before the first block.
 
     The merges are chosen on ``metric`` (default ``h``; the input embeddings), per group of rows with ``groups``
-    (see :func:`mergeplug.merge.match`); ``state`` is updated in place.
+    (see :func:`mergeplug.merge.match`); ``state`` is updated in place. One merge step removes at most about half of
+    the tokens; an ``input_ratio`` above 0.5 runs further steps on the merged tokens (the metric merged alike, each
+    step at most half of what is left) until the count is reached or nothing more can merge.
 
     Returns:
         (B, T', C) tokens and True, or ``h`` itself and False when nothing merges.
     """
     n = h.shape[1]
     r_in = config.input_merges(n)
-    if r_in <= 0:
-        return h, False
-    dst, t_new = match(
-        h if metric is None else metric, state, r=r_in, k=config.k, groups=groups, period=config.token_period,
-        min_similarity=config.min_similarity,
-    )  # fmt: skip
-    if t_new >= n:
-        return h, False
-    return merge_step(h, state, dst, t_new), True
+    merged = False
+    for step in range(64):  # a step halves the tokens at most: 64 steps are more than any sequence needs
+        r = r_in if step == 0 else min(r_in, state.length // 2)
+        if r <= 0:
+            break
+        m = h if metric is None else metric
+        dst, t_new = match(
+            m, state, r=r, k=config.k, groups=groups, period=config.token_period,
+            min_similarity=config.min_similarity,
+        )  # fmt: skip
+        if t_new >= state.length:
+            break
+        r_in -= state.length - t_new
+        if metric is not None:  # a metric apart from h is merged alike (sizes before the step, as merge_step uses)
+            metric = None if metric is h else merge_tokens(metric, dst, state.size, t_new)
+        h, merged = merge_step(h, state, dst, t_new), True
+        if config.input_ratio <= 0.5:  # one step, as it always was: at most about half of the tokens
+            break
+    return h, merged

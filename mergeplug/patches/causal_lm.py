@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..config import MergeConfig
-from ..merge import MergeState, causal_bias, causal_unmerge, merge_layer
+from ..merge import MergeState, causal_bias, causal_unmerge, gather_rows, merge_layer
 from .base import Family, PatchRecord, mark, register, swap_class
 
 __all__ = ["inject_causal_lm", "find_stack", "check_causal_lm_config"]
@@ -97,8 +97,7 @@ class _Args:
 def _gather_rope(pe: tuple[torch.Tensor, torch.Tensor], pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary (cos, sin), each (B or 1, N, D), taken at positions ``pos`` (B, T) -> (B, T, D) each."""
     idx = pos.clamp(0, pe[0].shape[1] - 1).long()
-    n_b = idx.shape[0]
-    return tuple(t.expand(n_b, -1, -1).gather(1, idx[..., None].expand(-1, -1, t.shape[-1])) for t in pe)
+    return tuple(gather_rows(t, idx) for t in pe)
 
 
 KV_ATTR = "_mergeplug_kv"  # on a KV cache filled by a merged prefill: per block i >= 1, [pos, size, mask] (B, T_i)
