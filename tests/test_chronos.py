@@ -221,6 +221,11 @@ def test_relative_bias_follows_merged_positions(t5_pipe):
     for b in range(2):
         p = state.pos[b].round().long()
         torch.testing.assert_close(bias[b], full[:, p][:, :, p])
+    # before any merge: bitwise compute_bias (from the 2L+1 distances' buckets), encoder and decoder alike
+    for stack in (encoder, t5_pipe.model.model.decoder):
+        for n in (50, 300):
+            unmerged = _relative_bias(stack, MergeState.init(2, n), merged=False)
+            assert torch.equal(unmerged, stack.block[0].layer[0].SelfAttention.compute_bias(n, n))
 
 
 @pytest.mark.parametrize("extra_shape", [None, (3, 1, 1, 6), (3, 1, 6, 6), (1, 1, 1, 6)])

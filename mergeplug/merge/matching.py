@@ -7,6 +7,7 @@ Part of the merge engine (:mod:`mergeplug.merge`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -48,17 +49,11 @@ def band_scores(metric: torch.Tensor, k: int | None, *, causal: bool = False) ->
     """
     m = _normalize(metric)
     a, b = m[:, ::2], m[:, 1::2]
-    n_b, t_a, t_b = m.shape[0], a.shape[1], b.shape[1]
-    device = m.device
-    ii = torch.arange(t_a, device=device)
+    t_a, t_b = a.shape[1], b.shape[1]
     band = _offsets(k, causal, t_b)
+    cand, invalid = _band_index(t_a, t_b, band, m.device)
     if band is None or (band[1] - band[0] + 1) >= t_b:
         scores = a @ b.transpose(1, 2)  # (B, Ta, Tb)
-        cand = torch.arange(t_b, device=device).expand(t_a, t_b)
-        valid = torch.ones(t_a, t_b, dtype=torch.bool, device=device)
-        if band is not None:
-            d = cand - ii[:, None]
-            valid = (d >= band[0]) & (d <= band[1])
     else:
         lo, hi = band
         width = hi - lo + 1
@@ -68,10 +63,30 @@ def band_scores(metric: torch.Tensor, k: int | None, *, causal: bool = False) ->
         start = lo + pad_front
         b_win = b_pad[:, start : start + t_a + width - 1].unfold(1, width, 1)  # (B, Ta, C, W)
         scores = (a.unsqueeze(-2) @ b_win).squeeze(-2)  # (B, Ta, W)
-        cand = ii[:, None] + torch.arange(lo, hi + 1, device=device)[None, :]
-        valid = (cand >= 0) & (cand < t_b)
-    scores = scores.masked_fill(~valid.expand(n_b, -1, -1), _NEVER)
-    return scores, cand.clamp(0, max(t_b - 1, 0))
+    return scores.masked_fill_(invalid, _NEVER), cand
+
+
+@functools.lru_cache(maxsize=256)
+def _band_index(
+    t_a: int, t_b: int, band: tuple[int, int] | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidates (Ta, W) long (clamped into range) and where they do not exist (Ta, W) bool, for a band of B offsets
+    (None: all of B). They depend on the shapes only, so each is built once per (Ta, Tb, band, device): a merged
+    model meets a handful of lengths. Built outside inference mode, so that training after inference can use them."""
+    with torch.inference_mode(False):
+        ii = torch.arange(t_a, device=device)
+        if band is None or (band[1] - band[0] + 1) >= t_b:
+            cand = torch.arange(t_b, device=device).expand(t_a, t_b)
+            if band is None:
+                invalid = torch.zeros(t_a, t_b, dtype=torch.bool, device=device)
+            else:
+                d = cand - ii[:, None]
+                invalid = (d < band[0]) | (d > band[1])
+        else:
+            lo, hi = band
+            cand = ii[:, None] + torch.arange(lo, hi + 1, device=device)[None, :]
+            invalid = (cand < 0) | (cand >= t_b)
+        return cand.clamp(0, max(t_b - 1, 0)), invalid
 
 
 def _pair_rules(scores: torch.Tensor, cand: torch.Tensor, state: MergeState) -> torch.Tensor:
@@ -157,7 +172,6 @@ def match(
     device = metric.device
     if t < 2 or (r is not None and r <= 0):
         return torch.arange(t, device=device).expand(n_b, t), t
-    idx_a = torch.arange(0, t, 2, device=device)
     if threshold is not None:
         if not state.causal:
             raise ValueError("threshold merging is the strict causal mode: create the MergeState with causal=True")
@@ -199,12 +213,11 @@ def match(
             target = 2 * cand.gather(2, arg[..., None])[..., 0] + 1
         else:
             target = 2 * cand[torch.arange(cand.shape[0], device=device)[None, :], arg] + 1  # (B, Ta) seq index
-    vacated = torch.zeros(n_b, t, dtype=torch.bool, device=device)
-    vacated[:, idx_a] = vac_a
-    keep = ~vacated
-    new_idx = keep.long().cumsum(dim=1) - 1
-    dst = torch.where(vacated[:, idx_a], new_idx.gather(1, target), new_idx[:, idx_a])
-    dst = new_idx.scatter(1, idx_a.expand(n_b, -1), dst)
+    keep = torch.ones(n_b, t, dtype=torch.bool, device=device)
+    keep[:, ::2] = ~vac_a
+    new_idx = keep.cumsum(dim=1).sub_(1)  # (B, T) long: slot of every kept token
+    dst = new_idx.clone()
+    dst[:, ::2] = torch.where(vac_a, new_idx.gather(1, target), new_idx[:, ::2])  # A tokens that leave: their target
     # r mode: every row vacates exactly r slots, so T' is known on the host; strict mode: counts vary per row,
     # and the longest row sets T' (a data-dependent shape: a host synchronisation)
     t_new = t - r if threshold is None else int(keep.sum(dim=1).max())

@@ -128,8 +128,9 @@ def _clamp_fp16(h: torch.Tensor) -> torch.Tensor:
 
 
 def _relative_bias(stack: T5Stack, state: MergeState, merged: bool, extra: torch.Tensor | None = None) -> torch.Tensor:
-    """T5 relative position bias for the current tokens: (1, H, T, T) before any merge, (B, H, T, T) after; a
-    (B, 1, 1, T) ``extra`` bias (``log(size)``, padding) is added to the merged one in the same pass.
+    """T5 relative position bias for the current tokens: (1, H, T, T) before any merge (the numbers of
+    ``compute_bias``, bucketing the 2L+1 distances instead of T·T pairs), (B, H, T, T) after; a (B, 1, 1, T)
+    ``extra`` bias (``log(size)``, padding) is added to the merged one in the same pass.
 
     After merging, relative distances are those of the tokens' positions (rounded), not of their indices; the
     bias of every distance up to ``L = max(N - 1, relative_attention_max_distance)`` is computed once and looked up.
@@ -144,9 +145,6 @@ def _relative_bias(stack: T5Stack, state: MergeState, merged: bool, extra: torch
     """
     attn0: T5Attention = stack.block[0].layer[0].SelfAttention
     t = state.length
-    if not merged:
-        bias = attn0.compute_bias(t, t, device=state.pos.device)
-        return bias if extra is None else bias + extra
     n = max(state.source.shape[1], attn0.relative_attention_max_distance + 1)
     # every distance memory - query is clamped into [-(n-1), n-1]: bucket those 2n-1 values once, then look them up
     dist = torch.arange(-(n - 1), n, device=state.pos.device)
@@ -157,9 +155,14 @@ def _relative_bias(stack: T5Stack, state: MergeState, merged: bool, extra: torch
         max_distance=attn0.relative_attention_max_distance,
     )
     values = attn0.relative_attention_bias.weight[buckets].t().contiguous()  # (H, 2n-1)
+    rowwise = state.pos.device.type == "cpu"
+    if not merged:  # positions 0..T-1: the (1, H, T, T) bias compute_bias gives, from 2n-1 buckets, not T*T
+        ar = torch.arange(t, dtype=torch.int32, device=state.pos.device)
+        bias = _lookup_bias(values, (ar[None, :] - ar[:, None] + (n - 1))[None], None, rowwise=rowwise)
+        return bias if extra is None else bias + extra
     # table index of every (query, key) distance, exact in float32 (|distance| < 2^24), then int32
     rel = (state.pos[:, None, :] - state.pos[:, :, None]).round_().clamp_(-(n - 1), n - 1).add_(n - 1)
-    return _lookup_bias(values, rel.to(torch.int32), extra, rowwise=rel.device.type == "cpu")
+    return _lookup_bias(values, rel.to(torch.int32), extra, rowwise=rowwise)
 
 
 def _lookup_bias(values: torch.Tensor, rel: torch.Tensor, extra: torch.Tensor | None, *, rowwise: bool) -> torch.Tensor:
