@@ -43,6 +43,8 @@ positions <= p (up to float rounding: later inputs can change the merged length 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, TypeVar
@@ -175,15 +177,45 @@ def _lookup_bias(values: torch.Tensor, rel: torch.Tensor, extra: torch.Tensor | 
     grads = torch.is_grad_enabled() and (values.requires_grad or (extra is not None and extra.requires_grad))
     out = None if grads else torch.empty(n_b, heads, t, t, dtype=values.dtype, device=values.device)
     if rowwise and out is not None:  # no (H, B, T, T) intermediate
-        for b in range(n_b):
-            torch.index_select(values, 1, rel[b].reshape(-1), out=out[b].view(heads, t * t))
-            if extra is not None:
-                out[b].add_(extra[b if extra.shape[0] > 1 else 0])
+
+        def rows(lo: int, hi: int) -> None:
+            for b in range(lo, hi):
+                torch.index_select(values, 1, rel[b].reshape(-1), out=out[b].view(heads, t * t))
+                if extra is not None:
+                    out[b].add_(extra[b if extra.shape[0] > 1 else 0])
+
+        _in_threads(rows, n_b)
         return out
     looked_up = values.index_select(1, rel.reshape(-1)).view(heads, n_b, t, t).transpose(0, 1)
     if out is None:
         return (looked_up if extra is None else looked_up + extra).contiguous()
     return out.copy_(looked_up) if extra is None else torch.add(looked_up, extra, out=out)
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _in_threads(rows: Callable[[int, int], None], n: int) -> None:
+    """``rows(lo, hi)`` over [0, n) split into one chunk per torch thread, run in a thread pool: ``index_select``
+    into a given output runs on one thread, and the bias is written at memory speed, so the rows of a batch are
+    spread by hand (torch releases the GIL in its kernels). One thread, or one row: a plain call. Only for work
+    without gradients (the caller's inference mode is carried over, gradients are off)."""
+    global _POOL
+    threads = min(torch.get_num_threads(), n)
+    if threads <= 1:
+        rows(0, n)
+        return
+    if _POOL is None or _POOL._max_workers < threads:
+        _POOL = ThreadPoolExecutor(threads, thread_name_prefix="mergeplug-bias")
+    inference = torch.is_inference_mode_enabled()
+
+    def chunk(lo: int, hi: int) -> None:  # grad and inference modes are per thread: the caller's, no gradients
+        with torch.inference_mode(inference), torch.no_grad():
+            rows(lo, hi)
+
+    step = -(-n // threads)
+    for future in [_POOL.submit(chunk, lo, min(lo + step, n)) for lo in range(0, n, step)]:
+        future.result()
 
 
 def _attention_bias(stack: T5Stack, state: MergeState, merged: bool, dtype: torch.dtype, proportional: bool):
