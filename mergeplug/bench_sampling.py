@@ -71,6 +71,8 @@ def run(
     samples: int = 20,
     reps: int = 3,
     merges: dict[str, dict[str, Any]] | None = None,
+    dtypes: tuple[str, ...] = (),
+    only: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """One row per (batch, setting): median seconds, speed-up vs stock, peak memory, same samples as stock, MACs
     and the bound (``floor_s`` = MACs at the best measured matrix-product rate, ``bound_speedup`` = stock / floor:
@@ -79,9 +81,15 @@ def run(
     ``merges``: label -> ``mergeplug.apply`` arguments for the "fast + merging" rows (default: k=1 removing 75%
     of the encoder tokens with a constant schedule, and 90% with the front-input schedule; plain merging, so those
     reductions are met: with random weights only speed is measured).
+    ``dtypes``: reduced precisions (``"bfloat16"``, ``"float16"``) whose top-k-sampler rows (without and with each
+    merge setting) run beside the float32 ones, on a copy of the model cast to that dtype; speed-ups are against
+    float32 stock. ``only``: keep just the settings whose label contains one of these strings (stock always runs).
     """
-    pipe = chronos_t5(size, context_length=context, prediction_length=horizon, num_samples=samples)
-    layers = pipe.model.model.config.num_layers
+    pipes = {"float32": chronos_t5(size, context_length=context, prediction_length=horizon, num_samples=samples)}
+    for dtype in dtypes:  # the same weights (same seed), cast
+        pipes[dtype] = chronos_t5(size, context_length=context, prediction_length=horizon, num_samples=samples)
+        pipes[dtype].model.to(getattr(torch, dtype))
+    layers = pipes["float32"].model.model.config.num_layers
     merges = merges or {
         "k=1, 75%": {"k": 1, "safe": False, **schedule_for_reduction(0.75, layers)},
         "k=1, 90% front-input": {"k": 1, "safe": False, **schedule_for_reduction(0.9, layers, "front-input")},
@@ -90,34 +98,44 @@ def run(
     settings.append(MergeSetting("fast, top-k sampler", {}, "fast-topk"))
     settings += [MergeSetting(f"fast + {label}", m, "fast") for label, m in merges.items()]
     settings += [MergeSetting(f"fast, top-k sampler + {label}", m, "fast-topk") for label, m in merges.items()]
+    dtype_of = {st.label: "float32" for st in settings}
+    for dtype in dtypes:
+        extra = [MergeSetting(f"{dtype}: fast, top-k sampler", {}, "fast-topk")]
+        extra += [MergeSetting(f"{dtype}: fast, top-k sampler + {lab}", m, "fast-topk") for lab, m in merges.items()]
+        settings += extra
+        dtype_of.update({st.label: dtype for st in extra})
+    if only:
+        settings = [st for st in settings if st.label == "stock" or any(o in st.label for o in only)]
 
     rows = []
     for batch in batches:
         ctx = synthetic_context(batch, context)
 
-        def predict(ctx: torch.Tensor = ctx) -> torch.Tensor:
+        def predict(st: MergeSetting, ctx: torch.Tensor = ctx) -> torch.Tensor:
             torch.manual_seed(0)
             with torch.inference_mode():
-                return pipe.predict(ctx, prediction_length=horizon, num_samples=samples)
+                return pipes[dtype_of[st.label]].predict(ctx, prediction_length=horizon, num_samples=samples)
 
         times: dict[str, list[float]] = {st.label: [] for st in settings}
         mem: dict[str, float] = {}
         macs: dict[str, int] = {}
         outs: dict[str, torch.Tensor] = {}
         for st in settings:  # warm-up, memory, outputs, MACs
+            pipe = pipes[dtype_of[st.label]]
             apply_setting(pipe, st)
             with PeakMemory() as pm:
-                outs[st.label] = predict()
+                outs[st.label] = predict(st)
             mem[st.label] = pm.extra_mb
-            macs[st.label] = profile(pipe, run=predict, storage=False).macs
-        rate = gemm_rate(model_shapes(pipe.model.model.config, batch, samples, context))
+            macs[st.label] = profile(pipe, run=lambda st=st: predict(st), storage=False).macs
+        rate = gemm_rate(model_shapes(pipes["float32"].model.model.config, batch, samples, context))
         for _ in range(reps):
             for st in settings:
-                apply_setting(pipe, st)
+                apply_setting(pipes[dtype_of[st.label]], st)
                 start = time.perf_counter()
-                predict()
+                predict(st)
                 times[st.label].append(time.perf_counter() - start)
-        remove(pipe)
+        for pipe in pipes.values():
+            remove(pipe)
         ref = statistics.median(times["stock"])
         for st in settings:
             label = st.label
@@ -127,6 +145,7 @@ def run(
                 {
                     "batch": batch,
                     "setting": label,
+                    "dtype": dtype_of[label],
                     "time_s": t,
                     "speedup": ref / t,
                     "peak_mem_mb": mem[label],
@@ -176,6 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--out", default=None, help="also write the rows as JSON")
     p.add_argument(
+        "--dtype",
+        action="append",
+        default=[],
+        choices=["bfloat16", "float16"],
+        help="also run the top-k-sampler rows with the model cast to this dtype (repeatable; speed-ups against "
+        "float32 stock)",
+    )
+    p.add_argument("--only", default="", help="comma-separated substrings: run only the settings whose label has one")
+    p.add_argument(
         "--merge",
         action="append",
         default=[],
@@ -203,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         samples=a.samples,
         reps=a.reps,
         merges=merges,
+        dtypes=tuple(a.dtype),
+        only=tuple(o for o in a.only.split(",") if o),
     )
     print(format_table(rows))
     if a.out:
