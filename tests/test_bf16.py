@@ -55,6 +55,12 @@ def _series(n_b: int, n: int, seed: int = 0) -> torch.Tensor:
     return ctx
 
 
+def _like(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` on the model's device, in its dtype (tests/test_cuda.py runs these builders on a GPU)."""
+    p = next(model.parameters())
+    return x.to(p.device, p.dtype)
+
+
 def _dtype(model: nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
@@ -102,7 +108,7 @@ def _patchtst() -> Case:
                             ffn_dim=64)  # fmt: skip
     model = PatchTSTForPrediction(config).eval()
     x = _walk(3, 128, 2, seed=1)
-    return model, model, lambda: model(past_values=x.to(_dtype(model))).prediction_outputs
+    return model, model, lambda: model(past_values=_like(model, x)).prediction_outputs
 
 
 def _torch_encoder() -> Case:
@@ -110,7 +116,7 @@ def _torch_encoder() -> Case:
     layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
     enc = nn.TransformerEncoder(layer, 4, enable_nested_tensor=False).eval()
     x = _walk(2, 40, 32, seed=1) / 4
-    return enc, enc, lambda: enc(x.to(_dtype(enc)))
+    return enc, enc, lambda: enc(_like(enc, x))
 
 
 def _time_series_transformer() -> Case:

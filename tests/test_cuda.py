@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import test_bf16  # tests/ is on the path (pytest's rootdir-relative import of test modules)
 import torch
 from torch import nn
 
@@ -60,32 +61,22 @@ def _chronos2() -> Case:
     return pipe, pipe.model, run
 
 
-def _patchtst() -> Case:
-    from transformers import PatchTSTConfig, PatchTSTForPrediction
+def _from_bf16_tests(build: Callable[[], tuple[Any, nn.Module, Callable[[], torch.Tensor]]]) -> Callable[[], Case]:
+    """A builder of tests/test_bf16.py (its inputs follow the model's device and dtype) as a case here."""
 
-    torch.manual_seed(0)
-    config = PatchTSTConfig(num_input_channels=2, context_length=128, prediction_length=12, patch_length=8,
-                            patch_stride=4, d_model=32, num_attention_heads=4, num_hidden_layers=3,
-                            ffn_dim=64)  # fmt: skip
-    model = PatchTSTForPrediction(config).eval()
-    x = _walk(3, 128, 2, seed=1)
-    return model, model, lambda device, dtype: model(past_values=x.to(device, dtype)).prediction_outputs.float()
+    def case() -> Case:
+        obj, module, run = build()
+        return obj, module, lambda device, dtype: run().float()
 
-
-def _torch_encoder() -> Case:
-    torch.manual_seed(0)
-    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
-    enc = nn.TransformerEncoder(layer, 4, enable_nested_tensor=False).eval()
-    x = _walk(2, 40, 32, seed=1) / 4
-    return enc, enc, lambda device, dtype: enc(x.to(device, dtype)).float()
+    return case
 
 
 CASES: dict[str, Callable[[], Case]] = {
     "chronos-t5": _t5,
     "chronos-bolt": _bolt,
     "chronos-2": _chronos2,
-    "patchtst": _patchtst,
-    "torch-transformer-encoder": _torch_encoder,
+    "patchtst": _from_bf16_tests(test_bf16._patchtst),
+    "torch-transformer-encoder": _from_bf16_tests(test_bf16._torch_encoder),
 }
 
 
