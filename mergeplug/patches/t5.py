@@ -192,7 +192,7 @@ def _lookup_bias(values: torch.Tensor, rel: torch.Tensor, extra: torch.Tensor | 
     return out.copy_(looked_up) if extra is None else torch.add(looked_up, extra, out=out)
 
 
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[ThreadPoolExecutor, int] | None = None  # (pool, its number of workers)
 
 
 def _in_threads(rows: Callable[[int, int], None], n: int) -> None:
@@ -205,8 +205,8 @@ def _in_threads(rows: Callable[[int, int], None], n: int) -> None:
     if threads <= 1:
         rows(0, n)
         return
-    if _POOL is None or _POOL._max_workers < threads:
-        _POOL = ThreadPoolExecutor(threads, thread_name_prefix="mergeplug-bias")
+    if _POOL is None or _POOL[1] < threads:
+        _POOL = (ThreadPoolExecutor(threads, thread_name_prefix="mergeplug-bias"), threads)
     inference = torch.is_inference_mode_enabled()
 
     def chunk(lo: int, hi: int) -> None:  # grad and inference modes are per thread: the caller's, no gradients
@@ -214,7 +214,7 @@ def _in_threads(rows: Callable[[int, int], None], n: int) -> None:
             rows(lo, hi)
 
     step = -(-n // threads)
-    for future in [_POOL.submit(chunk, lo, min(lo + step, n)) for lo in range(0, n, step)]:
+    for future in [_POOL[0].submit(chunk, lo, min(lo + step, n)) for lo in range(0, n, step)]:
         future.result()
 
 
