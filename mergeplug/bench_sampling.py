@@ -34,7 +34,7 @@ from .cost import profile
 from .eval.run import MergeSetting, PeakMemory, apply_setting
 from .models import chronos_t5, t5_config
 
-__all__ = ["run", "main", "gemm_rate", "model_shapes"]
+__all__ = ["run", "main", "select_settings", "gemm_rate", "model_shapes"]
 
 
 def gemm_rate(shapes: list[tuple[int, int, int]], reps: int = 10) -> float:
@@ -62,6 +62,36 @@ def model_shapes(cfg: Any, batch: int, samples: int, context: int) -> list[tuple
     return [(dec, d, d), (dec, d, f), (dec, f, d), (dec, d, cfg.vocab_size), (enc, d, d), (enc, d, f), (enc, f, d)]
 
 
+def select_settings(
+    layers: int,
+    merges: dict[str, dict[str, Any]] | None = None,
+    dtypes: tuple[str, ...] = (),
+    only: tuple[str, ...] = (),
+) -> tuple[list[MergeSetting], dict[str, str]]:
+    """The settings :func:`run` measures (see there) and the dtype of each label; a ``ValueError`` when ``only``
+    matches none (before any model is built)."""
+    merges = merges or {
+        "k=1, 75%": {"k": 1, "safe": False, **schedule_for_reduction(0.75, layers)},
+        "k=1, 90% front-input": {"k": 1, "safe": False, **schedule_for_reduction(0.9, layers, "front-input")},
+    }
+    settings = [MergeSetting("stock", {}), MergeSetting("fast", {}, "fast")]
+    settings.append(MergeSetting("fast, top-k sampler", {}, "fast-topk"))
+    settings += [MergeSetting(f"fast + {label}", m, "fast") for label, m in merges.items()]
+    settings += [MergeSetting(f"fast, top-k sampler + {label}", m, "fast-topk") for label, m in merges.items()]
+    dtype_of = {st.label: "float32" for st in settings}
+    for dtype in dtypes:
+        extra = [MergeSetting(f"{dtype}: fast, top-k sampler", {}, "fast-topk")]
+        extra += [MergeSetting(f"{dtype}: fast, top-k sampler + {lab}", m, "fast-topk") for lab, m in merges.items()]
+        settings += extra
+        dtype_of.update({st.label: dtype for st in extra})
+    if only:
+        kept = [st for st in settings if st.label == "stock" or any(o in st.label for o in only)]
+        if len(kept) == 1:
+            raise ValueError(f"--only {','.join(only)}: no setting matches; settings: {[st.label for st in settings]}")
+        settings = kept
+    return settings, dtype_of
+
+
 def run(
     *,
     size: str = "small",
@@ -85,27 +115,11 @@ def run(
     merge setting) run beside the float32 ones, on a copy of the model cast to that dtype; speed-ups are against
     float32 stock. ``only``: keep just the settings whose label contains one of these strings (stock always runs).
     """
+    settings, dtype_of = select_settings(t5_config(size).num_layers, merges, dtypes, only)
     pipes = {"float32": chronos_t5(size, context_length=context, prediction_length=horizon, num_samples=samples)}
     for dtype in dtypes:  # the same weights (same seed), cast
         pipes[dtype] = chronos_t5(size, context_length=context, prediction_length=horizon, num_samples=samples)
         pipes[dtype].model.to(getattr(torch, dtype))
-    layers = pipes["float32"].model.model.config.num_layers
-    merges = merges or {
-        "k=1, 75%": {"k": 1, "safe": False, **schedule_for_reduction(0.75, layers)},
-        "k=1, 90% front-input": {"k": 1, "safe": False, **schedule_for_reduction(0.9, layers, "front-input")},
-    }
-    settings = [MergeSetting("stock", {}), MergeSetting("fast", {}, "fast")]
-    settings.append(MergeSetting("fast, top-k sampler", {}, "fast-topk"))
-    settings += [MergeSetting(f"fast + {label}", m, "fast") for label, m in merges.items()]
-    settings += [MergeSetting(f"fast, top-k sampler + {label}", m, "fast-topk") for label, m in merges.items()]
-    dtype_of = {st.label: "float32" for st in settings}
-    for dtype in dtypes:
-        extra = [MergeSetting(f"{dtype}: fast, top-k sampler", {}, "fast-topk")]
-        extra += [MergeSetting(f"{dtype}: fast, top-k sampler + {lab}", m, "fast-topk") for lab, m in merges.items()]
-        settings += extra
-        dtype_of.update({st.label: dtype for st in extra})
-    if only:
-        settings = [st for st in settings if st.label == "stock" or any(o in st.label for o in only)]
 
     rows = []
     for batch in batches:
@@ -223,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         if any(m.sampling for m in parsed):
             p.error("sampling=... is not a merge setting here: each merge setting runs with both fast samplers")
         merges = {m.label: m.kwargs for m in parsed}
+    dtypes, only = tuple(a.dtype), tuple(o for o in a.only.split(",") if o)
+    try:  # a bad --only is a one-line error before any model is built
+        select_settings(t5_config(a.size).num_layers, merges, dtypes, only)
+    except ValueError as exc:
+        p.error(str(exc))
     rows = run(
         size=a.size,
         batches=tuple(int(b) for b in a.batches.split(",")),
@@ -231,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         samples=a.samples,
         reps=a.reps,
         merges=merges,
-        dtypes=tuple(a.dtype),
-        only=tuple(o for o in a.only.split(",") if o),
+        dtypes=dtypes,
+        only=only,
     )
     print(format_table(rows))
     if a.out:

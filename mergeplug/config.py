@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 __all__ = ["MergeConfig", "ratio_for_reduction", "schedule_for_reduction"]
 
@@ -47,7 +47,7 @@ def ratio_for_reduction(
 
 
 Schedule = Literal["constant", "front", "front-input", "input"]
-SCHEDULES: tuple[str, ...] = ("constant", "front", "front-input", "input")
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 
 
 def schedule_for_reduction(reduction: float, num_layers: int, schedule: Schedule = "constant") -> dict[str, Any]:

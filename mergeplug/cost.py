@@ -487,6 +487,8 @@ def compare(
         torch.manual_seed(seed)
         with torch.inference_mode():
             run() if run is not None else _default_run(obj, args, kwargs)
+        if torch.cuda.is_available():  # GPU kernels run asynchronously: wait for them, or the timer stops early
+            torch.cuda.synchronize()
 
     labels = list(settings)
     reports: dict[str, CostReport] = {}

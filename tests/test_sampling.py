@@ -158,6 +158,14 @@ def test_sampling_benchmark_reduced_precision_rows():
     assert by["bfloat16: fast, top-k sampler + k=1, 30%"]["macs"] < by["bfloat16: fast, top-k sampler"]["macs"]
 
 
+def test_sampling_benchmark_refuses_an_only_that_matches_nothing(capsys):
+    from mergeplug.bench_sampling import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--size", "tiny", "--only", "nope"])
+    assert exc.value.code == 2 and "--only nope: no setting matches" in capsys.readouterr().err
+
+
 def test_sampling_benchmark_cli_takes_merge_settings(tmp_path, capsys):
     import json
 

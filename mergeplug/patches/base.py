@@ -317,13 +317,13 @@ def merge_inputs(
     n = h.shape[1]
     r_in = config.input_merges(n)
     merged = False
-    for step in range(64):  # a step halves the tokens at most: 64 steps are more than any sequence needs
+    # up to one half: one step, as it always was; above: a step halves the tokens at most, 64 are more than enough
+    for step in range(1 if config.input_ratio <= 0.5 else 64):
         r = r_in if step == 0 else min(r_in, state.length // 2)
         if r <= 0:
             break
-        m = h if metric is None else metric
         dst, t_new = match(
-            m, state, r=r, k=config.k, groups=groups, period=config.token_period,
+            h if metric is None else metric, state, r=r, k=config.k, groups=groups, period=config.token_period,
             min_similarity=config.min_similarity,
         )  # fmt: skip
         if t_new >= state.length:
@@ -332,6 +332,4 @@ def merge_inputs(
         if metric is not None:  # a metric apart from h is merged alike (sizes before the step, as merge_step uses)
             metric = None if metric is h else merge_tokens(metric, dst, state.size, t_new)
         h, merged = merge_step(h, state, dst, t_new), True
-        if config.input_ratio <= 0.5:  # one step, as it always was: at most about half of the tokens
-            break
     return h, merged

@@ -43,6 +43,7 @@ positions <= p (up to float rounding: later inputs can change the merged length 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -148,14 +149,11 @@ def _relative_bias(stack: T5Stack, state: MergeState, merged: bool, extra: torch
     attn0: T5Attention = stack.block[0].layer[0].SelfAttention
     t = state.length
     n = max(state.source.shape[1], attn0.relative_attention_max_distance + 1)
-    # every distance memory - query is clamped into [-(n-1), n-1]: bucket those 2n-1 values once, then look them up
-    dist = torch.arange(-(n - 1), n, device=state.pos.device)
-    buckets = T5Attention._relative_position_bucket(
-        dist,
-        bidirectional=not stack.is_decoder,
-        num_buckets=attn0.relative_attention_num_buckets,
-        max_distance=attn0.relative_attention_max_distance,
-    )
+    # every distance memory - query is clamped into [-(n-1), n-1]: the buckets of those 2n-1 values, then look them up
+    buckets = _distance_buckets(
+        n, not stack.is_decoder, attn0.relative_attention_num_buckets, attn0.relative_attention_max_distance,
+        state.pos.device,
+    )  # fmt: skip
     values = attn0.relative_attention_bias.weight[buckets].t().contiguous()  # (H, 2n-1)
     rowwise = state.pos.device.type == "cpu"
     if not merged:  # positions 0..T-1: the (1, H, T, T) bias compute_bias gives, from 2n-1 buckets, not T*T
@@ -165,6 +163,19 @@ def _relative_bias(stack: T5Stack, state: MergeState, merged: bool, extra: torch
     # table index of every (query, key) distance, exact in float32 (|distance| < 2^24), then int32
     rel = (state.pos[:, None, :] - state.pos[:, :, None]).round_().clamp_(-(n - 1), n - 1).add_(n - 1)
     return _lookup_bias(values, rel.to(torch.int32), extra, rowwise=rowwise)
+
+
+@functools.lru_cache(maxsize=64)
+def _distance_buckets(
+    n: int, bidirectional: bool, num_buckets: int, max_distance: int, device: torch.device
+) -> torch.Tensor:
+    """(2n-1,) long: T5's bucket of every distance -(n-1) .. n-1. Shapes and config only, so built once per length
+    (every merged layer of every forward asks again); outside inference mode, so that training can use it too."""
+    with torch.inference_mode(False):
+        dist = torch.arange(-(n - 1), n, device=device)
+        return T5Attention._relative_position_bucket(
+            dist, bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance
+        )
 
 
 def _lookup_bias(values: torch.Tensor, rel: torch.Tensor, extra: torch.Tensor | None, *, rowwise: bool) -> torch.Tensor:
