@@ -44,7 +44,7 @@ from transformers.generation.logits_process import (
 )
 
 from .config import MergeConfig
-from .patches.base import AUX_ATTR, PatchRecord, find_record, restore
+from .patches.base import AUX_ATTR, PatchRecord, find_record, restore, unhooked
 
 __all__ = ["fast_sampling", "sample_tokens", "sample_top_k", "FAMILY"]
 
@@ -156,10 +156,22 @@ def sample_tokens(
         cross_kv.append((k_t, v))
     rows = n_b * s
     # self-attention cache, (B, S, H, T, d_kv) so that a step shared by the S samples can write all of them
-    # (never read before written: position t is filled before a step reads positions <= t)
-    cache_k = [memory.new_empty(n_b, s, heads, t_len, d_kv) for _ in dec.block]
-    cache_v = [memory.new_empty(n_b, s, heads, t_len, d_kv) for _ in dec.block]
+    # (never read before written: position t is filled before a step reads positions <= t).
+    # float32 steps read the filled positions <= t. CPU products in reduced precision copy a cache sliced that way
+    # (a third of a bfloat16 forecast), so there a step reads the whole of a contiguous cache whose capacity grows
+    # 16, 32, 64, ... with t, zero-initialised, the positions after t masked out (-inf bias: zero weight).
+    full = dtype != torch.float32
+    cap = min(t_len, 16) if full else t_len
+    new_cache = memory.new_zeros if full else memory.new_empty
+    cache_k = [new_cache(n_b, s, heads, cap, d_kv) for _ in dec.block]
+    cache_v = [new_cache(n_b, s, heads, cap, d_kv) for _ in dec.block]
     self_bias = dec.block[0].layer[0].SelfAttention.compute_bias(t_len, t_len, device=memory.device).to(dtype)
+    if full:
+        future = torch.ones(t_len, t_len, dtype=torch.bool, device=memory.device).triu(1)
+        self_bias = self_bias.masked_fill(future, float("-inf"))
+    # top-k path: one product for q, k and v where they are plain bias-free linear layers without hooks (the
+    # exact path calls each module, so that its arithmetic is stock's)
+    qkv = None if exact else [_stacked_weight(b.layer[0].SelfAttention) for b in dec.block]
     seq = torch.empty(rows, t_len + 1, dtype=torch.long, device=memory.device)  # start token + sampled tokens
     seq[:, 0] = cfg.decoder_start_token_id
     scale = cfg.d_model**-0.5 if getattr(cfg, "scale_decoder_outputs", False) else None
@@ -172,13 +184,17 @@ def sample_tokens(
             sa = block.layer[0]
             att = sa.SelfAttention
             h = sa.layer_norm(x)
-            # the modules themselves (not their weights), so that adapters and hooks on them keep working
-            cache_k[i][:, :, :, t] = att.k(h).view(n_b, s_step, heads, d_kv)  # s_step 1: broadcast to all S
-            cache_v[i][:, :, :, t] = att.v(h).view(n_b, s_step, heads, d_kv)
-            keys = cache_k[i][:, :s_step, :, : t + 1].reshape(n, heads, t + 1, d_kv)
-            values = cache_v[i][:, :s_step, :, : t + 1].reshape(n, heads, t + 1, d_kv)
-            q = att.q(h).view(n, heads, 1, d_kv)
-            scores = q @ keys.transpose(-1, -2) + self_bias[:, :, t : t + 1, : t + 1]
+            if qkv is not None and qkv[i] is not None:
+                q, k, v = nn.functional.linear(h, qkv[i]).chunk(3, dim=-1)
+            else:  # the modules themselves (not their weights), so that adapters and hooks on them keep working
+                q, k, v = att.q(h), att.k(h), att.v(h)
+            cache_k[i][:, :, :, t] = k.view(n_b, s_step, heads, d_kv)  # s_step 1: broadcast to all S
+            cache_v[i][:, :, :, t] = v.view(n_b, s_step, heads, d_kv)
+            span = cache_k[i].shape[3] if full else t + 1
+            keys = cache_k[i][:, :s_step, :, :span].reshape(n, heads, span, d_kv)
+            values = cache_v[i][:, :s_step, :, :span].reshape(n, heads, span, d_kv)
+            q = q.reshape(n, heads, 1, d_kv)
+            scores = q @ keys.transpose(-1, -2) + self_bias[:, :, t : t + 1, :span]
             a = torch.softmax(scores.float(), dim=-1).to(dtype) @ values  # (n, H, 1, d_kv)
             x = x + att.o(a.reshape(n, 1, heads * d_kv))
             ca = block.layer[1]
@@ -200,6 +216,10 @@ def sample_tokens(
     top_k_only = not exact and top_k is not None and top_k > 0
     tokens = seq[:, 0]
     for t in range(t_len):
+        if t >= cache_k[0].shape[3]:  # a full reduced-precision cache: twice the capacity
+            grown = min(2 * cache_k[0].shape[3], t_len)
+            cache_k = [_grow(c, grown) for c in cache_k]
+            cache_v = [_grow(c, grown) for c in cache_v]
         if t == 0 and not exact:
             # the first step sees only the start token, the same for the S samples of a series: run it once per
             # series (not bitwise the numbers of S rows for every batch size, hence not on the exact path)
@@ -213,6 +233,21 @@ def sample_tokens(
             tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
         seq[:, t + 1] = tokens
     return seq[:, 1:].reshape(n_b, s, t_len)
+
+
+def _stacked_weight(att: nn.Module) -> torch.Tensor | None:
+    """(3·H·d_kv, C) q, k and v weights stacked, when the three are plain bias-free ``nn.Linear`` layers without hooks
+    (so that one product gives what the three calls would); None otherwise (adapters, hooks, quantized layers)."""
+    mods = [att.q, att.k, att.v]
+    plain = all(type(m) is nn.Linear and m.bias is None and unhooked(m) for m in mods)
+    return torch.cat([m.weight for m in mods]) if plain else None
+
+
+def _grow(cache: torch.Tensor, capacity: int) -> torch.Tensor:
+    """A (B, S, H, T, d) cache copied into a zero-filled one of ``capacity`` positions."""
+    out = cache.new_zeros(*cache.shape[:3], capacity, cache.shape[4])
+    out[:, :, :, : cache.shape[3]] = cache
+    return out
 
 
 def _fast_forward(self: ChronosModel, input_ids, attention_mask, prediction_length=None, num_samples=None,

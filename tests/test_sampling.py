@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mergeplug
-from mergeplug.models import chronos_bolt, chronos_t5
+from mergeplug.models import chronos_bolt, chronos_t5, t5_config
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +122,50 @@ def test_top_k_sampler_end_to_end(pipe):
         mergeplug.remove(pipe)
 
 
+def test_top_k_sampler_in_bfloat16_keeps_greedy_tokens_and_user_hooks():
+    """bfloat16 top-k path (q, k, v in one product; the whole cache capacity read, later positions masked, the cache
+    grown 16 -> 32 -> 40 here): greedy decoding gives stock's tokens, merged or not; a hook on a projection makes the
+    step call that module again."""
+    pipe = chronos_t5("test", prediction_length=40, num_samples=6)
+    pipe.model.to(torch.bfloat16)
+    for merge in (None, {"k": 1, "ratio": 0.3}):
+        mergeplug.remove(pipe)
+        if merge:
+            mergeplug.apply(pipe, **merge)
+        greedy = _predict(pipe, top_k=1, prediction_length=40)
+        mergeplug.fast_sampling(pipe, exact=False)
+        assert torch.equal(_predict(pipe, top_k=1, prediction_length=40), greedy)
+    # every step's logits are those of stock T5 run on the sampled paths (teacher forcing), to bfloat16 rounding:
+    # a future position left unmasked in the cache capacity moves them by about the logits' own scale
+    from mergeplug.sampling import sample_tokens
+
+    mergeplug.remove(pipe)
+    model, steps = pipe.model.model, []
+    ids, mask, _ = pipe.tokenizer.context_input_transform(_ctx())
+    hook = model.lm_head.register_forward_hook(lambda m, a, out: steps.append(out[:, 0].float()))
+    with torch.inference_mode():
+        paths = sample_tokens(model, ids, mask, prediction_length=40, num_samples=2, top_k=1, exact=False)
+        hook.remove()
+        start = torch.zeros(6, 1, dtype=torch.long)  # decoder_start_token_id
+        ref = model(
+            input_ids=ids.repeat_interleave(2, 0), attention_mask=mask.repeat_interleave(2, 0),
+            decoder_input_ids=torch.cat([start, paths.reshape(6, 40)[:, :-1]], 1),
+        ).logits.float()  # fmt: skip
+    got = torch.stack([x.repeat_interleave(6 // x.shape[0], 0) for x in steps], 1)  # step 0 ran once per series
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got, ref, atol=0.02 * float(ref.abs().max()), rtol=0)
+    calls = []
+    greedy = _predict(pipe, top_k=1, prediction_length=40)
+    mergeplug.fast_sampling(pipe, exact=False)
+    q = pipe.model.model.decoder.block[0].layer[0].SelfAttention.q
+    handle = q.register_forward_hook(lambda m, a, out: calls.append(out.shape))
+    try:
+        assert torch.equal(_predict(pipe, top_k=1, prediction_length=40), greedy)
+    finally:
+        handle.remove()
+    assert len(calls) == 40  # every step called the hooked module
+
+
 def test_sampling_benchmark_runs_every_setting():
     from mergeplug.bench_sampling import format_table, run
 
@@ -154,7 +198,13 @@ def test_sampling_benchmark_reduced_precision_rows():
     assert list(by) == ["stock", "fast, top-k sampler", "fast, top-k sampler + k=1, 30%",
                         "bfloat16: fast, top-k sampler", "bfloat16: fast, top-k sampler + k=1, 30%"]  # fmt: skip
     assert by["bfloat16: fast, top-k sampler"]["dtype"] == "bfloat16" and by["stock"]["dtype"] == "float32"
-    assert by["bfloat16: fast, top-k sampler"]["macs"] == by["fast, top-k sampler"]["macs"]
+    # the same products, except that a bfloat16 step attends over its whole cache capacity (16 positions here, the
+    # horizon 8 at most), the positions after t masked out: exactly those extra q.k and weight.v products
+    cfg = t5_config("test")
+    b, s, horizon = 2, 3, 8
+    masked = sum((b if t == 0 else b * s) * (min(horizon, 16) - (t + 1)) for t in range(horizon))
+    extra = 2 * cfg.num_decoder_layers * cfg.num_heads * cfg.d_kv * masked
+    assert by["bfloat16: fast, top-k sampler"]["macs"] == by["fast, top-k sampler"]["macs"] + extra
     assert by["bfloat16: fast, top-k sampler + k=1, 30%"]["macs"] < by["bfloat16: fast, top-k sampler"]["macs"]
 
 

@@ -29,7 +29,7 @@ AUX_ATTR = "_mergeplug_aux_record"  # auxiliary patches live beside the merging 
 
 __all__ = [
     "Family", "PatchRecord", "PatchHints", "Scratch", "RECORD_ATTR", "register", "families", "find_family",
-    "find_record", "record_of", "swap_class", "restore", "hook_keys", "call_capturing_keys", "merge_inputs",
+    "find_record", "record_of", "swap_class", "restore", "hook_keys", "unhooked", "call_capturing_keys", "merge_inputs",
 ]  # fmt: skip
 
 T = TypeVar("T")
@@ -279,9 +279,19 @@ def hook_keys(record: PatchRecord, projections: Iterable[nn.Module]) -> None:
         if record.scratch.capture:
             record.scratch.keys = output
 
+    grab.mergeplug_key_capture = True  # type: ignore[attr-defined]  # see unhooked()
     for proj in projections:
         record.hooks.append(proj.register_forward_hook(grab))
         mark(proj, record)
+
+
+def unhooked(module: nn.Module) -> bool:
+    """Does calling ``module`` do nothing besides its own ``forward``? No pre-hooks, and no forward hooks other than
+    :func:`hook_keys`' (which record only inside :func:`call_capturing_keys`); no global module hooks."""
+    glob = nn.modules.module
+    if module._forward_pre_hooks or glob._global_forward_pre_hooks or glob._global_forward_hooks:
+        return False
+    return all(getattr(h, "mergeplug_key_capture", False) for h in module._forward_hooks.values())
 
 
 def call_capturing_keys(
