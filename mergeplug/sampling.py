@@ -157,10 +157,10 @@ def sample_tokens(
     rows = n_b * s
     # self-attention cache, (B, S, H, T, d_kv) so that a step shared by the S samples can write all of them
     # (never read before written: position t is filled before a step reads positions <= t).
-    # float32 steps read the filled positions <= t. CPU products in reduced precision copy a cache sliced that way
+    # float32 / float64 steps read the filled positions <= t. CPU products in reduced precision copy a cache sliced so
     # (a third of a bfloat16 forecast), so there a step reads the whole of a contiguous cache whose capacity grows
     # 16, 32, 64, ... with t, zero-initialised, the positions after t masked out (-inf bias: zero weight).
-    full = dtype != torch.float32
+    full = dtype in (torch.bfloat16, torch.float16)
     cap = min(t_len, 16) if full else t_len
     new_cache = memory.new_zeros if full else memory.new_empty
     cache_k = [new_cache(n_b, s, heads, cap, d_kv) for _ in dec.block]

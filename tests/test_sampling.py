@@ -122,12 +122,13 @@ def test_top_k_sampler_end_to_end(pipe):
         mergeplug.remove(pipe)
 
 
-def test_top_k_sampler_in_bfloat16_keeps_greedy_tokens_and_user_hooks():
-    """bfloat16 top-k path (q, k, v in one product; the whole cache capacity read, later positions masked, the cache
-    grown 16 -> 32 -> 40 here): greedy decoding gives stock's tokens, merged or not; a hook on a projection makes the
-    step call that module again."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_top_k_sampler_in_reduced_precision_keeps_greedy_tokens_and_user_hooks(dtype):
+    """Reduced-precision top-k path (q, k, v in one product; the whole cache capacity read, later positions masked, the
+    cache grown 16 -> 32 -> 40 here): greedy decoding gives stock's tokens, merged or not; a hook on a projection
+    makes the step call that module again."""
     pipe = chronos_t5("test", prediction_length=40, num_samples=6)
-    pipe.model.to(torch.bfloat16)
+    pipe.model.to(dtype)
     for merge in (None, {"k": 1, "ratio": 0.3}):
         mergeplug.remove(pipe)
         if merge:
