@@ -171,7 +171,7 @@ def sample_tokens(
         self_bias = self_bias.masked_fill(future, float("-inf"))
     # top-k path: one product for q, k and v where they are plain bias-free linear layers without hooks (the
     # exact path calls each module, so that its arithmetic is stock's)
-    qkv = None if exact else [_stacked_weight(b.layer[0].SelfAttention) for b in dec.block]
+    qkv = [None if exact else _stacked_weight(b.layer[0].SelfAttention) for b in dec.block]
     seq = torch.empty(rows, t_len + 1, dtype=torch.long, device=memory.device)  # start token + sampled tokens
     seq[:, 0] = cfg.decoder_start_token_id
     scale = cfg.d_model**-0.5 if getattr(cfg, "scale_decoder_outputs", False) else None
@@ -184,7 +184,7 @@ def sample_tokens(
             sa = block.layer[0]
             att = sa.SelfAttention
             h = sa.layer_norm(x)
-            if qkv is not None and qkv[i] is not None:
+            if qkv[i] is not None:
                 q, k, v = nn.functional.linear(h, qkv[i]).chunk(3, dim=-1)
             else:  # the modules themselves (not their weights), so that adapters and hooks on them keep working
                 q, k, v = att.q(h), att.k(h), att.v(h)
