@@ -1,14 +1,15 @@
 """Speed benchmark: merged vs unmerged Chronos, in one process, interleaved, medians.
 
-``mergeplug-bench`` builds a Chronos-T5 (or Chronos-Bolt) model from a config with the published dimensions
-(random weights: this measures speed, not accuracy), then times ``predict`` end to end and the encoder alone
-(``embed``) for the unmerged model and for merge settings that remove a given fraction of encoder tokens by
-the last layer, with local (k=1) and global matching. Each repetition runs every setting once, in turn, so
-machine noise hits all settings alike; the table reports medians. It also reports how far the merged outputs
-move from the unmerged ones (relative L2 of the embeddings, and of the forecast; with random weights
-these only show how much merging perturbs the model, not forecast accuracy). "output rel. diff" is the relative
-L2 difference of the first decoding step's logits (Chronos-T5; random-weight models put all probability on one
-token, so sampled paths would hide the change) or of the quantile forecasts (Chronos-Bolt).
+``mergeplug-bench`` builds a Chronos-T5 (or Chronos-Bolt) model from a config with the published dimensions (random
+weights: this measures speed, not accuracy), then times ``predict`` end to end and the encoder alone (``embed``) for
+the unmerged model and for merge settings that remove a given fraction of encoder tokens by the last layer, with
+local (k=1) and global matching. Timing is :func:`mergeplug.timing.paired_speedups` (warm-up, paired interleaved
+rounds against the unmerged model, at least ``reps``), so machine noise hits all settings alike; the table reports
+each speed-up with its 95% interval, or "no measurable change". It also reports how far the merged outputs move from
+the unmerged ones (relative L2 of the embeddings, and of the forecast; with random weights these only show how much
+merging perturbs the model, not forecast accuracy). "output rel. diff" is the relative L2 difference of the first
+decoding step's logits (Chronos-T5; random-weight models put all probability on one token, so sampled paths would
+hide the change) or of the quantile forecasts (Chronos-Bolt).
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from .config import SCHEDULES, schedule_for_reduction
 from .cost import profile
 from .models import SIZES, chronos_bolt, chronos_t5
 from .patches.base import RECORD_ATTR
+from .timing import paired_speedups, speed_cell
 
 __all__ = ["Setting", "run", "main"]
 
@@ -53,8 +53,8 @@ class Setting:
     schedule: str = "constant"
     label: str = ""
     kwargs: dict[str, Any] = field(default_factory=dict)
-    predict_s: list[float] = field(default_factory=list)
-    embed_s: list[float] = field(default_factory=list)
+    predict_speed: dict[str, Any] = field(default_factory=dict)
+    embed_speed: dict[str, Any] = field(default_factory=dict)
     tokens_out: int = 0
     embed_macs: int = 0
     predict_macs: int = 0
@@ -76,12 +76,6 @@ def synthetic_context(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     return torch.tensor(np.stack(rows), dtype=torch.float32)
 
 
-def _timed(fn) -> tuple[float, Any]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
-
-
 def run(
     family: str = "t5",
     size: str = "small",
@@ -92,13 +86,15 @@ def run(
     reductions: tuple[float, ...] = (0.5, 0.75, 0.9),
     ks: tuple[int | None, ...] = (1, None),
     schedules: tuple[str, ...] = ("constant",),
-    reps: int = 3,
+    reps: int = 6,
     seed: int = 0,
     progress: bool = True,
     encoder_only: bool = False,
     safe: bool = True,
+    min_time: float = 0.2,
+    time_budget: float = 120.0,
 ) -> dict[str, Any]:
-    """Run the benchmark and return a JSON-serialisable result (settings with per-repetition timings).
+    """Run the benchmark and return a JSON-serialisable result (settings with their speed-ups and intervals).
 
     ``safe``: the forecast-safe defaults (protected recent tokens, token floor, seasonal twins), as
     ``mergeplug.apply`` has them; ``False``: plain merging, so the token reductions are met exactly where they can be.
@@ -154,12 +150,16 @@ def run(
             s.embed_macs = profile(pipe, run=lambda: pipe.embed(ctx), storage=False).macs
             if not encoder_only:
                 s.predict_macs = profile(pipe, run=predict, storage=False).macs
-        for _ in tqdm(range(reps), desc="repetitions", disable=not progress):
+        by_label = {s.label: s for s in settings}
+        parts = [("embed", lambda: pipe.embed(ctx))] + ([] if encoder_only else [("predict", predict)])
+        for part, fn in parts:
+            speeds = paired_speedups(
+                {s.label: fn for s in settings}, setup=lambda label: configure(by_label[label]), min_time=min_time,
+                min_rounds=reps, max_rounds=max(reps, 40), budget_s=time_budget, progress=progress,
+                desc=f"timing {part}",
+            )  # fmt: skip
             for s in settings:
-                configure(s)
-                s.embed_s.append(_timed(lambda: pipe.embed(ctx))[0])
-                if not encoder_only:
-                    s.predict_s.append(_timed(predict)[0])
+                setattr(s, f"{part}_speed", speeds[s.label].fields())
     remove(pipe)
     return {
         "family": family,
@@ -201,26 +201,29 @@ def _tokens_after_encoder(pipe, family: str, ctx: torch.Tensor, n_tokens: int) -
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """Markdown table of medians and speed-ups vs the unmerged model (predict columns only if timed), each speed-up
-    beside its MACs ratio (unmerged multiply-accumulates / these) and the efficiency = speed-up / MACs ratio (1.0:
-    merging saves exactly the time its arithmetic saving predicts)."""
+    """Markdown table of times and speed-ups vs the unmerged model with their 95% intervals (predict columns only if
+    timed), each speed-up beside its MACs ratio (unmerged multiply-accumulates / these) and the efficiency =
+    speed-up / MACs ratio (1.0: merging saves exactly the time its arithmetic saving predicts; shown only for a
+    measurable speed-up)."""
     rows = result["settings"]
-    timed_predict = bool(rows[0]["predict_s"])
+    timed_predict = bool(rows[0]["predict_speed"])
     head = ["setting", "encoder tokens out"]
     parts = (["predict"] if timed_predict else []) + ["embed"]
     for part in parts:
-        head += [f"{part} s", f"{part} speed-up", f"{part} MACs ratio", f"{part} efficiency"]
+        head += [f"{part} s", f"{part} speed-up [95% interval]", f"{part} MACs ratio", f"{part} efficiency"]
     head += ["embed rel. diff", "output rel. diff"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for s in rows:
+    for i, s in enumerate(rows):
         cells = [s["label"], str(s["tokens_out"])]
         for part in parts:
-            t = statistics.median(s[f"{part}_s"])
-            speedup = statistics.median(rows[0][f"{part}_s"]) / t
+            speed = s[f"{part}_speed"]
             macs, ref = s.get(f"{part}_macs", 0), rows[0].get(f"{part}_macs", 0)
             ratio = ref / macs if macs and ref else float("nan")
-            cells += [f"{t:.4f}" if part == "embed" else f"{t:.3f}", f"{speedup:.2f}x", f"{ratio:.2f}x"]
-            cells.append(f"{speedup / ratio:.2f}" if math.isfinite(ratio) else "-")
+            t = speed["time_s"]
+            cells += [f"{t:.4f}" if part == "embed" else f"{t:.3f}", "reference" if i == 0 else speed_cell(speed)]
+            cells.append(f"{ratio:.2f}x")
+            measurable = i > 0 and speed["speed_verdict"] != "no measurable change" and math.isfinite(ratio)
+            cells.append(f"{speed['speedup'] / ratio:.2f}" if measurable else "-")
         cells += [f"{s['embed_rel_err']:.3f}", f"{s['output_diff']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -306,7 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=("constant",),
         help="comma-separated: " + ", ".join(SCHEDULES) + " (see schedule_for_reduction)",
     )
-    p.add_argument("--reps", type=_at_least(1), default=3, help="interleaved repetitions (median reported), >= 1")
+    p.add_argument(
+        "--reps", type=_at_least(1), default=6,
+        help="paired timing rounds at least (6 give a 95%% interval; more run until it is within +-5%%)",
+    )  # fmt: skip
+    p.add_argument(
+        "--time-budget", type=number(float, 0), default=120.0, help="seconds of timing per part at most (default 120)"
+    )
     p.add_argument("--threads", type=_at_least(1), default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     p.add_argument("--encoder-only", action="store_true", help="time only the encoder (embed), not predict")
@@ -362,12 +371,14 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.no_progress,
         encoder_only=args.encoder_only,
         safe=not args.plain,
+        time_budget=args.time_budget,
     )
     header = (
         f"Chronos-{args.family.upper() if args.family == 't5' else 'Bolt'} '{args.size}' dims {result['dims']}, "
         f"random weights, batch {args.batch}, context {context}, horizon {args.horizon}"
         + (f", {args.samples} samples" if args.family == "t5" else "")
-        + f", float32, {result['threads']} threads, torch {result['torch']}, median of {args.reps} interleaved runs, "
+        + f", float32, {result['threads']} threads, torch {result['torch']}, "
+        + f"paired interleaved rounds (>= {args.reps}), "
         + ("plain merging (safe=False)" if args.plain else "forecast-safe merging (the defaults)")
     )
     print(header)
@@ -376,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"header": header, **result}, indent=1))
         print(f"wrote {args.out}")
-    times = [x for s in result["settings"] for x in s["predict_s"] + s["embed_s"]]
+    times = [p["time_s"] for s in result["settings"] for p in (s["predict_speed"], s["embed_speed"]) if p]
     return 0 if all(math.isfinite(x) for x in times) else 1
 
 

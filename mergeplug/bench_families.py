@@ -1,10 +1,10 @@
 """Merged vs unmerged forward time for every supported family, at a realistic size and a long context.
 
 ``python -m mergeplug.bench_families`` builds each model from a config (random weights: speed only), then uses
-:func:`mergeplug.cost.compare` (warm-up, interleaved repetitions, medians) for the unmerged model and two merge
-settings that remove 75% of the tokens by the last layer, local (k=1) and global, and reports the MACs ratio,
-the measured speed-up, the efficiency (speed-up / MACs ratio), the tokens at the last layer and the relative L2
-change of the output.
+:func:`mergeplug.cost.compare` (:mod:`mergeplug.timing`: warm-up, paired interleaved rounds, speed-up with its 95%
+interval) for the unmerged model and two merge settings that remove 75% of the tokens by the last layer, local (k=1)
+and global, and reports the MACs ratio, the measured speed-up, the efficiency (speed-up / MACs ratio), the tokens at
+the last layer and the relative L2 change of the output.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from . import apply, decoder_token_counts, remove
 from ._cli import quiet_third_party
 from .config import schedule_for_reduction
 from .cost import compare
+from .timing import speed_cell
 
 __all__ = ["CASES", "run", "main"]
 
@@ -179,21 +180,25 @@ def run(
                 r["token_counts"] = dec_counts.get(r["label"])
             rows.append(
                 {"family": name, "context": context, "device": str(dev), "dtype": str(dtype).removeprefix("torch."),
-                 **r, "efficiency": r["speedup"] / r["macs_ratio"], "output_rel_diff": diffs.get(r["label"], 0.0)}
+                 **r, "efficiency": r["speedup"] / r["macs_ratio"] if "speedup" in r else None,
+                 "output_rel_diff": diffs.get(r["label"], 0.0)}
             )  # fmt: skip
     return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        f"{'family':<54}{'setting':<14}{'MACs ratio':>11}{'time s':>9}{'speed-up':>10}{'effic.':>8}{'tokens':>8}"
-        f"{'rel diff':>10}"
+        f"{'family':<54}{'setting':<14}{'MACs ratio':>11}{'time s':>9}  {'speed-up [95% interval]':<28}{'effic.':>8}"
+        f"{'tokens':>8}{'rel diff':>10}"
     ]
     for r in rows:
         last = r["token_counts"][-1] if r.get("token_counts") else "-"
+        speed = "reference" if r["label"] == "unmerged" else speed_cell(r)
+        time_s = f"{r['time_s']:>9.3f}" if "time_s" in r else f"{'':>9}"
+        eff = f"{r['efficiency']:>8.2f}" if r.get("efficiency") is not None else f"{'':>8}"
         lines.append(
-            f"{r['family']:<54}{r['label']:<14}{r['macs_ratio']:>10.2f}x{r['time_s']:>9.3f}{r['speedup']:>9.2f}x"
-            f"{r['efficiency']:>8.2f}{last!s:>8}{r['output_rel_diff']:>10.2e}"
+            f"{r['family']:<54}{r['label']:<14}{r['macs_ratio']:>10.2f}x{time_s}  {speed:<28}{eff}"
+            f"{last!s:>8}{r['output_rel_diff']:>10.2e}"
         )
     return "\n".join(lines)
 
@@ -202,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_third_party()
     p = argparse.ArgumentParser(prog="python -m mergeplug.bench_families", description=__doc__.split("\n\n")[0])
     p.add_argument("--context", type=int, default=2048)
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=6, help="paired timing rounds at least (6 give a 95%% interval)")
     p.add_argument("--cases", nargs="*", default=None, help="substrings of the family names to run")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])

@@ -2,11 +2,12 @@
 
 ``python -m mergeplug.bench_overhead`` (``make bench-overhead``) builds Chronos-T5 and Chronos-Bolt from configs
 with the published dimensions (random weights: speed only) and, for every size, batch and thread count asked for,
-times the encoder (``pipe.embed``) unmerged and merged with :func:`mergeplug.cost.compare` (a warm-up per setting,
-interleaved repetitions, medians, in one process). Every row shows the MACs ratio (unmerged multiply-accumulates
-over merged ones, counted on the calls that really run, the matching included), the measured speed-up and the
-**efficiency** = speed-up / MACs ratio: 1.0 means merging saves exactly the time its arithmetic saving predicts;
-the target is at least 0.9 (at most 10% of the saving lost to the merge machinery).
+times the encoder (``pipe.embed``) unmerged and merged with :func:`mergeplug.cost.compare` (the shared timer,
+:mod:`mergeplug.timing`: warm-up, paired interleaved rounds, 95% intervals, in one process). Every row shows the
+MACs ratio (unmerged multiply-accumulates over merged ones, counted on the calls that really run, the matching
+included), the measured speed-up and the **efficiency** = speed-up / MACs ratio: 1.0 means merging saves exactly the
+time its arithmetic saving predicts; the target is at least 0.9 (at most 10% of the saving lost to the merge
+machinery).
 
 The second table times one merge step alone (:func:`mergeplug.merge.merge_layer`: similarity on the band,
 choice, the size-weighted merge and the state update) at T = 512 ... 16,384 tokens, local (k=1) and global:
@@ -31,6 +32,7 @@ from .config import MergeConfig, schedule_for_reduction
 from .cost import compare
 from .merge import MergeState, merge_layer
 from .models import SIZES, chronos_bolt, chronos_t5
+from .timing import speed_cell
 
 __all__ = ["TARGET", "run_models", "run_merge_step", "format_models", "format_merge_step", "main"]
 
@@ -101,7 +103,8 @@ def run_models(
                             "family": family, "size": size, "batch": batch, "threads": n_threads,
                             "reduction": reduction, "context": context, "tokens": m["token_counts"],
                             "time_unmerged_s": ref["time_s"], "time_merged_s": m["time_s"],
-                            "macs_ratio": m["macs_ratio"], "speedup": m["speedup"],
+                            "macs_ratio": m["macs_ratio"], "speedup": m["speedup"], "speedup_low": m["speedup_low"],
+                            "speedup_high": m["speedup_high"], "speed_verdict": m["speed_verdict"],
                             "efficiency": m["speedup"] / m["macs_ratio"],
                         }  # fmt: skip
                         rows.append(row)
@@ -160,7 +163,7 @@ def format_models(rows: list[dict[str, Any]]) -> str:
         mark = "" if r["efficiency"] >= TARGET else " (below 0.9)"
         lines.append(
             f"| {name} | {r['size']} | {r['batch']} | {r['threads']} | {r['tokens'][0]} -> {r['tokens'][-1]} | "
-            f"{r['time_unmerged_s']:.4f} | {r['time_merged_s']:.4f} | {r['macs_ratio']:.2f}x | {r['speedup']:.2f}x | "
+            f"{r['time_unmerged_s']:.4f} | {r['time_merged_s']:.4f} | {r['macs_ratio']:.2f}x | {speed_cell(r)} | "
             f"{r['efficiency']:.2f}{mark} |"
         )
     return "\n".join(lines)

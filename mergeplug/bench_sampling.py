@@ -1,8 +1,9 @@
 """Chronos-T5 sampling benchmark: stock ``generate`` vs the fast path vs the fast path + token merging.
 
 ``python -m mergeplug.bench_sampling`` builds Chronos-T5 with the published dimensions (random weights: speed
-only), then times ``pipe.predict`` (context 512, horizon 64, 20 samples, float32) for each batch size: a
-warm-up per setting, then ``--reps`` repetitions that run every setting once in turn (interleaved), medians.
+only), then times ``pipe.predict`` (context 512, horizon 64, 20 samples, float32) for each batch size with
+:func:`mergeplug.timing.paired_speedups` (warm-up, at least ``--reps`` paired interleaved rounds against stock, the
+speed-up with its 95% interval).
 It also reports the peak resident memory above the starting level of each setting's calls, and checks that the
 fast path gives the same samples as stock for the same seed. "top-k sampler" rows use ``fast_sampling(pipe,
 exact=False)`` (same distribution, other samples).
@@ -18,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from .config import schedule_for_reduction
 from .cost import profile
 from .eval.run import MergeSetting, PeakMemory, apply_setting
 from .models import chronos_t5, t5_config
+from .timing import paired_speedups, speed_cell
 
 __all__ = ["run", "main", "select_settings", "gemm_rate", "model_shapes"]
 
@@ -99,14 +101,15 @@ def run(
     context: int = 512,
     horizon: int = 64,
     samples: int = 20,
-    reps: int = 3,
+    reps: int = 6,
     merges: dict[str, dict[str, Any]] | None = None,
     dtypes: tuple[str, ...] = (),
     only: tuple[str, ...] = (),
+    time_budget: float = 300.0,
 ) -> list[dict[str, Any]]:
-    """One row per (batch, setting): median seconds, speed-up vs stock, peak memory, same samples as stock, MACs
-    and the bound (``floor_s`` = MACs at the best measured matrix-product rate, ``bound_speedup`` = stock / floor:
-    the speed-up if every multiply-accumulate ran at that rate).
+    """One row per (batch, setting): median seconds, speed-up vs stock with its 95% interval, peak memory, same
+    samples as stock, MACs and the bound (``floor_s`` = MACs at the best measured matrix-product rate,
+    ``bound_speedup`` = stock / floor: the speed-up if every multiply-accumulate ran at that rate).
 
     ``merges``: label -> ``mergeplug.apply`` arguments for the "fast + merging" rows (default: k=1 removing 75%
     of the encoder tokens with a constant schedule, and 90% with the front-input schedule; plain merging, so those
@@ -130,7 +133,6 @@ def run(
             with torch.inference_mode():
                 return pipes[dtype_of[st.label]].predict(ctx, prediction_length=horizon, num_samples=samples)
 
-        times: dict[str, list[float]] = {st.label: [] for st in settings}
         mem: dict[str, float] = {}
         macs: dict[str, int] = {}
         outs: dict[str, torch.Tensor] = {}
@@ -142,32 +144,32 @@ def run(
             mem[st.label] = pm.extra_mb
             macs[st.label] = profile(pipe, run=lambda st=st: predict(st), storage=False).macs
         rate = gemm_rate(model_shapes(pipes["float32"].model.model.config, batch, samples, context))
-        for _ in range(reps):
-            for st in settings:
-                apply_setting(pipes[dtype_of[st.label]], st)
-                start = time.perf_counter()
-                predict(st)
-                times[st.label].append(time.perf_counter() - start)
+        by_label = {st.label: st for st in settings}
+        speeds = paired_speedups(
+            {st.label: partial(predict, st) for st in settings},
+            setup=lambda label, by_label=by_label: apply_setting(pipes[dtype_of[label]], by_label[label]),
+            min_rounds=reps,
+            max_rounds=max(reps, 40), budget_s=time_budget,
+        )  # fmt: skip
         for pipe in pipes.values():
             remove(pipe)
-        ref = statistics.median(times["stock"])
+        ref = speeds["stock"].reference_s
         for st in settings:
             label = st.label
-            t = statistics.median(times[label])
+            speed = speeds[label]
             floor = macs[label] / (rate * 1e9)
             rows.append(
                 {
                     "batch": batch,
                     "setting": label,
                     "dtype": dtype_of[label],
-                    "time_s": t,
-                    "speedup": ref / t,
+                    **speed.fields(),
                     "peak_mem_mb": mem[label],
                     "same_samples_as_stock": bool(torch.equal(outs[label], outs["stock"])) if label == "fast" else None,
                     "merge": st.kwargs or None,
                     "macs": macs[label],
                     "macs_ratio": macs["stock"] / macs[label],
-                    "efficiency": ref / t / (macs["stock"] / macs[label]),
+                    "efficiency": speed.speedup / (macs["stock"] / macs[label]),
                     "gemm_gmacs": rate,
                     "floor_s": floor,
                     "bound_speedup": ref / floor,
@@ -179,13 +181,14 @@ def run(
 def format_table(rows: list[dict[str, Any]]) -> str:
     width = max([46, *(len(r["setting"]) + 2 for r in rows)])
     lines = [
-        f"{'batch':>5}  {'setting':<{width}}{'time s':>9}{'speed-up':>10}{'MACs ratio':>11}{'effic.':>8}{'peak MB':>9}"
-        f"{'GMAC':>8}{'floor s':>9}{'bound':>8}  same samples"
+        f"{'batch':>5}  {'setting':<{width}}{'time s':>9}  {'speed-up [95% interval]':<28}{'MACs ratio':>11}"
+        f"{'effic.':>8}{'peak MB':>9}{'GMAC':>8}{'floor s':>9}{'bound':>8}  same samples"
     ]
     for r in rows:
         same = "" if r["same_samples_as_stock"] is None else str(r["same_samples_as_stock"])
+        speed = "reference" if r["setting"] == "stock" else speed_cell(r)
         lines.append(
-            f"{r['batch']:>5}  {r['setting']:<{width}}{r['time_s']:>9.2f}{r['speedup']:>9.2f}x"
+            f"{r['batch']:>5}  {r['setting']:<{width}}{r['time_s']:>9.2f}  {speed:<28}"
             f"{r['macs_ratio']:>10.2f}x{r['efficiency']:>8.2f}{r['peak_mem_mb']:>9.0f}{r['macs'] / 1e9:>8.0f}"
             f"{r['floor_s']:>9.2f}{r['bound_speedup']:>7.2f}x  {same}"
         )
@@ -206,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context", type=int, default=512)
     p.add_argument("--horizon", type=int, default=64)
     p.add_argument("--samples", type=int, default=20)
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=6, help="paired timing rounds at least (6 give a 95%% interval)")
     p.add_argument("--out", default=None, help="also write the rows as JSON")
     p.add_argument(
         "--dtype",

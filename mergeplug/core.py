@@ -11,7 +11,10 @@ from .patches import find_family
 from .patches.base import PatchRecord, find_record, restore
 from .patches.t5 import DECODER_KEY, decoder_config
 
-__all__ = ["apply", "merge_decoder", "remove", "settings", "token_counts", "apply_kwargs", "unmerged", "APPLY_KEYS"]
+__all__ = [
+    "apply", "merge_decoder", "remove", "settings", "token_counts", "recording_token_counts", "apply_kwargs",
+    "unmerged", "APPLY_KEYS",
+]  # fmt: skip
 
 #: the ``apply`` arguments a :class:`MergeConfig` records (``decoder`` apart)
 APPLY_KEYS = (
@@ -68,11 +71,14 @@ def apply(
         min_similarity: merge only pairs at least this similar (cosine; -1: off; None: the family default).
 
     Applying to an already patched model replaces its settings; ``r=0`` (or ``ratio=0``) runs the original
-    code, so outputs are bitwise those of the unpatched model.
+    code, so outputs are bitwise those of the unpatched model. An amount is required: ``k`` alone says where tokens
+    may merge, not how many, and no single amount is safe for every model and context, so ``apply(model, k=1)``
+    without ``r`` / ``ratio`` / ``threshold`` / ``input_ratio`` (or ``decoder``) is refused rather than merging
+    nothing silently.
 
     Raises:
         TypeError: unsupported object (the message lists the supported families).
-        ValueError: invalid settings (the message gives the allowed range).
+        ValueError: invalid settings (the message gives the allowed range), or no amount given.
     """
     config = MergeConfig(
         k=k,
@@ -90,6 +96,13 @@ def apply(
     )
     family = find_family(obj)
     family.check(config)
+    if r is None and ratio is None and threshold is None and not input_ratio and decoder is None:
+        raise ValueError(
+            "mergeplug.apply needs an amount to merge: r=<tokens per layer>, ratio=<fraction of the tokens per "
+            "layer>, or **mergeplug.schedule_for_reduction(0.5, num_layers) (the fraction removed by the last "
+            "layer); mergeplug.tune(pipeline, series, prediction_length=...) finds one on your data. r=0 keeps the "
+            "model patched and bitwise unchanged."
+        )
     if protect_recent and not family.forecasting:
         raise ValueError(
             f"protect_recent applies to forecasting families (chronos-t5, chronos-bolt, chronos-2, patchtst, "
@@ -229,3 +242,33 @@ def token_counts(obj: Any) -> list[int] | None:
     """
     record = find_record(find_family(obj).modules(obj))
     return None if record is None else record.scratch.token_counts
+
+
+@contextmanager
+def recording_token_counts(obj: Any) -> Iterator[list[list[int]]]:
+    """Collect the token counts of every encoder forward of a patched ``obj`` run inside the block.
+
+    Yields a list that receives one entry per forward, as :func:`token_counts` gives it (a forward that ran the
+    original code because its series were too short records its constant counts); it stays empty while ``obj``
+    is not patched. The harness reads it to tell a setting that merged nothing on a dataset from one that did.
+    """
+    family = find_family(obj)
+    roots = family.modules(obj)
+    seen: list[list[int]] = []
+    if find_record(roots) is None:
+        yield seen
+        return
+
+    def after(*_: Any) -> None:
+        counts = token_counts(obj)
+        if counts is not None and (not seen or counts is not last[0]):
+            seen.append(list(counts))
+            last[0] = counts
+
+    last: list[Any] = [None]
+    handles = [root.register_forward_hook(after) for root in roots]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()

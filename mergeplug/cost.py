@@ -34,9 +34,6 @@ from __future__ import annotations
 import io
 import math
 import re
-import statistics
-import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +44,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .merge import current_scope, scope
 
-__all__ = ["CostReport", "profile", "parameter_counts", "storage_bytes", "compare", "format_comparison", "scope"]
+__all__ = [
+    "CostReport",
+    "profile",
+    "parameter_counts",
+    "storage_bytes",
+    "model_fingerprint",
+    "compare",
+    "format_comparison",
+    "scope",
+]
 
 aten = torch.ops.aten
 
@@ -288,6 +294,19 @@ def parameter_counts(obj: Any) -> dict[str, int]:
     }
 
 
+def model_fingerprint(obj: Any) -> str:
+    """``"<parameters>:<hash>"``: the parameter count and a hash of every parameter's name and shape (merging's
+    class swaps and the weights' values leave it unchanged; another architecture or size changes it). The harness
+    records it in every result row, and a model card accepts only rows of the model it describes."""
+    import hashlib
+
+    params = _named_params(_roots(obj))
+    h = hashlib.sha256()
+    for name in sorted(params):
+        h.update(f"{name.split('.', 1)[1]}:{tuple(params[name].shape)};".encode())
+    return f"{sum(p.numel() for p in params.values())}:{h.hexdigest()[:16]}"
+
+
 def storage_bytes(obj: Any) -> dict[str, int]:
     """Bytes of the parameters as ``fp32`` and ``bf16``, and of the safetensors file ``save`` would write
     (``serialized``: parameters and buffers at their stored dtypes, shared tensors once, header included)."""
@@ -453,29 +472,36 @@ def compare(
     obj: Any,
     settings: Mapping[str, Mapping[str, Any] | None],
     *args: Any,
-    reps: int = 3,
+    reps: int = 6,
     run: Callable[[], Any] | None = None,
     seed: int = 0,
     series: int | None = None,
+    min_time: float = 0.2,
+    time_budget: float = 60.0,
     **kwargs: Any,
 ) -> list[dict[str, Any]]:
-    """MACs ratio next to the measured wall-clock ratio, for several merge settings of one model.
+    """MACs ratio next to the measured speed-up (with its 95% interval), for several merge settings of one model.
 
     Args:
         obj: a model or pipeline :func:`mergeplug.apply` accepts.
         settings: label -> keyword arguments of :func:`mergeplug.apply` (``None`` or ``{}``: unmerged).
             The first setting is the reference of the ratios.
         args / kwargs / run / series: the call, as for :func:`profile`.
-        reps: timed repetitions per setting after one warm-up each, interleaved over settings; medians.
+        reps / min_time / time_budget: paired rounds at least, seconds of work per measurement, seconds of timing at
+            most (:func:`mergeplug.timing.paired_speedups`).
 
     Returns:
         One row per setting: ``label``, ``macs``, ``macs_per_series``, ``macs_ratio`` (reference MACs / these),
-        ``time_s`` (median), ``speedup`` (reference time / this), ``token_counts``. The model is left unmerged.
+        ``token_counts``, and either the speed fields of :meth:`mergeplug.timing.Speedup.fields` (``speedup``,
+        ``speedup_low``, ``speedup_high``, ``speed_verdict``, ``time_s``, ...) or, for a merge setting that merged no
+        token (same MACs as the reference, constant token counts), ``noop`` with the reason and no timing. The
+        model is left unmerged.
     """
     from .core import apply, remove
+    from .timing import paired_speedups
 
-    if reps < 1:
-        raise ValueError(f"reps must be >= 1, got {reps}")
+    if isinstance(reps, bool) or not isinstance(reps, int) or reps < 1:
+        raise ValueError(f"reps must be an int >= 1, got {reps!r}")
 
     def configure(kw: Mapping[str, Any] | None) -> None:
         if kw:
@@ -492,49 +518,49 @@ def compare(
 
     labels = list(settings)
     reports: dict[str, CostReport] = {}
-    times: dict[str, list[float]] = defaultdict(list)
     try:
         for label in labels:
             configure(settings[label])
             torch.manual_seed(seed)
             reports[label] = profile(obj, *args, run=run, series=series, storage=False, **kwargs)
-            call()  # warm-up
-        for _ in range(reps):
-            for label in labels:
-                configure(settings[label])
-                start = time.perf_counter()
-                call()
-                times[label].append(time.perf_counter() - start)
+        ref = labels[0]
+        noop = {}
+        for label in labels[1:]:
+            counts = reports[label].token_counts
+            if settings[label] and reports[label].macs == reports[ref].macs and counts and min(counts) == max(counts):
+                noop[label] = f"no token merged ({counts[0]} tokens in every block)"
+        timed = [label for label in labels if label not in noop]
+        speeds = paired_speedups(
+            {label: call for label in timed}, setup=lambda label: configure(settings[label]), min_time=min_time,
+            min_rounds=reps, max_rounds=max(reps, 40), budget_s=time_budget,
+        )  # fmt: skip
     finally:
         remove(obj)
-    ref = labels[0]
-    t_ref = statistics.median(times[ref])
     rows = []
     for label in labels:
-        t = statistics.median(times[label])
-        rows.append(
-            {
-                "label": label,
-                "macs": reports[label].macs,
-                "macs_per_series": reports[label].macs_per_series,
-                "macs_ratio": reports[ref].macs / max(reports[label].macs, 1),
-                "time_s": t,
-                "speedup": t_ref / t,
-                "token_counts": reports[label].token_counts,
-            }
-        )
+        row = {
+            "label": label,
+            "macs": reports[label].macs,
+            "macs_per_series": reports[label].macs_per_series,
+            "macs_ratio": reports[ref].macs / max(reports[label].macs, 1),
+            "token_counts": reports[label].token_counts,
+        }
+        row.update({"noop": noop[label]} if label in noop else speeds[label].fields())
+        rows.append(row)
     return rows
 
 
 def format_comparison(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A text table of :func:`compare` rows: theoretical (MACs) ratio next to the measured speed-up."""
+    """A text table of :func:`compare` rows: theoretical (MACs) ratio next to the measured speed-up and interval."""
+    from .timing import speed_cell
+
     out = io.StringIO()
     w = max([len("setting")] + [len(r["label"]) for r in rows]) + 2
-    out.write(f"{'setting':<{w}}{'GMACs':>10}{'MACs ratio':>12}{'time s':>10}{'speed-up':>10}  tokens (last)\n")
-    for r in rows:
+    speed_head = "speed-up [95% interval]"
+    out.write(f"{'setting':<{w}}{'GMACs':>10}{'MACs ratio':>12}{'time s':>10}  {speed_head:<28}  tokens (last)\n")
+    for i, r in enumerate(rows):
         last = r["token_counts"][-1] if r.get("token_counts") else "-"
-        out.write(
-            f"{r['label']:<{w}}{r['macs'] / 1e9:>10.3f}{r['macs_ratio']:>11.2f}x{r['time_s']:>10.3f}"
-            f"{r['speedup']:>9.2f}x  {last}\n"
-        )
+        time_s = f"{r['time_s']:>10.3f}" if "time_s" in r else f"{'':>10}"
+        speed = "reference" if i == 0 else speed_cell(r)
+        out.write(f"{r['label']:<{w}}{r['macs'] / 1e9:>10.3f}{r['macs_ratio']:>11.2f}x{time_s}  {speed:<28}  {last}\n")
     return out.getvalue().rstrip("\n")

@@ -2,6 +2,8 @@
 
 Random weights: these are for speed measurements, tests and demos. Accuracy measurements need trained
 weights (``BaseChronosPipeline.from_pretrained`` with a local directory or, where there is internet, a hub id).
+Every pipeline built here has ``config.mergeplug_random_weights = True``, so that a model card never claims a base
+model for it (:func:`mergeplug.save_pretrained` refuses ``base_model=`` then).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ __all__ = [
     "chronos_causal",
     "chronos_bolt",
     "chronos2",
+    "chronos2_config",
+    "CHRONOS2_QUANTILES",
 ]
 
 Size = Literal["test", "tiny", "mini", "small", "base"]
@@ -35,6 +39,12 @@ SIZES: dict[str, tuple[int, int, int, int, int]] = {
     "small": (512, 2048, 8, 6, 64),
     "base": (768, 3072, 12, 12, 64),
 }
+
+
+def _random(pipe):
+    """Mark a pipeline's model as built with random weights (see the module docstring); returns the pipeline."""
+    pipe.inner_model.config.mergeplug_random_weights = True
+    return pipe
 
 
 def t5_config(size: Size, **overrides) -> T5Config:
@@ -111,8 +121,10 @@ def chronos_t5(
     torch.manual_seed(seed)
     inner = T5ForConditionalGeneration(config).eval()
     chronos_config = ChronosConfig(**chronos_kwargs)
-    return ChronosPipeline(
-        tokenizer=chronos_config.create_tokenizer(), model=ChronosModel(config=chronos_config, model=inner)
+    return _random(
+        ChronosPipeline(
+            tokenizer=chronos_config.create_tokenizer(), model=ChronosModel(config=chronos_config, model=inner)
+        )
     )
 
 
@@ -150,8 +162,10 @@ def chronos_causal(
     torch.manual_seed(seed)
     inner = (GPT2LMHeadModel if backbone == "gpt2" else LlamaForCausalLM)(config).eval()
     chronos_config = ChronosConfig(**chronos_kwargs)
-    return ChronosPipeline(
-        tokenizer=chronos_config.create_tokenizer(), model=ChronosModel(config=chronos_config, model=inner)
+    return _random(
+        ChronosPipeline(
+            tokenizer=chronos_config.create_tokenizer(), model=ChronosModel(config=chronos_config, model=inner)
+        )
     )
 
 
@@ -169,31 +183,59 @@ def chronos_bolt(
     config.chronos_pipeline_class = "ChronosBoltPipeline"
     torch.manual_seed(seed)
     model = ChronosBoltModelForForecasting(config).eval()
-    return ChronosBoltPipeline(model=model)
+    return _random(ChronosBoltPipeline(model=model))
 
 
-def chronos2(size: Size = "small", *, context_length: int = 2048, patch_size: int = 16, seed: int = 0):
-    """A ``Chronos2Pipeline`` with random weights (``size``'s dimensions, ``layers`` encoder blocks), eval, float32."""
-    from chronos import Chronos2Pipeline
+CHRONOS2_QUANTILES = [0.01, 0.05] + [round(0.1 + 0.05 * i, 2) for i in range(17)] + [0.95, 0.99]
+
+
+def chronos2_config(
+    *,
+    d_model: int,
+    d_ff: int,
+    num_heads: int,
+    num_layers: int,
+    d_kv: int,
+    context_length: int = 2048,
+    patch_size: int = 16,
+    dropout_rate: float | None = None,
+):
+    """A ``Chronos2CoreConfig`` with Chronos-2's forecasting settings (21 quantiles, [REG] token, arcsinh scaling,
+    up to 64 output patches) and the given dimensions (``dropout_rate=None``: the config class's default)."""
     from chronos.chronos2.config import Chronos2CoreConfig
-    from chronos.chronos2.model import Chronos2Model
 
-    if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
-    d_model, d_ff, heads, layers, d_kv = SIZES[size]
     config = Chronos2CoreConfig(
-        d_model=d_model, d_kv=d_kv, d_ff=d_ff, num_layers=layers, num_heads=heads, feed_forward_proj="relu"
+        d_model=d_model,
+        d_kv=d_kv,
+        d_ff=d_ff,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        feed_forward_proj="relu",
+        **({} if dropout_rate is None else {"dropout_rate": dropout_rate}),
     )
     config.chronos_config = {
         "context_length": context_length,
         "input_patch_size": patch_size,
         "input_patch_stride": patch_size,
         "output_patch_size": patch_size,
-        "quantiles": [0.01, 0.05] + [round(0.1 + 0.05 * i, 2) for i in range(17)] + [0.95, 0.99],
+        "quantiles": list(CHRONOS2_QUANTILES),
         "use_reg_token": True,
         "use_arcsinh": True,
         "max_output_patches": 64,
     }
     config.chronos_pipeline_class = "Chronos2Pipeline"
+    return config
+
+
+def chronos2(size: Size = "small", *, context_length: int = 2048, patch_size: int = 16, seed: int = 0):
+    """A ``Chronos2Pipeline`` with random weights (``size``'s dimensions, ``layers`` encoder blocks), eval, float32."""
+    from chronos import Chronos2Pipeline
+    from chronos.chronos2.model import Chronos2Model
+
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
+    d_model, d_ff, heads, layers, d_kv = SIZES[size]
+    config = chronos2_config(d_model=d_model, d_ff=d_ff, num_heads=heads, num_layers=layers, d_kv=d_kv,
+                             context_length=context_length, patch_size=patch_size)  # fmt: skip
     torch.manual_seed(seed)
-    return Chronos2Pipeline(model=Chronos2Model(config).eval())
+    return _random(Chronos2Pipeline(model=Chronos2Model(config).eval()))

@@ -3,10 +3,15 @@
 Backtest: the last ``windows`` windows of ``prediction_length`` steps before the end of every series (the end of the
 data is the user's forecast origin; nothing after it is used) are forecast with the model unmerged and with every
 candidate setting. Accuracy is the mean weighted quantile loss (WQL, the GluonTS / Chronos definition over the
-quantile levels 0.1 ... 0.9) over all windows; speed is measured in the same run on the same contexts, candidates
-interleaved, ``reps`` repetitions (each at least ``min_time`` seconds of repeated calls), medians. The chosen setting
-is the fastest whose WQL change is at most ``tolerance`` (relative: 0.01 = 1% worse than unmerged) and that is faster
-than unmerged; if none is, the model stays unmerged.
+quantile levels 0.1 ... 0.9) over all windows; speed is measured in the same run on the same contexts with
+:func:`mergeplug.timing.paired_speedups` (paired interleaved rounds, the speed-up with its 95% interval).
+
+A candidate **qualifies** when it merges something on this data (a setting whose every forward kept all tokens is
+named, not timed), its WQL change is at most ``tolerance`` (relative: 0.01 = 1% worse than unmerged) and the lower
+bound of its speed-up interval is above ``1 + margin``. Of the qualifying candidates, those whose intervals overlap
+the fastest one's are statistically tied with it, and the tie is broken by what does not depend on the machine's
+load: the largest MACs ratio, then the smaller WQL change, then the order of the candidates. If none qualifies, the
+model stays unmerged and the result says which condition each candidate failed.
 
 With ``out=`` every finished accuracy row is appended to ``out/tune.jsonl`` at once and a rerun with the same data
 and options resumes (a different setup is refused, naming what differs); timings are always re-measured.
@@ -16,8 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import statistics
-import time
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +32,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import schedule_for_reduction
-from .core import apply, apply_kwargs, remove, settings, token_counts
+from .core import apply, apply_kwargs, recording_token_counts, remove, settings, token_counts
 from .store import RowFile, check_setup
+from .timing import paired_speedups, speed_cell
 
 __all__ = ["tune", "TuneResult", "default_candidates", "weighted_quantile_loss", "backtest_windows"]
 
@@ -129,9 +134,14 @@ class TuneResult:
     Attributes:
         best: ``mergeplug.apply`` keyword arguments of the chosen setting, or None (stay unmerged).
         best_label: its label ("unmerged" when None).
-        rows: one dict per setting (unmerged first): label, WQL, WQL_change, time_s, speedup, tokens.
+        rows: one dict per setting (unmerged first): label, WQL, WQL_change, tokens (first and last block of the
+            last forward), noop (why it merged nothing, if so), macs_ratio, the speed fields of
+            :meth:`mergeplug.timing.Speedup.fields` (not for no-ops), and status (``"chosen"``, ``"qualifies"``,
+            or the condition it failed).
         tolerance: the allowed relative WQL change.
         windows: number of backtest windows forecast per setting.
+        margin: the speed-up interval's lower bound must exceed ``1 + margin``.
+        reason: why the model stays unmerged (empty when a setting was chosen).
     """
 
     best: dict[str, Any] | None
@@ -139,23 +149,31 @@ class TuneResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     tolerance: float = 0.01
     windows: int = 0
+    margin: float = 0.05
+    reason: str = ""
 
     def to_markdown(self) -> str:
         lines = [
-            "| setting | WQL | WQL change | speed-up | tokens left | within tolerance |",
-            "|---|---|---|---|---|---|",
+            "| setting | WQL | WQL change | speed-up [95% interval] | MACs ratio | tokens left | status |",
+            "|---|---|---|---|---|---|---|",
         ]
         for r in self.rows:
-            mark = "**chosen**" if r["label"] == self.best_label else ("yes" if r["within"] else "no")
             left = "" if not r.get("tokens") else f"{r['tokens'][-1]}/{r['tokens'][0]}"
+            macs = f"{r['macs_ratio']:.2f}x" if r.get("macs_ratio") else ""
+            speed = "reference" if r["label"] == "unmerged" else speed_cell(r)
+            status = "**chosen**" if r["label"] == self.best_label and self.best is not None else r.get("status", "")
             lines.append(
-                f"| {r['label']} | {r['WQL']:.4f} | {r['WQL_change']:+.1%} | {r['speedup']:.2f}x | {left} | {mark} |"
+                f"| {r['label']} | {r['WQL']:.4f} | {r['WQL_change']:+.1%} | {speed} | {macs} | {left} | {status} |"
             )
         lines.append("")
-        lines.append(
-            f"Fastest setting within {self.tolerance:.1%} WQL of unmerged on {self.windows} backtest windows: "
-            f"{self.best_label}"
+        rule = (
+            f"merges something, WQL within {self.tolerance:.1%} of unmerged, speed-up interval above "
+            f"{1 + self.margin:.2f}x, on {self.windows} backtest windows"
         )
+        if self.best is None:
+            lines.append(f"Kept unmerged: {self.reason} (a setting qualifies when it {rule}).")
+        else:
+            lines.append(f"Chosen: {self.best_label} (qualifies: it {rule}; ties broken by MACs ratio).")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -196,12 +214,15 @@ def tune(
     forecast: Callable[[list[Any], int], np.ndarray] | None = None,
     target: Any = None,
     batch_size: int = 32,
-    reps: int = 5,
+    reps: int = 6,
     min_time: float = 0.2,
     seed: int = 0,
     out: str | Path | None = None,
     progress: bool = True,
     apply_best: bool = False,
+    margin: float = 0.05,
+    time_budget: float = 60.0,
+    clock: Callable[[], float] | None = None,
 ) -> TuneResult:
     """Backtest merge settings on ``data`` and return the fastest one whose WQL change is within ``tolerance``.
 
@@ -219,19 +240,23 @@ def tune(
         forecast: ``fn(contexts, H) -> (N, 9, H)`` quantiles, for models without ``predict_quantiles``; then
             ``target`` is what ``mergeplug.apply`` patches (default: ``pipeline``).
         batch_size: contexts per forecast call.
-        reps: interleaved timing repetitions (median).
-        min_time: each timing repeats the whole backtest until at least this many seconds passed (per-call mean),
-            so that a short workload is not decided by timer noise.
+        reps: paired timing rounds at least (:func:`mergeplug.timing.paired_speedups`; 6 give a 95% interval).
+        min_time: each timed measurement repeats the whole backtest until at least this many seconds passed.
         seed: torch seed set before every forecast (sampling models see the same noise in every setting).
         out: a directory for resumable results (``tune.jsonl``, ``tune.json``), or None.
         progress: show a progress bar.
         apply_best: leave ``pipeline`` merged with the chosen setting.
+        margin: a candidate qualifies only if its speed-up interval's lower bound is above ``1 + margin``.
+        time_budget: seconds of timing at most (after ``reps`` rounds).
+        clock: the timer (default ``time.perf_counter``; tests pass a fake one).
 
     Returns:
         A :class:`TuneResult`; ``print(result)`` shows the table it decided from.
     """
     if not tolerance >= 0:
         raise ValueError(f"tolerance must be >= 0 (a relative WQL change, 0.01 = 1%), got {tolerance}")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < math.inf:
+        raise ValueError(f"margin must be a number >= 0 (0.05: at least 5% faster), got {margin!r}")
     if isinstance(prediction_length, bool) or not isinstance(prediction_length, int) or prediction_length < 1:
         raise ValueError(f"prediction_length must be an int >= 1, got {prediction_length!r}")
     for name, v in (("windows", windows), ("batch_size", batch_size), ("reps", reps)):
@@ -247,6 +272,7 @@ def tune(
             series = [np.asarray(series, dtype=np.float32)]
     if not series:
         raise ValueError("data holds no series")
+    _refuse_infinite(series)
     contexts, targets = backtest_windows(series, prediction_length, windows, context)
     if not np.isfinite(targets).any():
         raise ValueError("every backtest window is missing (NaN): give series with observed values at the end")
@@ -281,29 +307,36 @@ def tune(
         with torch.inference_mode():
             for label in tqdm(labels, desc="tune: accuracy", disable=not progress, leave=False):
                 done = store.get(label)
-                if done is not None:
+                if done is not None and "merged" in done:
                     rows[label] = done
                     continue
                 configure(candidates.get(label))
-                q = run_all(contexts)
+                with recording_token_counts(target) as forwards:
+                    q = run_all(contexts)
                 row = {"label": label, "WQL": weighted_quantile_loss(q, targets)}
+                if not math.isfinite(row["WQL"]):
+                    raise ValueError(
+                        f"the forecasts of {label!r} give a WQL of {row['WQL']}: the model returned non-finite "
+                        "quantiles on these series; check them for extreme values"
+                    )
                 row["tokens"] = token_counts(target) if label != "unmerged" else None
+                row["merged"] = any(c[-1] < c[0] for c in forwards)
+                row["longest"] = max((c[0] for c in forwards), default=None)
+                row["macs_ratio"] = None
                 rows[label] = row
                 store.add(row)
-            times: dict[str, list[float]] = {label: [] for label in labels}
-            configure(None)
-            run_all(contexts[:batch_size])  # warm-up
-            for _ in tqdm(range(reps), desc="tune: timing", disable=not progress, leave=False):
-                for label in labels:  # interleaved
-                    configure(candidates.get(label))
-                    calls, start = 0, time.perf_counter()
-                    while True:  # repeat short workloads (timeit-style) so that timer noise does not decide
-                        run_all(contexts)
-                        calls += 1
-                        elapsed = time.perf_counter() - start
-                        if elapsed >= min_time:
-                            break
-                    times[label].append(elapsed / calls)
+            _count_macs(rows, labels, candidates, configure, target, lambda: run_all(contexts[:batch_size]))
+            noop = {label: reason for label in labels[1:] if (reason := _noop(rows[label], candidates[label], target,
+                                                                              configure))}  # fmt: skip
+            timed = [label for label in labels if label not in noop]
+            speeds = {}
+            if len(timed) > 1:
+                speeds = paired_speedups(
+                    {label: (lambda: run_all(contexts)) for label in timed},
+                    setup=lambda label: configure(candidates.get(label)), min_time=min_time, min_rounds=reps,
+                    max_rounds=max(reps, 40), budget_s=time_budget, clock=clock, progress=progress,
+                    desc="tune: timing",
+                )  # fmt: skip
     except BaseException:
         store.close()
         raise
@@ -311,30 +344,103 @@ def tune(
         remove(target, merging_only=True)
         if before is not None:
             apply(target, **apply_kwargs(before))
-    ref_wql, ref_time = rows["unmerged"]["WQL"], statistics.median(times["unmerged"])
-    table = []
-    for label in labels:
-        t = statistics.median(times[label])
-        change = rows[label]["WQL"] / ref_wql - 1.0 if ref_wql > 0 else 0.0
-        table.append({**rows[label], "WQL_change": change, "time_s": t, "speedup": ref_time / t,
-                      "within": change <= tolerance})  # fmt: skip
-    ok = [r for r in table[1:] if r["within"]]
-    best = max(ok, key=lambda r: r["speedup"], default=None)
-    if best is not None and best["speedup"] <= 1.0:
-        best = None  # slower than unmerged: no reason to merge
-    result = TuneResult(
-        best=None if best is None else dict(candidates[best["label"]]),
-        best_label="unmerged" if best is None else best["label"],
-        rows=table,
-        tolerance=tolerance,
-        windows=len(contexts),
-    )
+    result = _decide(rows, labels, candidates, noop, speeds, tolerance, margin, len(contexts))
     store.finish(result)
     store.close()
     if apply_best and result.best is not None:
         remove(target, merging_only=True)
         apply(target, **result.best)
     return result
+
+
+def _refuse_infinite(series: list[Any]) -> None:
+    """NaN is a missing value (Chronos masks it); +-inf is refused, naming where it is."""
+    for i, s in enumerate(series):
+        x = np.asarray(s["target"] if isinstance(s, dict) else s, dtype=np.float64)
+        bad = np.flatnonzero(np.isinf(x))
+        if bad.size:
+            raise ValueError(
+                f"series {i} holds {x[bad[0]]} at position {int(bad[0])} ({bad.size} infinite value(s)): replace "
+                "infinite values with NaN (a missing value) or drop them before tuning"
+            )
+
+
+def _count_macs(rows, labels, candidates, configure, target, run_one) -> None:
+    """MACs ratio (unmerged / candidate) of each row that lacks one, on one batch of the contexts."""
+    if all(rows[label].get("macs_ratio") is not None for label in labels[1:]):
+        return
+    from .cost import profile
+
+    try:
+        macs = {}
+        for label in labels:
+            configure(candidates.get(label))
+            macs[label] = profile(target, run=run_one, storage=False).macs
+    except (TypeError, RuntimeError):  # not a model the counter can run: no MACs column
+        return
+    for label in labels[1:]:
+        if macs["unmerged"] and macs[label]:
+            rows[label]["macs_ratio"] = macs["unmerged"] / macs[label]
+
+
+def _noop(row: dict[str, Any], kwargs: dict[str, Any], target: Any, configure) -> str | None:
+    """Why a candidate merged nothing on this data, or None."""
+    if row["merged"] or (row.get("macs_ratio") or 1.0) > 1.0005:
+        return None
+    configure(kwargs)
+    floor = getattr(settings(target), "min_tokens", None)
+    if row.get("longest") is not None and floor and row["longest"] <= floor:
+        return f"series of at most {row['longest']} tokens <= min_tokens={floor}"
+    return "no merge step removed a token on these series"
+
+
+def _decide(rows, labels, candidates, noop, speeds, tolerance, margin, windows) -> TuneResult:
+    """Apply the qualification rule (module docstring) and build the result table."""
+    ref_wql = rows["unmerged"]["WQL"]
+    table, ok, failed = [], [], {}
+    for label in labels:
+        row = dict(rows[label])
+        row["WQL_change"] = row["WQL"] / ref_wql - 1.0 if ref_wql > 0 else 0.0
+        row["within"] = row["WQL_change"] <= tolerance
+        if label in speeds:
+            row.update(speeds[label].fields())
+        if label == "unmerged":
+            row["status"], why = "reference", None
+        elif label in noop:
+            row["noop"] = noop[label]
+            row["status"] = why = "merges nothing here"
+        elif not row["within"]:
+            row["status"], why = f"WQL {row['WQL_change']:+.1%} > tolerance {tolerance:.1%}", "outside the tolerance"
+        elif not row["speedup_low"] > 1 + margin:
+            row["status"] = f"not measurably faster (interval low {row['speedup_low']:.2f} <= {1 + margin:.2f})"
+            why = "not measurably faster"
+        else:
+            row["status"], why = "qualifies", None
+            ok.append(row)
+        if why:
+            failed[why] = failed.get(why, 0) + 1
+        table.append(row)
+    best = None
+    if ok:
+        top = max(ok, key=lambda r: r["speedup"])
+        tied = [r for r in ok if r["speedup_high"] >= top["speedup_low"]]  # intervals overlapping the fastest's
+        best = max(tied, key=lambda r: (r.get("macs_ratio") or 0.0, -r["WQL_change"], -labels.index(r["label"])))
+    reason = ""
+    if best is None:
+        reason = (
+            "no candidates"
+            if len(table) == 1
+            else "no candidate qualifies: " + ", ".join(f"{n} {k}" for k, n in failed.items())
+        )
+    return TuneResult(
+        best=None if best is None else dict(candidates[best["label"]]),
+        best_label="unmerged" if best is None else best["label"],
+        rows=table,
+        tolerance=tolerance,
+        windows=windows,
+        margin=margin,
+        reason=reason,
+    )
 
 
 class _Store:
@@ -377,6 +483,7 @@ class _Store:
         meta_path = self.dir / "tune.json"
         meta = json.loads(meta_path.read_text())
         meta["result"] = {"best": result.best, "best_label": result.best_label, "rows": result.rows,
-                          "tolerance": result.tolerance, "windows": result.windows}  # fmt: skip
+                          "tolerance": result.tolerance, "windows": result.windows, "margin": result.margin,
+                          "reason": result.reason}  # fmt: skip
         meta_path.write_text(json.dumps(meta, indent=1))
         (self.dir / "tune.md").write_text(result.to_markdown() + "\n")

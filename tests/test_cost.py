@@ -187,7 +187,7 @@ def test_compare_reports_ratios_and_leaves_model_unmerged():
 def test_profile_errors():
     with pytest.raises(TypeError, match="run=callable"):
         profile(object())
-    with pytest.raises(ValueError, match="reps must be >= 1"):
+    with pytest.raises(ValueError, match="reps must be an int >= 1"):
         compare(nn.Linear(2, 2), {"a": None}, torch.randn(1, 2), reps=0)
 
 

@@ -124,7 +124,10 @@ def test_cli_evaluates_a_users_monthly_file_end_to_end(tmp_path, capsys, layout)
     args += ["--windows", "2", "--merge", "k=1,ratio=0.2,safe=false", "--out", str(out), "--reps", "1"]
     assert main([*args, "--timing-windows", "4", "--no-progress"]) == 0
     captured = capsys.readouterr()
-    assert f"| file:{path} | k=1,ratio=0.2,safe=false |" in captured.out
+    assert (
+        f"| {layout} | k=1,ratio=0.2,safe=false |" in captured.out
+        and str(tmp_path) not in captured.out.split("results:")[0]
+    )
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert [r["setting"] for r in rows] == ["seasonal-naive", "unmerged", "k=1,ratio=0.2,safe=false"]
     series = 1 if kind == "single" else 3

@@ -33,7 +33,14 @@ def test_bolt_merged_round_trip_is_bitwise(tmp_path):
     mergeplug.apply(pipe, k=1, ratio=0.3, input_ratio=0.2)
     with torch.inference_mode():
         before = pipe.predict(_ctx(), prediction_length=12)
-    out = mergeplug.save_pretrained(pipe, tmp_path / "m", base_model="amazon/chronos-bolt-small")
+    # random weights (mergeplug.models) come from no checkpoint; a trained model of other dims not from this one
+    with pytest.raises(ValueError, match="random weights .*save it without base_model"):
+        mergeplug.save_pretrained(pipe, tmp_path / "m", base_model="amazon/chronos-bolt-small")
+    pipe.inner_model.config.mergeplug_random_weights = False  # as if trained here
+    with pytest.raises(ValueError, match=r"does not match this model \(d_model 512 there, 64 here; encoder layers 6"):
+        mergeplug.save_pretrained(pipe, tmp_path / "m", base_model="amazon/chronos-bolt-small")
+    assert not (tmp_path / "m").exists()  # refused before anything was written
+    out = mergeplug.save_pretrained(pipe, tmp_path / "m", base_model="my-org/bolt-test-finetuned")
     meta = json.loads((out / CONFIG_NAME).read_text())
     assert meta["format_version"] == FORMAT_VERSION and meta["mergeplug_version"] == mergeplug.__version__
     assert meta["family"] == "chronos-bolt" and meta["loader"] == "chronos"
@@ -51,7 +58,11 @@ def test_bolt_merged_round_trip_is_bitwise(tmp_path):
     # the card: metadata parsed by huggingface_hub, usage, settings, cost
     card = ModelCard.load(out / "README.md")
     assert card.data.pipeline_tag == "time-series-forecasting" and card.data.library_name == "chronos-forecasting"
-    assert card.data.base_model == "amazon/chronos-bolt-small" and card.data.license == "apache-2.0"
+    assert card.data.base_model == "my-org/bolt-test-finetuned" and card.data.license == "apache-2.0"
+    assert str(tmp_path) not in card.text and 'mergeplug.from_pretrained("<hub id or local directory>")' in card.text
+    assert "| tokens removed by the last layer | reduction 0.61 (constant ratio over 2 layers, 0.2 of the input" in (
+        card.text
+    )  # 1 - 0.8 * 0.7 * 0.7: what the per-layer values amount to
     assert {"token-merging", "chronos", "chronos-bolt"} <= set(card.data.tags)
     assert metadata_load(out / "README.md")["pipeline_tag"] == "time-series-forecasting"
     assert (
@@ -151,24 +162,46 @@ def test_bad_directories_give_clear_errors(tmp_path, monkeypatch):
 
 
 def test_card_with_results_and_cli(tmp_path, capsys):
+    from mergeplug.cost import model_fingerprint
+
     pipe = chronos_bolt("test")
+    mergeplug.apply(pipe, k=1, ratio=0.2)
     out = mergeplug.save_pretrained(pipe, tmp_path / "m")
     res = tmp_path / "res"
     res.mkdir()
+    mine, other = model_fingerprint(pipe), model_fingerprint(chronos_bolt("tiny"))
     rows = [
-        {"dataset": "m3_yearly", "setting": "seasonal-naive", "MASE": 3.0, "WQL": 0.2},
-        {"dataset": "m3_yearly", "setting": "unmerged", "MASE": 2.7, "WQL": 0.15, "speedup": 1.0, "macs_ratio": 1.0},
-        {"dataset": "m3_yearly", "setting": "k=1,ratio=0.2", "MASE": 2.8, "WQL": 0.16, "speedup": 1.25,
-         "macs_ratio": 1.5},
+        {"dataset": "file:/home/me/data/m3.csv", "setting": "seasonal-naive", "MASE": 3.0, "WQL": 0.2},
+        {"dataset": "file:/home/me/data/m3.csv", "setting": "unmerged", "MASE": 2.7, "WQL": 0.15, "speedup": 1.0,
+         "speed_verdict": "reference", "macs_ratio": 1.0, "model_fingerprint": mine},
+        {"dataset": "file:/home/me/data/m3.csv", "setting": "k=1,ratio=0.2", "merge": {"k": 1, "ratio": 0.2},
+         "MASE": 2.8, "WQL": 0.16, "speedup": 1.25, "speedup_low": 1.1, "speedup_high": 1.4,
+         "speed_verdict": "faster", "macs_ratio": 1.5, "model_fingerprint": mine},
+        {"dataset": "file:/home/me/data/m3.csv", "setting": "k=1,ratio=0.4", "merge": {"k": 1, "ratio": 0.4},
+         "MASE": 2.9, "WQL": 0.17, "speedup": 1.1, "speedup_low": 0.9, "speedup_high": 1.3,
+         "speed_verdict": "no measurable change", "macs_ratio": 2.1, "model_fingerprint": mine},
+        {"dataset": "tourism_yearly", "setting": "unmerged", "MASE": 2.0, "WQL": 0.1, "model_fingerprint": other},
     ]  # fmt: skip
     (res / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (res / "precheck.md").write_text("spectral summary here")
     assert main(["card", str(out), "--results", str(res), "--name", "bolt-test-merged"]) == 0
     card = ModelCard.load(out / "README.md")
     assert card.text.startswith("\n# bolt-test-merged") or "# bolt-test-merged" in card.text
-    assert (
-        "| m3_yearly | k=1,ratio=0.2 | 2.800 | 0.160 |" in card.text and "1.25x" in card.text and "1.50x" in card.text
-    )
+    # names, not local paths; the saved setting marked; intervals; another model's rows left out, and said so
+    assert "/home/me" not in card.text and str(tmp_path) not in card.text
+    assert "| m3.csv | k=1,ratio=0.2 **(this model)** | 2.800 | 0.160 |" in card.text
+    assert "1.25x [1.10, 1.40]" in card.text and "1.50x" in card.text
+    assert "| m3.csv | k=1,ratio=0.4 | 2.900 | 0.170 |" in card.text
+    assert "no measurable change [0.90, 1.30]" in card.text
+    assert "tourism_yearly" not in card.text.split("left out")[0].split("Measured with")[1]
+    assert "(Rows of 1 dataset(s) measured on other models were left out.)" in card.text
+    # results of another model only: refused, naming both fingerprints
+    (res / "results.jsonl").write_text(json.dumps(rows[-1]) + "\n")
+    assert main(["card", str(out), "--results", str(res)]) == 2
+    assert f"not measured on this model (its fingerprint is {mine}; the rows have {other}" in capsys.readouterr().err
+    (res / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["card", str(out), "--results", str(res), "--name", "bolt-test-merged"]) == 0
+    card = ModelCard.load(out / "README.md")
     assert "### Spectral pre-check" in card.text and "spectral summary here" in card.text
     assert main(["card", str(tmp_path)]) == 2
     assert "not written by mergeplug.save_pretrained" in capsys.readouterr().err
@@ -201,6 +234,8 @@ def test_push_to_hub_is_a_thin_call(tmp_path, monkeypatch):
         ("create", "me/m", False, True),
         ("upload", str(out), "me/m", "Upload with mergeplug"),
     ]
+    card = (out / "README.md").read_text()  # the usage snippets now name the repo, not a placeholder
+    assert 'mergeplug.from_pretrained("me/m")' in card and "<hub id or local directory>" not in card
     with pytest.raises(FileNotFoundError):
         mergeplug.push_to_hub(tmp_path, "me/x")
 
@@ -227,7 +262,7 @@ def test_failed_save_leaves_the_previous_save_intact(tmp_path, monkeypatch, fail
     mergeplug.apply(pipe, k=1, ratio=0.3)
     with torch.inference_mode():
         before = pipe.predict(_ctx(), prediction_length=12)
-    out = mergeplug.save_pretrained(pipe, tmp_path / "m", base_model="amazon/chronos-bolt-small")
+    out = mergeplug.save_pretrained(pipe, tmp_path / "m")
     (out / "notes.txt").write_text("the user's own file")
     saved = _files(out)
     # the second save is of another model: other settings, other weights

@@ -14,7 +14,7 @@ from mergeplug.eval.data import load_dataset
 from mergeplug.train.data import WindowSampler, _usable, training_series
 from mergeplug.train.kernelsynth import kernelsynth
 from mergeplug.train.loop import TrainSettings, load_checkpoint_model, train
-from mergeplug.train.recipes import BoltRecipe, ChronosT5Recipe
+from mergeplug.train.recipes import BoltRecipe, Chronos2Recipe, ChronosT5Recipe
 from mergeplug.train.supervised import PatchTSTRecipe, TSTRecipe, supervised_quantiles, time_features
 
 TINY = dict(d_model=16, d_ff=32, heads=2, d_kv=8, encoder_layers=2, decoder_layers=1)
@@ -104,6 +104,85 @@ def test_training_resumes_exactly(tmp_path):
     assert sb["samples"] == 48 and sb["cpu_seconds"] > 0
     with pytest.raises(ValueError, match="different recipe"):
         train(_bolt(min_context=16), TrainSettings(steps=7, **settings), tmp_path / "resumed", progress=False)
+
+
+def _chronos2(**kw) -> Chronos2Recipe:
+    return Chronos2Recipe(**{**TINY, "encoder_layers": 2}, context_length=128, horizon=16, datasets=["m3_monthly"],
+                          synthetic=8, curriculum_steps=0, **kw)  # fmt: skip
+
+
+def test_chronos2_batches_hold_groups_of_related_series():
+    sampler = _chronos2(group_fraction=0.6).sampler(0, None)
+    b = sampler.batch(3, 24)
+    again = sampler.batch(3, 24)
+    for x, y in zip(b, again, strict=True):
+        np.testing.assert_array_equal(x, y)  # a function of (seed, step), groups included
+    ids, sizes = np.unique(b.group, return_counts=True)
+    assert b.group.shape == (24,) and (sizes >= 2).sum() >= 2 and (sizes == 1).any() and sizes.max() <= 4
+    for g in ids[sizes >= 2]:  # members of a group are forecast together: consecutive rows with one id
+        rows = np.flatnonzero(b.group == g)
+        assert np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))) and (b.cut[rows] == -1).all()
+    # a real multivariate group shares one cut: its variables' windows end at the same time step
+    from mergeplug.train.data import multivariate_training_parts
+
+    parts = multivariate_training_parts(["beijing_pm25"])
+    assert parts[0].shape == (30660, 7)  # the first 70% of 43,800 hours: the compact Transformer's train split
+    only_real = WindowSampler(None, context_length=64, horizon=8, multivariate=parts, group_fraction=1.0, mix=(0, 0, 1),
+                              synthetic=4)  # fmt: skip
+    g = only_real._real_group(np.random.default_rng(0), 64, 3)
+    values = parts[0]
+
+    def cuts(context):  # every (cut, variable) whose 64 values before the cut are this context
+        ends = {int(c) + 1 for j in range(7) for c in np.flatnonzero(values[:, j] == context[-1])}
+        return {(c, j) for c in ends for j in range(7) if c >= 64 and np.array_equal(values[c - 64 : c, j], context)}
+
+    found = [cuts(ctx) for ctx, _ in g]
+    assert all(found) and set.intersection(*({c for c, _ in f} for f in found))  # one time step for all
+    assert len({j for f in found for _, j in f}) >= 3  # three different variables
+    with pytest.raises(ValueError, match="group_fraction"):
+        WindowSampler(None, context_length=64, horizon=8, synthetic=4, group_fraction=1.5)
+
+
+def test_chronos2_recipe_resumes_exactly_exports_and_merges_per_group(tmp_path):
+    from chronos import BaseChronosPipeline, Chronos2Pipeline
+
+    settings = dict(batch_size=12, warmup=2, checkpoint_every=3, log_every=1, threads=1, lr=3e-3)
+    train(_chronos2(), TrainSettings(steps=6, **settings), tmp_path / "straight", progress=False)
+    train(_chronos2(), TrainSettings(steps=6, **settings), tmp_path / "resumed", progress=False, stop_at=3)
+    train(_chronos2(), TrainSettings(steps=6, **settings), tmp_path / "resumed", progress=False)
+    _, a, _ = load_checkpoint_model(tmp_path / "straight")
+    _, b, _ = load_checkpoint_model(tmp_path / "resumed")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    from mergeplug.train.export import export
+
+    out = export(tmp_path / "straight", tmp_path / "model")
+    pipe = BaseChronosPipeline.from_pretrained(str(out))
+    assert isinstance(pipe, Chronos2Pipeline) and isinstance(
+        Chronos2Pipeline.from_pretrained(str(out)), Chronos2Pipeline
+    )
+    q, _ = pipe.predict_quantiles([torch.randn(1, 100)], prediction_length=20)  # beyond one output patch
+    assert q[0].shape == (1, 20, 9) and torch.isfinite(q[0]).all()
+    card = (out / "README.md").read_text()
+    assert "Chronos-2 reference model" in card and str(tmp_path) not in card
+    loaded = mergeplug.from_pretrained(out)
+    assert type(loaded).__name__ == "Chronos2Pipeline"
+    # a training batch with groups, merged: every member of a group keeps the same merge decisions
+    batch = _chronos2(group_fraction=0.6).sampler(0, None).batch(2, 12)
+    model = loaded.model
+    mergeplug.apply(model, k=1, ratio=0.3, safe=False)
+    try:
+        with torch.inference_mode():
+            model(torch.from_numpy(batch.context), group_ids=torch.from_numpy(batch.group), num_output_patches=1)
+        from mergeplug.patches.base import record_of
+
+        src = record_of(model.encoder).scratch.token_source
+    finally:
+        mergeplug.remove(model)
+    ids, sizes = np.unique(batch.group, return_counts=True)
+    for g in ids[sizes >= 2]:
+        rows = np.flatnonzero(batch.group == g)
+        assert all(torch.equal(src[rows[0]], src[r]) for r in rows[1:])
 
 
 def test_bolt_training_lowers_the_loss_and_exports(tmp_path):

@@ -60,11 +60,12 @@ def test_tune_picks_within_tolerance_restores_the_model_and_resumes(tmp_path):
     assert res.windows == 6 and res.rows[0]["WQL_change"] == 0.0
     if res.best is not None:
         row = next(r for r in res.rows if r["label"] == res.best_label)
-        assert row["WQL_change"] <= 0.05 and row["speedup"] > 1.0 and res.best == candidates[res.best_label]
-        assert row["speedup"] == max(r["speedup"] for r in res.rows[1:] if r["within"])
+        assert row["WQL_change"] <= 0.05 and row["speedup_low"] > 1.05 and res.best == candidates[res.best_label]
+    else:
+        assert res.reason.startswith("no candidate qualifies")
     assert mergeplug.settings(pipe) == before
     text = str(res)
-    assert "| unmerged |" in text and "Fastest setting within 5.0% WQL" in text
+    assert "| unmerged |" in text and ("Kept unmerged" in text or "Chosen:" in text)
     assert (tmp_path / "t" / "tune.md").exists() and len((tmp_path / "t" / "tune.jsonl").read_text().splitlines()) == 3
     # a rerun reads the finished accuracy rows (same numbers), re-times
     again = tune(pipe, _series(), tolerance=0.05, out=tmp_path / "t", **kw)

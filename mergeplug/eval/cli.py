@@ -71,7 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="frequency of a file:PATH dataset, a pandas alias (h, D, B, W-SUN, MS, ME, QS-OCT, YS); default: inferred",
     )  # fmt: skip
     r.add_argument("--out", default="results/eval", help="results directory (rerun to resume)")
-    r.add_argument("--reps", type=int, default=3, help="interleaved timing repetitions (median)")
+    r.add_argument(
+        "--reps", type=int, default=6,
+        help="paired timing rounds at least (6 is the fewest that give a 95%% interval); more run until the interval "
+        "is within +-5%% or --time-budget is spent",
+    )  # fmt: skip
+    r.add_argument("--min-time", type=float, default=0.2, help="seconds of work per timed measurement (default 0.2)")
+    r.add_argument("--time-budget", type=float, default=60.0, help="seconds of timing per dataset at most (default 60)")
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument("--timing-windows", type=int, default=64, help="windows per timing repetition")
     r.add_argument("--max-series", type=int, default=None, help="first N series of each dataset (quick runs)")
@@ -131,7 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--prediction-length", type=int, default=None, help="horizon (needed for file:PATH)")
     tu.add_argument("--windows", type=int, default=4, help="backtest windows per series")
     tu.add_argument("--tolerance", type=float, default=0.01, help="allowed relative WQL change (0.01 = 1%%)")
-    tu.add_argument("--reps", type=int, default=5, help="interleaved timing repetitions (median)")
+    tu.add_argument("--reps", type=int, default=6, help="paired timing rounds at least (6 give a 95%% interval)")
+    tu.add_argument(
+        "--margin", type=float, default=0.05,
+        help="a setting qualifies only if its speed-up interval is above 1 + margin (default 0.05)",
+    )  # fmt: skip
+    tu.add_argument("--time-budget", type=float, default=60.0, help="seconds of timing per dataset at most")
     tu.add_argument("--out", default="results/tune", help="results directory (rerun to resume)")
     tu.add_argument(
         "--check-test", action="store_true",
@@ -167,6 +178,7 @@ def run_verb(args: argparse.Namespace) -> int:
     """``run``: evaluate, then print the report (the main process of a multi-process run)."""
     run(
         args.model, _expand(args.datasets), args.merge, out=args.out, reps=args.reps, batch_size=args.batch_size,
+        min_time=args.min_time, time_budget=args.time_budget,
         timing_windows=args.timing_windows, max_series=args.max_series, seed=args.seed, device=args.device,
         dtype=args.dtype, progress=not args.no_progress, prediction_length=args.prediction_length,
         windows=args.windows, freq=args.freq,
@@ -194,7 +206,7 @@ def tune_verb(args: argparse.Namespace) -> int:
         result, rows = tune_dataset(
             args.model, name, merges=args.merge, prediction_length=args.prediction_length, windows=args.windows,
             tolerance=args.tolerance, out=args.out, check_test=args.check_test, reps=args.reps,
-            progress=not args.no_progress,
+            progress=not args.no_progress, margin=args.margin, time_budget=args.time_budget,
         )  # fmt: skip
         print(f"### {name}\n\n{result}")
         if rows is not None:

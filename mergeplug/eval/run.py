@@ -2,9 +2,10 @@
 
 For every dataset the test windows are cut as Chronos does (``gluonts.dataset.split``), the seasonal-naive
 baseline is scored, then the unmerged model and every merge setting forecast the same windows in the same
-process. Speed is measured separately on a fixed subset of windows: a warm-up, then ``reps`` interleaved
-repetitions over all settings, medians. Each (dataset, setting) result is appended to ``results.jsonl`` as
-soon as it exists; a rerun with the same output directory skips finished cells.
+process. Speed is measured separately on a fixed subset of windows with :func:`mergeplug.timing.paired_speedups`
+(warm-up, paired interleaved rounds against the unmerged model, the speed-up with its 95% interval); a setting
+that merged no token on a dataset is not timed and its row says why (``noop``). Each (dataset, setting) result is
+appended to ``results.jsonl`` as soon as it exists; a rerun with the same output directory skips finished cells.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import resource
-import statistics
-import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -32,15 +32,19 @@ from tqdm.auto import tqdm
 
 from .._cli import check_device
 from ..config import MergeConfig, schedule_for_reduction
-from ..cost import profile
+from ..core import recording_token_counts
+from ..cost import model_fingerprint, profile
 from ..patches import families
 from ..store import RowFile, check_setup
+from ..timing import paired_speedups
 from .data import EvalDataset, check_dataset_name, load_dataset
 from .models import QUANTILES, Forecaster, chronos_quantiles, load_model
 
 logger = logging.getLogger("mergeplug")
 
-__all__ = ["QUANTILES", "MergeSetting", "parse_merge", "load_model", "chronos_quantiles", "evaluate", "run"]
+__all__ = [
+    "QUANTILES", "MergeSetting", "parse_merge", "load_model", "chronos_quantiles", "evaluate", "run", "noop_reason",
+]  # fmt: skip
 
 MERGE_KEYS = (
     "k", "r", "ratio", "input_ratio", "reduction", "schedule", "proportional_attention", "sampling", "safe",
@@ -345,7 +349,7 @@ def run(
     merges: Sequence[str] = (),
     *,
     out: str | Path = "results/eval",
-    reps: int = 3,
+    reps: int = 6,
     batch_size: int = 32,
     timing_windows: int = 64,
     max_series: int | None = None,
@@ -357,6 +361,8 @@ def run(
     prediction_length: int | None = None,
     windows: int | None = None,
     freq: str | None = None,
+    min_time: float = 0.2,
+    time_budget: float = 60.0,
 ) -> list[dict[str, Any]]:
     """Evaluate the seasonal-naive baseline, the unmerged model and each merge setting on each dataset.
 
@@ -364,10 +370,14 @@ def run(
     or :class:`~mergeplug.eval.data.EvalDataset` objects (e.g. from :func:`~mergeplug.eval.data.variant`).
     ``model``: a spec for :func:`~mergeplug.eval.models.load_model` (``"seasonal-naive"`` scores only the
     baseline) or a :class:`~mergeplug.eval.models.Forecaster`. Per setting it records MASE, WQL, their change vs
-    unmerged, median time over ``reps`` interleaved repetitions on ``timing_windows`` windows, throughput,
-    encoder tokens per layer, peak memory (``peak_mem_mb``: resident memory above the level before that
-    setting's forecasts) and the cost counted by :func:`mergeplug.cost.profile` on ``cost_windows`` windows
-    (``macs_per_window``, ``macs_ratio`` = unmerged / this, ``params``).
+    unmerged, the speed-up on ``timing_windows`` windows with its 95% interval (``speedup``, ``speedup_low``,
+    ``speedup_high``, ``speed_verdict``: :func:`mergeplug.timing.paired_speedups`, at least ``reps`` paired rounds
+    of at least ``min_time`` seconds each, more until the interval is within +-5% or ``time_budget`` seconds per
+    dataset are spent), throughput, encoder tokens per layer, peak memory (``peak_mem_mb``: resident memory above
+    the level before that setting's forecasts) and the cost counted by :func:`mergeplug.cost.profile` on
+    ``cost_windows`` windows (``macs_per_window``, ``macs_ratio`` = unmerged / this, ``params``). A merge setting
+    that removed no token on the dataset is not timed: its row has ``noop`` (the reason, e.g. every series is at
+    most ``min_tokens`` tokens long) and no speed-up.
 
     ``prediction_length`` / ``windows`` replace each dataset's protocol (a local file needs
     ``prediction_length``; its ``windows`` default to 1); ``freq``: a local file's frequency (a pandas offset
@@ -379,7 +389,7 @@ def run(
     _check_options(
         datasets, merges, model=model, reps=reps, batch_size=batch_size, timing_windows=timing_windows,
         cost_windows=cost_windows, max_series=max_series, prediction_length=prediction_length, windows=windows,
-        freq=freq, device=device, dtype=dtype,
+        freq=freq, device=device, dtype=dtype, min_time=min_time, time_budget=time_budget,
     )  # fmt: skip
     data_options = dict(prediction_length=prediction_length, windows=windows, max_series=max_series, freq=freq)
     name = model if isinstance(model, str) else (model.name or type(model).__name__)
@@ -395,7 +405,8 @@ def run(
     store = ResultStore(out, meta, write=dist.is_main_process)
     try:
         forecaster, settings = _forecaster_and_settings(model, merges, device=device, dtype=dtype)
-        opt = _Options(reps, batch_size, timing_windows, cost_windows, seed, progress, bool(merges))
+        opt = _Options(reps, batch_size, timing_windows, cost_windows, seed, progress, bool(merges), min_time,
+                       time_budget)  # fmt: skip
         for item in tqdm(datasets, desc="datasets", disable=not progress):
             ds = item if isinstance(item, EvalDataset) else load_dataset(item, **data_options)
             base = {"dataset": ds.name, "series": len(ds), "skipped_series": ds.skipped, "windows": ds.windows,
@@ -429,8 +440,13 @@ def _check_options(
     freq: str | None,
     device: str,
     dtype: str,
+    min_time: Any = 0.2,
+    time_budget: Any = 60.0,
 ) -> None:
     """Every option of :func:`run` that can be checked before any work (a ValueError naming it otherwise)."""
+    for name, value in (("min_time", min_time), ("time_budget", time_budget)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
     for name, value, low in (("reps", reps, 1), ("batch_size", batch_size, 1), ("timing_windows", timing_windows, 1),
                              ("cost_windows", cost_windows, 0)):  # fmt: skip
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -482,6 +498,8 @@ class _Options:
     seed: int
     progress: bool
     merging: bool
+    min_time: float = 0.2
+    time_budget: float = 60.0
 
 
 def _measure(
@@ -493,28 +511,34 @@ def _measure(
     opt: _Options,
     dist: Any,
 ) -> list[dict[str, Any]]:
-    """The rows of the ``pending`` settings on one dataset: accuracy on every window, cost on a few, then
-    interleaved timing against the unmerged model (``settings[0]``, always re-timed; ``reference``: its stored
-    row when it is not pending)."""
+    """The rows of the ``pending`` settings on one dataset: accuracy on every window, cost on a few, then paired
+    timing against the unmerged model (``settings[0]``, always re-timed; ``reference``: its stored row when it is
+    not pending). Settings that merged no token are named (``noop``), not timed."""
     import mergeplug
 
     def configure(s: MergeSetting) -> None:
         if opt.merging:  # else nothing to apply or remove (and the model may not be patchable at all)
             apply_setting(fc.target, s, season=ds.season)
 
+    def recording(s: MergeSetting):
+        if opt.merging and s.kwargs and fc.target is not None:
+            return recording_token_counts(fc.target)
+        return nullcontext([])
+
     test_data = _windows(ds)
     inputs = list(test_data.input)
-    timed = [settings[0]] + [s for s in pending if not s.is_reference]
-    times: dict[str, list[float]] = {s.label: [] for s in timed}
+    merged = [s for s in pending if not s.is_reference]
     accuracy: dict[str, dict[str, float]] = {}
     counts: dict[str, list[int] | None] = {}
+    seen: dict[str, list[list[int]]] = {}
+    floors: dict[str, int | None] = {}
     memory: dict[str, float] = {}
     costs: dict[str, dict[str, Any]] = {}
     kw = dict(batch_size=opt.batch_size, seed=opt.seed, shard=(dist.process_index, dist.num_processes))
     with torch.inference_mode():
         for s in pending:  # accuracy: every window, same seeds for every setting
             configure(s)
-            with PeakMemory() as mem:
+            with PeakMemory() as mem, recording(s) as forwards:
                 q = fc.quantiles(
                     inputs, ds.prediction_length, **kw, progress=opt.progress and dist.is_main_process,
                     desc=f"{ds.name} {s.label}",
@@ -522,9 +546,11 @@ def _measure(
             memory[s.label] = mem.extra_mb
             accuracy[s.label] = score(ds, test_data, q)
             counts[s.label] = mergeplug.token_counts(fc.target) if s.kwargs else None
+            seen[s.label] = forwards
+            floors[s.label] = getattr(mergeplug.settings(fc.target), "min_tokens", None) if s.kwargs else None
         if fc.target is not None and opt.cost_windows > 0:  # a torch model: count its MACs per window
             few = inputs[: opt.cost_windows]
-            for s in timed:
+            for s in [settings[0], *merged]:
                 configure(s)
                 rep = profile(
                     fc.target,
@@ -533,31 +559,69 @@ def _measure(
                     storage=False,
                 )
                 costs[s.label] = {"macs_per_window": rep.macs_per_series, "params": rep.params["total"]}
+        ref_macs = costs.get("unmerged", {}).get("macs_per_window")
+        ratios = {s.label: ref_macs / costs[s.label]["macs_per_window"] for s in [settings[0], *merged]
+                  if ref_macs and costs.get(s.label, {}).get("macs_per_window")}  # fmt: skip
+        noop = {s.label: reason for s in merged if s.kwargs and not s.sampling
+                and (reason := noop_reason(seen[s.label], ratios.get(s.label), floors[s.label]))}  # fmt: skip
+        timed = [settings[0]] + [s for s in merged if s.label not in noop]
         subset = inputs[: opt.timing_windows]
-        configure(timed[0])
-        fc.quantiles(subset[: opt.batch_size], ds.prediction_length, batch_size=opt.batch_size)  # warm-up
-        for _ in tqdm(range(opt.reps), desc=f"{ds.name} timing", disable=not opt.progress, leave=False):
-            for s in timed:  # interleaved
-                configure(s)
+        speeds = {}
+        if len(timed) > 1:
+            by_label = {s.label: s for s in timed}
+
+            def setup(label: str) -> None:
+                configure(by_label[label])
                 dist.wait_for_everyone()
-                start = time.perf_counter()
-                fc.quantiles(subset, ds.prediction_length, **kw)
-                times[s.label].append(time.perf_counter() - start)  # the gather makes this the slowest shard
+
+            calls = {s.label: partial(fc.quantiles, subset, ds.prediction_length, **kw) for s in timed}
+            speeds = paired_speedups(
+                calls, setup=setup, min_time=opt.min_time, min_rounds=opt.reps, max_rounds=max(opt.reps, 40),
+                budget_s=opt.time_budget, adaptive=dist.num_processes == 1,
+                progress=opt.progress and dist.is_main_process, desc=f"{ds.name} timing",
+            )  # fmt: skip
     configure(settings[0])
-    ref_time = statistics.median(times["unmerged"])
     ref_acc = accuracy.get("unmerged") or reference
     rows = []
     for s in pending:
-        t = statistics.median(times[s.label])
         acc = accuracy[s.label]
         macs = costs.get(s.label, {})
+        if s.is_reference:
+            speed = {"speedup": 1.0, "speed_verdict": "reference"}
+            if "unmerged" in speeds:
+                speed["time_s"] = speeds["unmerged"].reference_s
+        elif s.label in speeds:
+            speed = speeds[s.label].fields()
+        else:
+            speed = {"noop": noop[s.label]}
+        if "time_s" in speed:
+            speed["windows_per_s"] = len(subset) / speed["time_s"]
         rows.append({
             "setting": s.label, "merge": s.kwargs, "sampling": s.sampling or "stock", **acc,
             "MASE_change": acc["MASE"] / ref_acc["MASE"] - 1.0, "WQL_change": acc["WQL"] / ref_acc["WQL"] - 1.0,
-            "time_s": t, "timing_windows": len(subset), "windows_per_s": len(subset) / t, "speedup": ref_time / t,
-            "tokens_per_layer": counts[s.label], "peak_mem_mb": memory[s.label],
+            **speed, "timing_windows": len(subset), "tokens_per_layer": counts[s.label],
+            **({"model_fingerprint": model_fingerprint(fc.target)} if fc.target is not None else {}),
+            "peak_mem_mb": memory[s.label],
             "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, **macs,
-            **({"macs_ratio": costs["unmerged"]["macs_per_window"] / macs["macs_per_window"]}
-               if macs and costs["unmerged"]["macs_per_window"] else {}),
+            **({"macs_ratio": ratios[s.label]} if s.label in ratios else {}),
         })  # fmt: skip
     return rows
+
+
+def noop_reason(forwards: list[list[int]], macs_ratio: float | None, min_tokens: int | None) -> str | None:
+    """Why a merge setting merged nothing, or None when it merged something (or that cannot be told).
+
+    ``forwards``: the token counts of every encoder forward (:func:`mergeplug.core.recording_token_counts`);
+    ``macs_ratio``: unmerged MACs / these on a few windows (catches merging before block 0, which token counts
+    entering block 0 do not show); ``min_tokens``: the setting's floor.
+    """
+    if any(c[-1] < c[0] for c in forwards) or (macs_ratio is not None and macs_ratio > 1.0005):
+        return None
+    if forwards:
+        longest = max(c[0] for c in forwards)
+        if min_tokens and longest <= min_tokens:
+            return f"series of at most {longest} tokens <= min_tokens={min_tokens}"
+        return f"no merge step removed a token (at most {longest} tokens)"
+    if macs_ratio is not None:
+        return "MACs ratio 1.00: no token merged"
+    return None

@@ -3,15 +3,27 @@ the chosen setting on the dataset's test windows (chosen on the windows before t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+from ..timing import speed_cell
 from ..tune import TuneResult, default_candidates, tune
 from .data import load_dataset, validation_split
 from .models import load_model
 from .run import parse_merge, run
 
-__all__ = ["tune_dataset"]
+__all__ = ["tune_dataset", "folder_name"]
+
+
+def folder_name(name: str) -> str:
+    """A folder name for a model or dataset spec: a local file or directory gives its last component
+    (``file:/data/sales.csv`` -> ``sales.csv``), ``:`` and other characters unsafe in a path become ``_``."""
+    if name.startswith("file:"):
+        name = name[len("file:") :]
+    if "/" in name or "\\" in name:
+        name = Path(name).name or "model"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "unnamed"
 
 
 def tune_dataset(
@@ -24,15 +36,18 @@ def tune_dataset(
     tolerance: float = 0.01,
     out: str | Path = "results/tune",
     check_test: bool = False,
-    reps: int = 5,
+    reps: int = 6,
     progress: bool = True,
+    margin: float = 0.05,
+    time_budget: float = 60.0,
 ) -> tuple[TuneResult, list[dict[str, Any]] | None]:
     """Tune ``model`` on ``dataset``.
 
     Without ``check_test`` the whole series is the user's history (its end is the forecast origin) and the last
     ``windows`` windows of each series are backtested. With ``check_test`` the dataset's test windows are held out:
     tuning sees only the data before them, then the harness scores the unmerged model and the chosen setting on the
-    test windows (``<out>/test``). Returns the tune result and the harness rows (or None).
+    test windows (``<out>/test``). Results go to ``<out>/<model>/<dataset>`` (:func:`folder_name` of each). Returns
+    the tune result and the harness rows (or None).
     """
     forecaster = load_model(model)
     ds = load_dataset(dataset, prediction_length=prediction_length)
@@ -57,7 +72,7 @@ def tune_dataset(
     def forecast(entries: list[dict[str, Any]], h: int):
         return fc.quantiles(entries, h, batch_size=len(entries))
 
-    where = Path(out) / model.replace(":", "_").replace("/", "_") / ds.name
+    where = Path(out) / folder_name(model) / folder_name(ds.name)
     result = tune(
         fc.pipe if hasattr(fc, "pipe") else fc.target,
         [dict(e) for e in history.entries],
@@ -70,6 +85,8 @@ def tune_dataset(
         reps=reps,
         out=where,
         progress=progress,
+        margin=margin,
+        time_budget=time_budget,
     )
     rows = None
     if check_test:
@@ -87,6 +104,6 @@ def test_table(rows: list[dict[str, Any]]) -> str:
             continue
         lines.append(
             f"| {r['setting']} | {r['MASE']:.3f} | {r['WQL']:.4f} | {r.get('WQL_change', 0.0):+.1%} | "
-            f"{r.get('speedup', 1.0):.2f}x | {r.get('macs_ratio', 1.0):.2f}x |"
+            f"{'reference' if r['setting'] == 'unmerged' else speed_cell(r)} | {r.get('macs_ratio', 1.0):.2f}x |"
         )
     return "\n".join(lines)

@@ -103,6 +103,50 @@ def _describe(obj: Any) -> dict[str, Any]:
     return {"loader": "transformers", "model_class": model_class}
 
 
+# --------------------------------------------------------------------------------------------- base models
+#: published Chronos checkpoints: pipeline class, d_model, encoder layers (from their config.json files)
+KNOWN_BASES: dict[str, tuple[str, int, int]] = {
+    **{f"amazon/chronos-t5-{s}": ("ChronosPipeline", d, n)
+       for s, d, n in (("tiny", 256, 4), ("mini", 384, 4), ("small", 512, 6), ("base", 768, 12), ("large", 1024, 24))},
+    **{f"amazon/chronos-bolt-{s}": ("ChronosBoltPipeline", d, n)
+       for s, d, n in (("tiny", 256, 4), ("mini", 384, 4), ("small", 512, 6), ("base", 768, 12))},
+    "amazon/chronos-2": ("Chronos2Pipeline", 768, 12),
+}  # fmt: skip
+#: the config attribute mergeplug.models' builders set on models with random weights
+RANDOM_WEIGHTS_ATTR = "mergeplug_random_weights"
+
+
+def check_base_model(obj: Any, base_model: str | None, *, weights: bool = True) -> None:
+    """Refuse a ``base_model`` the saved model cannot come from: random weights built by :mod:`mergeplug.models`
+    (when the weights are saved) or, for a published Chronos checkpoint or a local directory, another family or
+    size (``d_model``, layers)."""
+    if not base_model:
+        return
+    config = _inner(obj).config
+    if weights and getattr(config, RANDOM_WEIGHTS_ATTR, False):
+        raise ValueError(
+            f"base_model={base_model!r}, but this model has random weights (built by mergeplug.models: its config has "
+            f"{RANDOM_WEIGHTS_ATTR}=True), so it is not based on any checkpoint: save it without base_model"
+        )
+    have = (_describe(obj).get("pipeline_class"), getattr(config, "d_model", None),
+            getattr(config, "num_layers", None))  # fmt: skip
+    want = KNOWN_BASES.get(base_model)
+    local = Path(base_model) / "config.json"
+    if want is None and local.is_file():
+        other = json.loads(local.read_text())
+        pipeline = other.get("chronos_pipeline_class") or ("ChronosPipeline" if other.get("chronos_config") else None)
+        want = (pipeline, other.get("d_model"), other.get("num_layers"))
+    if want is None:
+        return  # an id we cannot check offline
+    names = ("pipeline class", "d_model", "encoder layers")
+    diff = [f"{n} {w} there, {h} here" for n, w, h in zip(names, want, have, strict=True) if w is not None and w != h]
+    if diff:
+        raise ValueError(
+            f"base_model={base_model!r} does not match this model ({'; '.join(diff)}): name the checkpoint the "
+            "weights come from, or save without base_model"
+        )
+
+
 # ---------------------------------------------------------------------------------------------------- write
 def write_config(
     obj: Any,
@@ -119,6 +163,7 @@ def write_config(
     from ..core import settings
     from ..version import __version__
 
+    check_base_model(obj, base_model, weights=weights)
     info = _describe(obj)
     try:
         config = settings(obj)

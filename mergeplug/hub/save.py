@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core import unmerged
-from .card import CARD_MARKER, CARD_NAME, model_card
+from .card import CARD_MARKER, CARD_NAME, HUB_PLACEHOLDER, model_card
 from .format import CONFIG_NAME, PACKED_NAME, WEIGHT_PATTERNS, _inner, read_config, write_config
 
 
@@ -99,7 +99,6 @@ def save_pretrained(
                 results=results,
                 license=license,
                 model_name=model_name or out.resolve().name,
-                location=json.dumps(out.as_posix()),
             ).save(tmp / CARD_NAME)
         _install(tmp, out, superseded=WEIGHT_PATTERNS if weights else ())
     return out
@@ -181,17 +180,33 @@ def _install(staged: Path, out: Path, superseded: Sequence[str]) -> None:
                 f.unlink(missing_ok=True)
 
 
+def fill_in_hub_id(directory: str | Path, repo_id: str) -> bool:
+    """Put ``repo_id`` into the usage snippets of the generated card of ``directory`` (in place of the placeholder);
+    returns whether the card changed. A user's own card (without :data:`CARD_MARKER`) is left alone."""
+    card = Path(directory) / CARD_NAME
+    if not card.is_file():
+        return False
+    text = card.read_text()
+    placeholder = json.dumps(HUB_PLACEHOLDER)
+    if CARD_MARKER not in text or placeholder not in text:
+        return False
+    card.write_text(text.replace(placeholder, json.dumps(repo_id)))
+    return True
+
+
 def push_to_hub(
     directory: str | Path, repo_id: str, *, token: str | None = None, private: bool = False, commit_message: str = ""
 ) -> str:
     """Upload a directory written by :func:`save_pretrained` to the Hugging Face Hub; returns the commit URL.
 
     A thin call to ``huggingface_hub.HfApi``: ``create_repo(exist_ok=True)`` then ``upload_folder``. It needs
-    network access and a token (``token=`` or ``huggingface-cli login``).
+    network access and a token (``token=`` or ``huggingface-cli login``). A card mergeplug generated gets the repo
+    id in its usage snippets first (in place of :data:`~mergeplug.hub.card.HUB_PLACEHOLDER`), locally too.
     """
     from huggingface_hub import HfApi
 
     read_config(directory)  # refuse directories that are not mergeplug's
+    fill_in_hub_id(directory, repo_id)
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     info = api.upload_folder(

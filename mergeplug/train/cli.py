@@ -63,6 +63,8 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "patch_length": (1, None, True, False),
     "patch_stride": (1, None, True, False),
     "lags": (1, None, True, False),
+    "group_fraction": (0, 1, True, True),
+    "max_group": (2, None, True, False),
 }
 
 

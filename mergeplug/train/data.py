@@ -16,10 +16,20 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._assets import data_file
 from ..eval.data import load_dataset
 from .kernelsynth import kernelsynth
 
-__all__ = ["Batch", "TrainingSeries", "training_series", "WindowSampler", "DEFAULT_TRAIN_DATASETS", "DEFAULT_ZERO_SHOT"]
+__all__ = [
+    "Batch",
+    "TrainingSeries",
+    "training_series",
+    "multivariate_training_parts",
+    "WindowSampler",
+    "DEFAULT_TRAIN_DATASETS",
+    "DEFAULT_ZERO_SHOT",
+    "MULTIVARIATE_TRAIN",
+]
 
 # In-domain for the shipped reference models: their training parts are seen, their test windows are not.
 DEFAULT_TRAIN_DATASETS = (
@@ -36,6 +46,11 @@ DEFAULT_TRAIN_DATASETS = (
     "m3_monthly",
     "m3_other",
 )
+# Shipped multivariate series (hourly, 7 variables each) whose variables form groups of related series; only the
+# first 70% of the time steps is ever sampled (the compact Transformer's chronological train split: its validation
+# and test parts, and the injected-anomaly test region, come later).
+MULTIVARIATE_TRAIN = {"beijing_pm25": "beijing_pm25_hourly.npz", "household_power": "household_power_hourly.npz"}
+MULTIVARIATE_TRAIN_FRACTION = 0.7
 # Never seen in training: the zero-shot part of the evaluation.
 DEFAULT_ZERO_SHOT = (
     "tourism_yearly",
@@ -94,18 +109,33 @@ def training_series(
     return TrainingSeries(names, groups, cuts)
 
 
+def multivariate_training_parts(names: tuple[str, ...] | list[str] = tuple(MULTIVARIATE_TRAIN)) -> list[np.ndarray]:
+    """Training parts (first 70% of the time steps) of shipped multivariate series: float32 (T, V) arrays."""
+    parts = []
+    for name in names:
+        if name not in MULTIVARIATE_TRAIN:
+            raise ValueError(f"unknown multivariate series {name!r}; shipped: {', '.join(MULTIVARIATE_TRAIN)}")
+        values = np.load(data_file(MULTIVARIATE_TRAIN[name]), allow_pickle=False)["values"].astype(np.float32)
+        parts.append(values[: int(len(values) * MULTIVARIATE_TRAIN_FRACTION + 1e-9)])
+    return parts
+
+
 class Batch(NamedTuple):
     """One training batch.
 
     Attributes:
         context: float32 (B, C), NaN = missing, right-aligned (NaN-padded on the left).
         target: float32 (B, H), NaN = missing (or past the series' end).
-        cut: int64 (B,), index in its series of the first target value (-1 for mixtures and synthetic series).
+        cut: int64 (B,), index in its series of the first target value (-1 for mixtures, synthetic series and
+            group members).
+        group: int64 (B,) group ids (Chronos-2's ``group_ids``: rows with one id are related series forecast
+            together); ``None``: every row on its own.
     """
 
     context: np.ndarray
     target: np.ndarray
     cut: np.ndarray
+    group: np.ndarray | None = None
 
 
 def _window(x: np.ndarray, cut: int, context: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,6 +184,12 @@ class WindowSampler:
             steps (short contexts first: a small model learns to read seasonality from a few patches within
             a few hundred steps, and stalls for thousands when it starts with 64 patches).
         seed: base seed; batch ``step`` uses ``np.random.default_rng([seed, step])``.
+        multivariate: (T, V) arrays whose variables are related series (groups drawn from them share one cut).
+        group_fraction: expected fraction of a batch's rows that belong to groups of 2 to ``max_group`` related
+            series (0: no groups; :attr:`Batch.group` is then ``None``). A group is ``V`` variables of a
+            multivariate array at one time (half of the groups, when there are arrays), or a synthetic group: a
+            KernelSynth series with copies of it that are scaled, shifted, noisy and delayed by up to 48 steps,
+            so that a leading member's context shows part of the others' future.
     """
 
     def __init__(
@@ -170,7 +206,17 @@ class WindowSampler:
         curriculum_steps: int = 0,
         seed: int = 0,
         cache_dir: str | Path | None = None,
+        multivariate: list[np.ndarray] | None = None,
+        group_fraction: float = 0.0,
+        max_group: int = 4,
     ) -> None:
+        if not 0 <= group_fraction <= 1:
+            raise ValueError(f"group_fraction must be in [0, 1], got {group_fraction}")
+        if group_fraction and max_group < 2:
+            raise ValueError(f"max_group must be at least 2 for groups, got {max_group}")
+        self.multivariate = [m for m in (multivariate or []) if m.ndim == 2 and m.shape[1] >= 2]
+        self.group_fraction = group_fraction
+        self.max_group = max_group
         self.fixed_context = fixed_context
         self.complete_target = complete_target
         self.curriculum_steps = curriculum_steps
@@ -188,6 +234,8 @@ class WindowSampler:
             raise ValueError("nothing to sample: give training data or synthetic > 0")
         self.mix = p / p.sum()
         self.bank = self._bank(synthetic, cache_dir) if synthetic else None
+        if group_fraction and self.bank is None and not self.multivariate:
+            raise ValueError("groups need multivariate arrays or synthetic > 0")
 
     def _bank(self, n: int, cache_dir: str | Path | None) -> np.ndarray:
         length = self.context_length + self.horizon
@@ -227,6 +275,44 @@ class WindowSampler:
         x = self.bank[int(rng.integers(len(self.bank)))]
         return (*_window(x, len(x) - self.horizon, context, self.horizon), -1)
 
+    def _real_group(self, rng: np.random.Generator, context: int, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        values = self.multivariate[int(rng.integers(len(self.multivariate)))]
+        cols = rng.choice(values.shape[1], size=min(size, values.shape[1]), replace=False)
+        cut = int(rng.integers(min(self.min_context if self.fixed_context else 4, len(values) - 1), len(values)))
+        return [_window(values[:, c], cut, context, self.horizon) for c in cols]
+
+    def _synthetic_group(self, rng: np.random.Generator, context: int, size: int) -> list[tuple[np.ndarray, ...]]:
+        x = self.bank[int(rng.integers(len(self.bank)))]
+        std = float(x.std()) or 1.0
+        members = [x]
+        for _ in range(size - 1):
+            lag = int(rng.integers(0, 49))
+            y = np.full_like(x, np.nan)
+            y[lag:] = x[: len(x) - lag]
+            y = rng.choice([-1.0, 1.0]) * rng.uniform(0.3, 3.0) * y + rng.normal(0, 2 * std)
+            members.append((y + rng.normal(0, rng.uniform(0, 0.3) * std, len(y))).astype(np.float32))
+        order = rng.permutation(size)
+        cut = len(x) - self.horizon
+        return [_window(members[i], cut, context, self.horizon) for i in order]
+
+    def _groups(self, rng: np.random.Generator, context: int, batch_size: int) -> list[list[tuple[np.ndarray, ...]]]:
+        """Groups filling about ``group_fraction`` of the batch (each member a usable window)."""
+        groups, rows = [], 0
+        budget = int(rng.binomial(batch_size, self.group_fraction))
+        while budget - rows >= 2:
+            size = int(rng.integers(2, min(self.max_group, budget - rows) + 1))
+            real = self.multivariate and (self.bank is None or rng.random() < 0.5)
+            for _ in range(20):
+                members = (self._real_group if real else self._synthetic_group)(rng, context, size)
+                members = [m for m in members if _usable(m[0], m[1], self.complete_target)]
+                if len(members) >= 2:
+                    break
+            else:
+                break
+            groups.append(members)
+            rows += len(members)
+        return groups
+
     def context_cap(self, step: int) -> int:
         """Longest context of batch ``step`` (``context_length`` once the curriculum is over)."""
         if self.fixed_context or step >= self.curriculum_steps:
@@ -249,8 +335,15 @@ class WindowSampler:
         else:
             context = int(np.exp(rng.uniform(np.log(min(self.min_context, cap)), np.log(cap))))
             context = min(cap, -(-context // 16) * 16)
-        kinds = rng.choice(3, size=batch_size, p=self.mix)
-        ctxs, tgts, cuts = [], [], []
+        groups = self._groups(rng, context, batch_size) if self.group_fraction else []
+        ctxs, tgts, cuts, ids = [], [], [], []
+        for g, members in enumerate(groups):
+            for c, t in members:
+                ctxs.append(c)
+                tgts.append(t)
+                cuts.append(-1)
+                ids.append(g)
+        kinds = rng.choice(3, size=batch_size - len(ctxs), p=self.mix)
         draw = (self._real, self._mixup, self._synthetic)
         for kind in kinds:
             for _ in range(20):  # redraw windows the loss cannot use (see _usable)
@@ -267,4 +360,6 @@ class WindowSampler:
             ctxs.append(c)
             tgts.append(t)
             cuts.append(cut)
-        return Batch(np.stack(ctxs), np.stack(tgts), np.asarray(cuts, dtype=np.int64))
+            ids.append(len(groups) + len(ids))
+        group = np.asarray(ids, dtype=np.int64) if self.group_fraction else None
+        return Batch(np.stack(ctxs), np.stack(tgts), np.asarray(cuts, dtype=np.int64), group)

@@ -17,7 +17,10 @@ from typing import Any
 
 from .._assets import AssetsMissingError, checkpoint_dir
 
-__all__ = ["export", "write_card", "accuracy_table", "geomean"]
+__all__ = ["export", "write_card", "accuracy_table", "geomean", "CHRONOS_KINDS"]
+
+#: recipe kinds whose export is a Chronos pipeline directory, and the architecture each names
+CHRONOS_KINDS = {"bolt": "Chronos-Bolt", "chronos-t5": "Chronos-T5", "chronos-2": "Chronos-2"}
 
 
 def geomean(values: list[float]) -> float:
@@ -140,7 +143,7 @@ def _load_exported(directory: Path, kind: str):
 
         loaded = from_pretrained(directory)
         return getattr(loaded, "inner_model", loaded)
-    if kind in ("bolt", "chronos-t5"):
+    if kind in CHRONOS_KINDS:
         from chronos import BaseChronosPipeline
 
         return BaseChronosPipeline.from_pretrained(str(directory)).inner_model
@@ -180,15 +183,15 @@ def write_card(directory: str | Path, *, name: str | None = None, eval_dirs: lis
         write_config(model, out)
     name = name or out.name
     params = sum(p.numel() for p in model.parameters())
-    is_chronos = kind in ("bolt", "chronos-t5")
+    is_chronos = kind in CHRONOS_KINDS
     per_dataset = not is_chronos and not recipe_meta.get("train_on")  # one model per dataset
     try:  # written into the shipped checkpoints (assets/mergeplug_assets/checkpoints): the card loads it by name
         shipped = out.resolve().parent == checkpoint_dir().resolve()
     except AssetsMissingError:  # no mergeplug-assets installed: out cannot be one of its checkpoints
         shipped = False
-    location = f'checkpoint_dir("{out.name}")' if shipped else json.dumps(out.as_posix())
+    location = f'checkpoint_dir("{out.name}")' if shipped else None  # never a local path: a placeholder
     if is_chronos:
-        arch = "Chronos-Bolt" if kind == "bolt" else "Chronos-T5"
+        arch = CHRONOS_KINDS[kind]
     else:
         trained = recipe_meta["dataset"] if per_dataset else f"one model for {len(recipe_meta['train_on'])} datasets"
         arch = f"{type(model).__name__} ({trained})"
