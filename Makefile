@@ -26,8 +26,10 @@ $(STAMP): pyproject.toml assets/pyproject.toml
 # sampling (identical samples); then a quick offline evaluation with the harness: the shipped, trained PatchTST
 # models, unmerged and merged, on real data.
 demo: $(STAMP)
-	$(BIN)/mergeplug-bench --size tiny --batch 4 --reps 3 --reductions 0.5,0.9 --k 1,global --schedule constant,front-input
-	$(BIN)/python -m mergeplug.bench_sampling --size tiny --batches 4 --reps 1
+	$(BIN)/mergeplug-bench --size tiny --batch 4 --horizon 24 --reductions 0.9 --k 1,global --schedule constant,front-input \
+		--time-budget 10
+	$(BIN)/python -m mergeplug.bench_sampling --size tiny --batches 4 --horizon 24 --time-budget 15 \
+		--merge k=1,reduction=0.9,schedule=front-input,safe=false
 	$(MAKE) --no-print-directory eval-quick
 
 # The lean install: `pip install .` without extras into a fresh venv; merging on a Hugging Face T5 works and no
@@ -74,10 +76,10 @@ profile: $(STAMP)
 eval-quick: $(STAMP)
 	$(BIN)/mergeplug-eval run --model mergeplug:bolt-ref --datasets electricity_hourly traffic_volume_hourly taylor_30min \
 		--merge k=global,reduction=0.75 --merge k=1,reduction=0.5 --merge k=1,reduction=0.5,safe=false \
-		--out results/demo-bolt --no-progress
+		--time-budget 8 --out results/demo-bolt --no-progress
 	$(BIN)/mergeplug-eval run --model mergeplug:patchtst --datasets electricity_hourly traffic_volume_hourly taylor_30min \
 		--merge k=global,reduction=0.75 --merge k=1,reduction=0.75 --merge k=3,reduction=0.75 --out results/demo-patchtst \
-		--no-progress
+		--time-budget 8 --no-progress
 
 # The full offline benchmark: every offline dataset (M1, M3, Tourism, the shipped hourly series), unmerged and
 # two merge settings. MODEL defaults to the shipped Chronos-Bolt reference model (trained here on the eight long

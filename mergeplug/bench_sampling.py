@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--horizon", type=int, default=64)
     p.add_argument("--samples", type=int, default=20)
     p.add_argument("--reps", type=int, default=6, help="paired timing rounds at least (6 give a 95%% interval)")
+    p.add_argument("--time-budget", type=float, default=300.0, help="seconds of timing per batch size at most")
     p.add_argument("--out", default=None, help="also write the rows as JSON")
     p.add_argument(
         "--dtype",
@@ -255,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         merges=merges,
         dtypes=dtypes,
         only=only,
+        time_budget=a.time_budget,
     )
     print(format_table(rows))
     if a.out:

@@ -22,9 +22,13 @@ The statistics (per context window, then the median over windows and series):
 
 :func:`precheck` turns a statistic into an expected accuracy change (relative WQL change, merged vs unmerged)
 for each calibrated merge setting with a linear map fitted by ``mergeplug-eval precheck-validate`` on measured
-changes (shipped in ``mergeplug/precheck_calibration.json`` with its validation figures), and names the
-most aggressive setting expected to stay within a tolerance. The calibration holds for the model it was
-measured on (the shipped PatchTST reference models); for another model, rerun the validation with it.
+changes, and names the most aggressive setting expected to stay within a tolerance. Calibrations are per model
+family (:data:`SHIPPED`: measured on the shipped PatchTST and Chronos-Bolt references under forecast-safe
+merging, the defaults users get), with their validation figures; a calibration holds for the model it was
+measured on. Given ``model=``, the pre-check takes the family's calibration and the model's context and stride,
+and says so when no calibration exists for that family instead of borrowing another one's. Predictions are
+monotone in the reduction (for one ``k``, removing more tokens is never predicted to cost less), and series too
+short to merge under the forecast-safe token floor get "nothing will merge" instead of a prediction.
 """
 
 from __future__ import annotations
@@ -51,11 +55,17 @@ __all__ = [
     "recommend",
     "PrecheckResult",
     "load_calibration",
+    "model_geometry",
+    "SHIPPED",
 ]
 
 STATISTICS = ("entropy", "flatness", "centroid", "rolloff", "lag1", "high_share", "predictable_high")
 PER_REDUCTION = ("high_share", "predictable_high")  # statistics that depend on the merge cut-off
 CALIBRATION = "precheck_calibration.json"
+#: model family -> the shipped calibration file (in the mergeplug package), measured with forecast-safe merging
+SHIPPED = {"patchtst": "precheck_calibration.json", "chronos-bolt": "precheck_calibration_chronos-bolt.json"}
+#: families whose models read a series of any length (so short series give few tokens); PatchTST pads to its context
+_VARIABLE_LENGTH = {"chronos-bolt": 1, "chronos-2": 1, "chronos-t5": 1}  # family -> tokens besides the patches
 
 
 def cutoff(stride: int, reduction: float) -> float:
@@ -182,12 +192,48 @@ def spectral_stats(
 
 
 # ------------------------------------------------------------------------------------------------- predicting
-def load_calibration(path: str | Path | None = None) -> dict[str, Any]:
-    """The calibration written by ``mergeplug-eval precheck-validate`` (default: the shipped one)."""
-    p = Path(path) if path is not None else Path(str(resources.files("mergeplug"))) / CALIBRATION
+def load_calibration(path: str | Path | None = None, family: str | None = None) -> dict[str, Any]:
+    """The calibration written by ``mergeplug-eval precheck-validate`` (default: the shipped one of ``family``, or the
+    PatchTST one when no family is given)."""
+    if path is None and family is not None and family not in SHIPPED:
+        raise KeyError(family)
+    name = SHIPPED[family] if family is not None else CALIBRATION
+    p = Path(path) if path is not None else Path(str(resources.files("mergeplug"))) / name
     if not p.exists():
         raise FileNotFoundError(f"{p} not found: run `mergeplug-eval precheck-validate` to calibrate the pre-check")
     return json.loads(p.read_text())
+
+
+def model_geometry(model: Any) -> dict[str, Any]:
+    """What the pre-check needs from a model: ``family``, ``context`` (the longest context it reads), ``stride``
+    (time steps per token), ``min_tokens`` (the forecast-safe token floor) and ``extra_tokens`` (tokens besides
+    the patches, e.g. [REG]; None for models that pad every series to their context, where short series still
+    give all tokens)."""
+    from .config import MergeConfig
+    from .patches import find_family
+
+    family = find_family(model)
+    inner = getattr(model, "inner_model", None) or getattr(model, "model", None) or model
+    context = None
+    for holder in (getattr(inner, "chronos_config", None), getattr(inner, "config", None), inner):
+        value = getattr(holder, "context_length", None)
+        if isinstance(value, int) and value > 0:
+            context = value
+            break
+    resolved = family.resolve(MergeConfig(ratio=0.5), model)
+    return {
+        "family": family.name,
+        "context": context,
+        "stride": max(1, int(family.steps_per_token(model))),
+        "min_tokens": resolved.min_tokens or 0,
+        "extra_tokens": _VARIABLE_LENGTH.get(family.name),
+    }
+
+
+def _longest_tokens(data: Any, context: int, stride: int, extra: int) -> int:
+    """Tokens of the longest context in ``data`` (observed span, at most ``context`` steps)."""
+    rows = _contexts(data, context)
+    return max(math.ceil(int(np.isfinite(r).sum()) / stride) for r in rows) + extra
 
 
 def stat_value(stats: Mapping[str, float], statistic: str, reduction: float) -> float:
@@ -220,17 +266,24 @@ class PrecheckResult:
     note: str = ""
 
     def to_markdown(self) -> str:
-        lines = ["| statistic | value |", "| --- | --- |"]
+        cal = self.calibration
+        lines = []
+        if cal.get("model"):
+            lines += [
+                f"Calibration: {cal['model']} ({cal.get('family') or 'family not recorded'}, context "
+                f"{cal.get('context')}, {cal.get('stride')} steps per token, {cal.get('merging', 'plain')} merging); "
+                f"held-out Spearman rho {heldout_rho(cal):+.2f} (leave one dataset out, pooled).",
+                "",
+            ]
+        lines += ["| statistic | value |", "| --- | --- |"]
         lines += [f"| {k} | {v:.4g} |" for k, v in self.stats.items()]
         if self.note:
             lines += ["", self.note]
         if self.predictions:
-            cal = self.calibration
             lines += [
                 "",
-                f"Expected WQL change vs unmerged (calibrated on {cal.get('model')}, {cal.get('merging', 'plain')} "
-                f"merging, with `{cal.get('statistic')}`; held-out Spearman rho "
-                f"{cal.get('heldout_rho', float('nan')):.2f}; other models can react differently):",
+                f"Expected WQL change vs unmerged (with `{cal.get('statistic')}`; monotone in the reduction; other "
+                "models can react differently):",
                 "",
                 "| setting | expected WQL change | data within the calibrated range |",
                 "| --- | --- | --- |",
@@ -239,7 +292,9 @@ class PrecheckResult:
                 f"| {s} | {v:+.1%} | {'no: clipped to the measured changes' if s in self.outside else 'yes'} |"
                 for s, v in self.predictions.items()
             ]
-            lines += ["", f"Most aggressive setting within {self.tolerance:.0%}: {self.recommended or 'none'}"]
+            if cal.get("merging", "plain") == "safe":
+                best = self.recommended or "none"
+                lines += ["", f"Most aggressive forecast-safe setting within {self.tolerance:.0%}: {best}"]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -259,9 +314,18 @@ def recommend(
     return max(ok, key=lambda lb: (settings[lb]["reduction"], -predictions[lb]), default=None)
 
 
+def heldout_rho(calibration: Mapping[str, Any]) -> float:
+    """The one correlation figure of a calibration: the Spearman rho of its held-out (leave one dataset out)
+    predictions, pooled over its settings."""
+    pooled = calibration.get("heldout_pooled") or {}
+    return float(pooled.get("rho", float("nan")))
+
+
 def precheck(
     data: Any,
     *,
+    model: Any = None,
+    family: str | None = None,
     context: int | None = None,
     stride: int | None = None,
     tolerance: float = 0.01,
@@ -272,17 +336,38 @@ def precheck(
     Args:
         data: a 1-D series, an (N, T) array, a list of series, or a dataset of the evaluation harness
             (``mergeplug.eval.load_dataset("m3_monthly")``: its windows' histories).
-        context / stride: context length and time steps per token of the target model (default: those of the
-            calibration's model).
+        model: the model merging would run on (a pipeline or model :func:`mergeplug.apply` takes): its family picks
+            the calibration and its context, stride and token floor are used (:func:`model_geometry`).
+        family: a family name (``"chronos-bolt"``, ``"patchtst"``) when there is no model object at hand.
+        context / stride: context length and time steps per token of the target model (default: the model's, else
+            those of the calibration's model).
         tolerance: allowed relative WQL change for the recommendation (0.01 = 1%).
-        calibration: a path or dict from ``mergeplug-eval precheck-validate`` (default: the shipped one).
+        calibration: a path or dict from ``mergeplug-eval precheck-validate`` (default: the shipped calibration of
+            the model's family; without a model or family, the PatchTST one, and the result says which).
 
     Returns:
-        A :class:`PrecheckResult`; ``print(result)`` shows the statistics and the predictions.
+        A :class:`PrecheckResult`; ``print(result)`` shows the statistics and the predictions. When no calibration
+        exists for the model's family, or its series are too short to merge, ``predictions`` is empty and
+        ``note`` says why.
     """
-    cal = dict(calibration) if isinstance(calibration, Mapping) else load_calibration(calibration)
-    context = context or int(cal.get("context", 512))
-    stride = stride or int(cal.get("stride", 8))
+    geometry = model_geometry(model) if model is not None else {}
+    family = family or geometry.get("family")
+    if calibration is None and family is not None and family not in SHIPPED:
+        context = context or geometry.get("context") or 512
+        stride = stride or geometry.get("stride") or 1
+        stats = spectral_stats(data, context=context, stride=stride)
+        note = (
+            f"No calibration exists for {family} models (shipped: {', '.join(sorted(SHIPPED))}), so there is no "
+            "prediction: another family's would not transfer. Calibrate one with `mergeplug-eval precheck-validate "
+            "--model <your model> --merging safe` and pass it as calibration=, or measure with `mergeplug.tune`."
+        )
+        return PrecheckResult(stats, {}, None, tolerance, {"family": family}, [], note)
+    if isinstance(calibration, Mapping):
+        cal = dict(calibration)
+    else:
+        cal = load_calibration(calibration, family if calibration is None else None)
+    context = context or geometry.get("context") or int(cal.get("context", 512))
+    stride = stride or geometry.get("stride") or int(cal.get("stride", 8))
     settings = cal["settings"]
     reductions = sorted({float(s["reduction"]) for s in settings.values()})
     stats = spectral_stats(data, context=context, stride=stride, reductions=reductions)
@@ -295,6 +380,16 @@ def precheck(
             "`mergeplug.tune`)."
         )
         return PrecheckResult(stats, {}, None, tolerance, info, [], note)
+    floor = geometry.get("min_tokens", cal.get("min_tokens", 0)) if cal.get("merging") == "safe" else 0
+    extra = geometry.get("extra_tokens", cal.get("extra_tokens")) if geometry else cal.get("extra_tokens")
+    if floor and extra is not None:
+        longest = _longest_tokens(data, context, stride, extra)
+        if longest <= floor:
+            note = (
+                f"Nothing will merge: the longest series gives {longest} tokens ({stride} steps per token, context "
+                f"{context}), and forecast-safe merging never goes below min_tokens={floor}; the model runs unmerged."
+            )
+            return PrecheckResult(stats, {}, None, tolerance, info, [], note)
     preds: dict[str, float] = {}
     outside: list[str] = []
     for label, s in settings.items():
@@ -305,13 +400,27 @@ def precheck(
         if not lo_x <= value <= hi_x:
             outside.append(label)
         preds[label] = min(max(pred, lo_y), hi_y)  # never beyond what was measured
-    best = recommend(preds, settings, tolerance, exclude=outside)
+    by_k: dict[Any, list[str]] = {}
+    for label, s in settings.items():
+        by_k.setdefault(s.get("k"), []).append(label)
+    for labels in by_k.values():  # monotone: for one k, a larger reduction never costs less
+        running = -math.inf
+        for label in sorted(labels, key=lambda lb: float(settings[lb]["reduction"])):
+            running = max(running, preds[label])
+            preds[label] = running
+    plain = cal.get("merging", "plain") != "safe"
+    best = None if plain else recommend(preds, settings, tolerance, exclude=outside)
     notes = []
     if outside:
         notes.append(
             f"The data's `{cal['statistic']}` lies outside the range the calibration measured for "
             f"{len(outside)} of {len(settings)} settings: their predictions are clipped to the measured changes and "
             "none of them is recommended. Measure these settings on your data (`mergeplug.tune`)."
+        )
+    if plain:
+        notes.append(
+            "This calibration measured plain merging (safe=false), which the defaults do not run: its predictions "
+            "describe that mode, and it recommends nothing."
         )
     if not all("change_range" in s for s in settings.values()):
         notes.append(

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Cost accounting vs measured speed (issue 5): for each model, the counted MACs by component and, per merge
-# setting, the MACs ratio next to the measured wall-clock speed-up (interleaved repetitions, medians).
+# setting, the MACs ratio next to the measured wall-clock speed-up with its 95% interval (mergeplug.timing).
 # Writes benchmarks/cost/<name>.txt and .json. Took about 7 minutes on 2 cores (2026-11-25).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 OUT=${OUT:-benchmarks/cost}
-REPS=${REPS:-3}
+REPS=${REPS:-6}
 mkdir -p "$OUT"
 run() {  # name, then mergeplug-eval profile arguments
   local name=$1; shift

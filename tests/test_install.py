@@ -85,8 +85,11 @@ def test_the_library_wheel_leaves_the_assets_out():
 
     root = Path(__file__).parents[1]
     library = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert library["package-data"] == {"mergeplug": ["precheck_calibration.json"]}
-    assert (Path(mergeplug.__file__).parent / "precheck_calibration.json").exists()
+    assert library["package-data"] == {"mergeplug": ["precheck_calibration*.json"]}
+    from mergeplug.precheck import SHIPPED
+
+    for name in SHIPPED.values():  # one calibration per family, inside the package
+        assert (Path(mergeplug.__file__).parent / name).exists(), name
     assert not [p for p in Path(mergeplug.__file__).parent.rglob("*") if p.suffix in (".npz", ".safetensors")]
     assets = tomllib.loads((root / "assets" / "pyproject.toml").read_text())
     assert assets["project"]["name"] == "mergeplug-assets" and assets["project"]["dependencies"] == []

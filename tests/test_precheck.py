@@ -104,6 +104,7 @@ def test_predictor_direction_and_recommendation():
         "context": 512,
         "stride": 8,
         "statistic": "high_share",
+        "merging": "safe",
         "settings": {
             "k=1,reduction=0.5": {"k": 1, "reduction": 0.5, "slope": 0.05, "intercept": -0.01},
             "k=1,reduction=0.75": {"k": 1, "reduction": 0.75, "slope": 0.12, "intercept": -0.04},
@@ -115,7 +116,49 @@ def test_predictor_direction_and_recommendation():
         assert p_smooth.predictions[label] < p_noise.predictions[label], label
     assert p_smooth.recommended == "k=1,reduction=0.75" and p_noise.recommended is None
     text = str(p_smooth)
-    assert "expected WQL change" in text and "Most aggressive setting within 1%: k=1,reduction=0.75" in text
+    assert "expected WQL change" in text and "forecast-safe setting within 1%: k=1,reduction=0.75" in text
+    # a plain-merging calibration describes a mode the defaults do not run: it recommends nothing, and says so
+    plain = precheck(smooth, calibration={**cal, "merging": "plain"})
+    assert plain.recommended is None and "recommends nothing" in plain.note
+
+
+def test_predictions_are_monotone_in_the_reduction():
+    """Separate lines per setting can cross; for one k a larger reduction is never predicted to cost less."""
+    cal = {
+        "model": "test", "context": 512, "stride": 8, "statistic": "lag1", "merging": "safe",
+        "settings": {
+            "k=1,reduction=0.25": {"k": 1, "reduction": 0.25, "slope": 0.0, "intercept": 0.047},
+            "k=1,reduction=0.5": {"k": 1, "reduction": 0.5, "slope": 0.0, "intercept": -0.099},
+            "k=1,reduction=0.75": {"k": 1, "reduction": 0.75, "slope": 0.0, "intercept": 0.716},
+            "k=global,reduction=0.75": {"k": None, "reduction": 0.75, "slope": 0.0, "intercept": 0.309},
+        },
+    }  # fmt: skip
+    pred = precheck(_white(5).cumsum(axis=1), calibration=cal).predictions
+    assert pred["k=1,reduction=0.5"] == pytest.approx(0.047) and pred["k=1,reduction=0.25"] == pytest.approx(0.047)
+    assert pred["k=1,reduction=0.75"] == pytest.approx(0.716) and pred["k=global,reduction=0.75"] == pytest.approx(
+        0.309
+    )
+
+
+def test_precheck_follows_the_model_and_says_when_it_cannot_predict():
+    from mergeplug.models import chronos_bolt, chronos_t5
+    from mergeplug.precheck import model_geometry
+
+    bolt = chronos_bolt("test", context_length=512)
+    geo = model_geometry(bolt)
+    assert geo == {"family": "chronos-bolt", "context": 512, "stride": 16, "min_tokens": 16, "extra_tokens": 1}
+    # no calibration for Chronos-T5: statistics, no borrowed prediction
+    res = precheck(_white(3).cumsum(axis=1), model=chronos_t5("test"))
+    assert res.predictions == {} and res.recommended is None and "No calibration exists for chronos-t5" in res.note
+    assert "| entropy |" in str(res)
+    # series too short to merge under the forecast-safe floor: "nothing will merge", not a predicted change
+    cal = {"model": "test", "context": 1024, "stride": 16, "statistic": "lag1", "merging": "safe",
+           "settings": {"k=1,reduction=0.5": {"k": 1, "reduction": 0.5, "slope": 0.0, "intercept": 0.2}}}  # fmt: skip
+    short = precheck(_white(4)[:, :200].cumsum(axis=1), model=bolt, calibration=cal)  # 13 patches + [REG]
+    assert short.predictions == {} and "Nothing will merge: the longest series gives 14 tokens" in short.note
+    assert "min_tokens=16" in short.note
+    long = precheck(_white(4).cumsum(axis=1), model=bolt, calibration=cal)  # 512 steps: 33 tokens
+    assert long.predictions == {"k=1,reduction=0.5": pytest.approx(0.2)} and "Nothing will merge" not in long.note
 
 
 def test_predictable_high_ranks_signals_by_forecastable_detail():
@@ -156,7 +199,7 @@ def test_predictions_stay_within_the_measured_range_sine_noise_constant():
     """The shipped calibration never extrapolates: a pure sine and white noise lie outside the statistic's measured
     range (they are flagged, clipped and not recommended); a constant series gets a clear note, not NaNs."""
     cal = load_calibration()
-    assert cal["model"] and cal["merging"] == "plain"
+    assert cal["model"] and cal["merging"] == "safe" and cal["family"] == "patchtst"
     t = np.arange(2000)
     for name, x in {"sine": np.sin(2 * np.pi * t / 24), "noise": np.random.default_rng(0).normal(size=2000)}.items():
         res = precheck(x)
@@ -202,8 +245,9 @@ def test_validation_study_end_to_end(tmp_path):
         merges=("k=1,reduction=0.5",),
         progress=False,
     )
-    label = "k=1,reduction=0.5,safe=false"  # plain merging (the default of validate)
-    assert cal["points"] == 4 and cal["heldout_per_setting"][label]["n"] == 4 and cal["merging"] == "plain"
+    label = "k=1,reduction=0.5"  # forecast-safe merging (the default of validate)
+    assert cal["points"] == 4 and cal["heldout_per_setting"][label]["n"] == 4 and cal["merging"] == "safe"
+    assert (cal["family"], cal["min_tokens"], cal["extra_tokens"]) == ("patchtst", 8, None)
     lo, hi = cal["settings"][label]["change_range"]
     assert lo <= hi and len(cal["settings"][label]["stat_range"]) == 2
     assert [f["held_out"] for f in cal["folds"]] == ["taylor_30min", "traffic_volume_hourly"]
@@ -215,7 +259,7 @@ def test_confirmation_on_unseen_variants(tmp_path):
     from mergeplug.eval.precheck_study import CONFIRM_SEED, confirm, parse_variant
 
     cal = load_calibration()
-    label = "k=1,reduction=0.5,safe=false"
+    label = "k=1,reduction=0.5"
     one = {**cal, "settings": {label: cal["settings"][label]}}
     path = tmp_path / "cal.json"
     path.write_text(json.dumps(one))
@@ -237,3 +281,23 @@ def test_confirmation_on_unseen_variants(tmp_path):
         confirm(tmp_path / "o2", calibration=path, bases=("taylor_30min",), variants=(("noise", 0.1),))
     with pytest.raises(ValueError, match="kind and a level"):
         parse_variant("noisy")
+
+
+def test_one_correlation_figure_in_the_code_the_readme_and_the_docs():
+    """Each shipped calibration has one held-out figure (leave one dataset out, pooled), and the pre-check's output,
+    the README and docs/precheck.md all quote that number."""
+    from pathlib import Path
+
+    from mergeplug.precheck import SHIPPED, heldout_rho
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("**Spectral pre-check**") :].split("\n\n")[0]
+    docs = (root / "docs" / "precheck.md").read_text()
+    for family in SHIPPED:
+        cal = load_calibration(family=family)
+        assert cal["merging"] == "safe" and cal["family"] == family
+        figure = f"{heldout_rho(cal):+.2f}"
+        assert f"**{figure}**" in section and f"**{figure}**" in docs, family
+        shown = str(precheck(load_dataset("electricity_hourly"), family=family))
+        assert f"held-out Spearman rho {figure} (leave one dataset out, pooled)" in shown

@@ -100,7 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     pc = sub.add_parser("precheck", help="spectral statistics of data and the expected accuracy change of merging")
     pc.add_argument("--datasets", nargs="+", required=True, help="registry names, file:PATH, or a tag")
     pc.add_argument("--prediction-length", type=int, default=None, help="horizon for file:PATH datasets")
-    pc.add_argument("--context", type=int, default=None, help="model context (default: the calibration's)")
+    pc.add_argument(
+        "--model", default=None,
+        help="the model merging would run on (as for run): picks its family's calibration, context and stride",
+    )  # fmt: skip
+    pc.add_argument("--context", type=int, default=None, help="model context (default: the model's or calibration's)")
     pc.add_argument("--stride", type=int, default=None, help="time steps per token (1 Chronos-T5, 16 Bolt)")
     pc.add_argument("--tolerance", type=float, default=0.01, help="allowed relative WQL change (0.01 = 1%%)")
     pc.add_argument("--calibration", default=None, help="a precheck_calibration.json (default: the shipped one)")
@@ -112,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--context", type=int, default=512, help="the model's context length (Bolt: 1024)")
     pv.add_argument("--stride", type=int, default=8, help="time steps per token (PatchTST 8, Bolt 16, Chronos-T5 1)")
     pv.add_argument(
-        "--merging", choices=["plain", "safe"], default="plain",
-        help="measure plain merging (safe=false, the shipped calibration) or the forecast-safe defaults",
+        "--merging", choices=["plain", "safe"], default="safe",
+        help="measure the forecast-safe defaults (the shipped calibrations; default) or plain merging (safe=false)",
     )  # fmt: skip
     pv.add_argument("--no-progress", action="store_true")
 
@@ -268,12 +272,21 @@ def precheck_verb(args: argparse.Namespace) -> int:
     from .data import load_dataset
 
     texts, saved = [], {}
+    target = None
+    if args.model:
+        from .models import load_model
+
+        fc = load_model(args.model)
+        target = fc.target
+        if target is None or not fc.mergeable():
+            raise ValueError(f"{args.model}: token merging does not apply to it, so there is nothing to pre-check")
     for name in _expand(args.datasets):
         ds = load_dataset(name, prediction_length=args.prediction_length)
         start = time.perf_counter()
         res = precheck(
-            ds, context=args.context, stride=args.stride, tolerance=args.tolerance, calibration=args.calibration
-        )
+            ds, model=target, context=args.context, stride=args.stride, tolerance=args.tolerance,
+            calibration=args.calibration,
+        )  # fmt: skip
         took = time.perf_counter() - start
         texts.append(f"### {name} ({len(ds)} series, {took * 1000:.0f} ms)\n\n{res.to_markdown()}")
         saved[name] = {"stats": res.stats, "predictions": res.predictions, "recommended": res.recommended}

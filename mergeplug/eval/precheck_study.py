@@ -30,8 +30,18 @@ from typing import Any
 
 import numpy as np
 
-from ..precheck import PER_REDUCTION, STATISTICS, load_calibration, precheck, recommend, spectral_stats, stat_value
+from ..precheck import (
+    PER_REDUCTION,
+    STATISTICS,
+    load_calibration,
+    model_geometry,
+    precheck,
+    recommend,
+    spectral_stats,
+    stat_value,
+)
 from .data import EvalDataset, load_dataset, variant
+from .models import load_model
 from .report import load_rows
 from .run import run
 
@@ -168,13 +178,13 @@ def validate(
     context: int = 512,
     stride: int = 8,
     progress: bool = True,
-    merging: str = "plain",
+    merging: str = "safe",
 ) -> dict[str, Any]:
     """Measure, score and calibrate the pre-check; writes ``report.md``, a plot and the calibration into ``out``.
 
-    The harness results go to ``<out>/eval`` (a rerun resumes). ``merging``: ``"plain"`` measures the merge
-    settings with ``safe=false`` (the paper's merging, what the shipped calibration describes), ``"safe"`` with the
-    forecast-safe defaults. Returns the calibration dict.
+    The harness results go to ``<out>/eval`` (a rerun resumes). ``merging``: ``"safe"`` measures the merge settings
+    with the forecast-safe defaults (what users run and the shipped calibrations describe), ``"plain"`` with
+    ``safe=false`` (the paper's merging). Returns the calibration dict.
     """
     if merging not in ("plain", "safe"):
         raise ValueError(f"merging must be 'plain' or 'safe', got {merging!r}")
@@ -186,7 +196,8 @@ def validate(
         datasets += [ds] + [variant(ds, kind, level) for kind, level in variants]
     if merging == "plain":  # the paper's merging: the forecast-safe defaults off
         merges = [m if "safe=" in m else f"{m},safe=false" for m in merges]
-    run(model, datasets, list(merges), out=out / "eval", reps=1, timing_windows=8, cost_windows=0, progress=progress)
+    run(model, datasets, list(merges), out=out / "eval", reps=1, timing_windows=8, cost_windows=0, progress=progress,
+        min_time=0.0, time_budget=0.0)  # fmt: skip
     rows = load_rows(out / "eval")
     by = {(r["dataset"], r["setting"]): r for r in rows}
     reductions = sorted({_reduction(m) for m in merges})
@@ -264,6 +275,11 @@ def validate(
         "settings": {},
     }
     calibration["merging"] = merging
+    target = load_model(model).target
+    if target is not None:  # the family, token floor and extra tokens the pre-check needs for "nothing will merge"
+        geometry = model_geometry(target)
+        calibration.update(family=geometry["family"], min_tokens=geometry["min_tokens"],
+                           extra_tokens=geometry["extra_tokens"])  # fmt: skip
     for s in settings:
         pts = [p for p in points if p["setting"] == s]
         slope, intercept = _fit(pts, name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,53 +21,77 @@ def pareto_frontier(points: list[tuple[float, float]]) -> list[tuple[float, floa
     return sorted(frontier)
 
 
+def _bounds(row: dict[str, Any]) -> tuple[float, float]:
+    """The speed-up interval to draw: the row's, or the point itself where the interval is unbounded or absent."""
+    s = row["speedup"]
+    low, high = row.get("speedup_low", s), row.get("speedup_high", s)
+    if not (0 < low <= s <= high < math.inf):
+        return s, s
+    return low, high
+
+
 def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    """PNG: speed-up (x, log scale, with its 95% interval) vs WQL change (y, symmetric log, so one outlier does not
-    flatten the rest), one colour per dataset, every point labelled with its setting; a line joins only each
-    dataset's Pareto frontier (no other setting is both faster and more accurate). Settings that merged nothing
-    are listed under the plot, not drawn."""
+    """PNG: one panel per dataset, speed-up (x, log scale, with its 95% interval) vs WQL change (y, symmetric log
+    when a change passes 10%, so one outlier does not flatten the rest), every point labelled with its setting; a
+    line joins only the Pareto frontier (no other setting is both faster and more accurate). Settings that merged
+    nothing are listed under the panel, not drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    noops: list[str] = []
-    changes: list[float] = []
-    for i, ds in enumerate(dict.fromkeys(r["dataset"] for r in rows)):
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows if r["setting"] not in ("seasonal-naive", "unmerged")))
+    n = max(len(datasets), 1)
+    cols = min(3, n)
+    rows_n = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(5.2 * cols, 4.2 * rows_n), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for i, ds in enumerate(datasets):
+        ax = axes.flat[i]
         mine = [r for r in rows if r["dataset"] == ds and r.get("speed_verdict") not in (None, "reference")]
-        noops += [f"{dataset_label(ds)}: {r['setting']}" for r in rows if r["dataset"] == ds and r.get("noop")]
-        if not mine:
-            continue
+        noops = [r["setting"] for r in rows if r["dataset"] == ds and r.get("noop")]
         color = f"C{i % 10}"
         x = [r["speedup"] for r in mine]
         y = [100 * r["WQL_change"] for r in mine]
-        changes += y
-        err = [[max(r["speedup"] - r.get("speedup_low", r["speedup"]), 0) for r in mine],
-               [max(min(r.get("speedup_high", r["speedup"]), 1e3) - r["speedup"], 0) for r in mine]]  # fmt: skip
-        ax.errorbar(x, y, xerr=err, fmt="o", color=color, ms=5, capsize=2, lw=0.8, label=dataset_label(ds))
+        bounds = [_bounds(r) for r in mine]  # an unbounded interval (fewer than 6 rounds) draws no bar
+        err = [[r["speedup"] - b[0] for r, b in zip(mine, bounds, strict=True)],
+               [b[1] - r["speedup"] for r, b in zip(mine, bounds, strict=True)]]  # fmt: skip
+        if mine:
+            ax.errorbar(x, y, xerr=err, fmt="o", color=color, ms=5, capsize=2, lw=0.8)
         for r, xi, yi in zip(mine, x, y, strict=True):
-            ax.annotate(r["setting"], (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points", color=color)
+            ax.annotate(r["setting"], (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
         frontier = pareto_frontier(list(zip(x, y, strict=True)))
         if len(frontier) > 1:
             ax.plot([p[0] for p in frontier], [p[1] for p in frontier], color=color, lw=0.8, alpha=0.6)
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.axvline(1, color="grey", lw=0.8, ls=":")
-    ax.set_xscale("log")
-    linthresh = 1.0
-    if changes and max(abs(c) for c in changes) > 10 * linthresh:
-        ax.set_yscale("symlog", linthresh=linthresh)
-    ax.set_xlabel("speed-up vs unmerged (x, log scale; bars: 95% interval)")
-    ax.set_ylabel("WQL change vs unmerged (%)" + (", symmetric log" if ax.get_yscale() == "symlog" else ""))
-    ax.set_title("Token merging: speed vs accuracy (line: each dataset's Pareto frontier)")
-    if ax.get_legend_handles_labels()[0]:  # no merged rows: nothing to label
-        ax.legend(fontsize=7)
-    if noops:
-        shown = ", ".join(noops[:6]) + (f" and {len(noops) - 6} more" if len(noops) > 6 else "")
-        fig.text(0.01, 0.01, f"merged nothing (not drawn): {shown}", fontsize=6, color="grey")
-    fig.tight_layout(rect=(0, 0.03 if noops else 0, 1, 1))
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.axvline(1, color="grey", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        lows = [b[0] for b in bounds] + [1.0]
+        highs = [b[1] for b in bounds] + [1.0]
+        lo, hi = min(lows) / 1.1, max(highs) * 1.4  # room for the labels on the right
+        ticks = [t for t in (0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16, 32, 64) if lo <= t <= hi]
+        ax.set_xlim(lo, hi)
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        if y and max(abs(v) for v in y) > 10:
+            ax.set_yscale("symlog", linthresh=1.0)
+        ax.margins(y=0.12)
+        ax.set_title(dataset_label(ds), fontsize=9)
+        ax.set_xlabel("speed-up vs unmerged (bars: 95% interval)", fontsize=7)
+        ax.set_ylabel("WQL change (%)" + (", symmetric log" if ax.get_yscale() == "symlog" else ""), fontsize=7)
+        ax.tick_params(labelsize=7)
+        if noops:
+            shown = ", ".join(noops[:4]) + (f" and {len(noops) - 4} more" if len(noops) > 4 else "")
+            ax.text(0.01, 0.01, f"merged nothing (not drawn): {shown}", transform=ax.transAxes, fontsize=6,
+                    color="grey", va="bottom")  # fmt: skip
+    fig.suptitle("Token merging: speed vs accuracy per dataset (line: Pareto frontier)", fontsize=10)
+    fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
