@@ -10,6 +10,7 @@ uninterrupted run would have drawn.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -265,7 +266,9 @@ class WindowSampler:
         tgt = np.zeros(self.horizon, np.float32)
         for w in weights:
             c, t, _ = self._real(rng, context)
-            scale = np.nanmean(np.abs(c))
+            with warnings.catch_warnings():  # an all-missing component: NaN scale (handled below), no warning
+                warnings.simplefilter("ignore", RuntimeWarning)
+                scale = np.nanmean(np.abs(c))
             scale = scale if np.isfinite(scale) and scale > 0 else 1.0
             ctx += w * c / scale  # NaN where any component is unobserved
             tgt += w * t / scale
