@@ -349,3 +349,45 @@ def test_cli_prints_only_what_was_asked_for(tmp_path):
         proc = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0 and proc.stderr == "", (args, proc.stderr[-2000:])
         assert proc.stdout.startswith("| dataset | setting |")
+
+
+def test_context_option_cuts_what_the_model_sees_not_what_is_scored(tmp_path):
+    from mergeplug.eval.models import QUANTILES, Forecaster
+    from mergeplug.eval.run import last_steps
+
+    class LastValue(Forecaster):
+        """Repeats the last seen value; records what it was given."""
+
+        name = "last-value"
+
+        def __init__(self):
+            self.seen: list[tuple[int, object]] = []
+
+        def quantiles(self, inputs, h, **kwargs):
+            self.seen += [(len(inp["target"]), inp["start"]) for inp in inputs]
+            last = np.array([inp["target"][-1] for inp in inputs], dtype=np.float64)
+            return np.repeat(np.repeat(last[:, None, None], len(QUANTILES), axis=1), h, axis=2)
+
+    ds = load_dataset("m3_monthly", max_series=6)
+    full = list(_windows(ds).input)
+    cut = last_steps(full, 20)
+    assert [len(c["target"]) for c in cut] == [min(20, len(f["target"])) for f in full]
+    for f, c in zip(full, cut, strict=True):  # same forecast origin, later start
+        assert c["start"] + len(c["target"]) == f["start"] + len(f["target"])
+        np.testing.assert_array_equal(c["target"], f["target"][-len(c["target"]) :])
+    rows = {}
+    for context in (None, 20, 10_000):
+        fc = LastValue()
+        out = tmp_path / f"ctx{context}"
+        rows[context] = {r["setting"]: r for r in run(fc, [ds], out=out, reps=1, progress=False, context=context,
+                                                      cost_windows=0)}  # fmt: skip
+        assert max(n for n, _ in fc.seen) == (20 if context == 20 else max(len(f["target"]) for f in full))
+    # the last value does not depend on the history: every score is the same, MASE's scale included
+    for context in (20, 10_000):
+        assert rows[context]["unmerged"]["MASE"] == rows[None]["unmerged"]["MASE"]
+        assert rows[context]["seasonal-naive"]["WQL"] == rows[None]["seasonal-naive"]["WQL"]
+    assert json.loads((tmp_path / "ctx20" / "run.json").read_text())["context"] == 20
+    with pytest.raises(ValueError, match=r"other settings \(context: 20 there, 30"):
+        run(LastValue(), [ds], out=tmp_path / "ctx20", reps=1, progress=False, context=30, cost_windows=0)
+    with pytest.raises(ValueError, match="context must be an int >= 1"):
+        run(LastValue(), [ds], out=tmp_path / "bad", context=0)

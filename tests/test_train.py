@@ -63,6 +63,23 @@ def test_sampler_is_a_function_of_seed_and_step():
     assert np.isfinite(b1.context[real, -1]).all()
 
 
+def test_dataset_weights_choose_where_real_windows_come_from():
+    data = training_series(["m3_yearly", "electricity_hourly"])
+    longest_m3 = max(len(x) for x in data.series[0])
+    kw = dict(context_length=256, horizon=8, mix=(1.0, 0.0, 0.0), seed=1)
+    cuts = {w: np.concatenate([WindowSampler(data, dataset_weights=w, **kw).batch(s, 32).cut for s in range(4)])
+            for w in ((1, 0), (0, 3), ())}  # fmt: skip
+    assert (cuts[(1, 0)] < longest_m3).all()
+    assert (cuts[(0, 3)] >= longest_m3).all()
+    assert (cuts[()] < longest_m3).any() and (cuts[()] >= longest_m3).any()  # equal weights: both
+    # no weights keeps the draws of runs made before weights existed
+    np.testing.assert_array_equal(WindowSampler(data, **kw).batch(3, 8).context,
+                                  WindowSampler(data, dataset_weights=[], **kw).batch(3, 8).context)  # fmt: skip
+    for bad in ((1,), (0, 0), (1, -1), (1, float("nan"))):
+        with pytest.raises(ValueError, match="one weight >= 0 per training dataset"):
+            WindowSampler(data, dataset_weights=bad, **kw)
+
+
 def test_fixed_context_complete_target_sampler():
     data = training_series(["electricity_hourly"])
     s = WindowSampler(
@@ -93,6 +110,10 @@ def test_training_resumes_exactly(tmp_path):
     train(_bolt(), TrainSettings(steps=6, **settings), tmp_path / "straight", progress=False)
     first = train(_bolt(), TrainSettings(steps=6, **settings), tmp_path / "resumed", progress=False, stop_at=3)
     assert first["step"] == 3
+    # a run recorded before a recipe field existed resumes (the field holds its default there)
+    meta = json.loads((tmp_path / "resumed" / "run.json").read_text())
+    del meta["recipe"]["dataset_weights"]
+    (tmp_path / "resumed" / "run.json").write_text(json.dumps(meta))
     state = train(_bolt(), TrainSettings(steps=6, **settings), tmp_path / "resumed", progress=False)
     assert state["step"] == 6
     _, a, _ = load_checkpoint_model(tmp_path / "straight")
@@ -167,6 +188,20 @@ def test_chronos2_recipe_resumes_exactly_exports_and_merges_per_group(tmp_path):
     assert "Chronos-2 reference model" in card and str(tmp_path) not in card
     loaded = mergeplug.from_pretrained(out)
     assert type(loaded).__name__ == "Chronos2Pipeline"
+    # bfloat16 storage: half the bytes, loaded as float32 with exactly the rounded weights, forecasts close
+    half = export(tmp_path / "straight", tmp_path / "model-bf16", storage_dtype="bfloat16")
+    assert (half / "model.safetensors").stat().st_size < 0.6 * (out / "model.safetensors").stat().st_size
+    for loader in (BaseChronosPipeline.from_pretrained, mergeplug.from_pretrained):
+        rounded = loader(str(half))
+        assert rounded.model.dtype == torch.float32
+        for (name, p), q in zip(pipe.model.state_dict().items(), rounded.model.state_dict().values(), strict=True):
+            assert torch.equal(p.to(torch.bfloat16).float(), q), name
+    q16, _ = rounded.predict_quantiles([torch.linspace(0, 5, 100)[None]], prediction_length=20)
+    q32, _ = pipe.predict_quantiles([torch.linspace(0, 5, 100)[None]], prediction_length=20)
+    torch.testing.assert_close(q16[0], q32[0], rtol=0.05, atol=0.05)
+    assert "stored rounded to bfloat16" in (half / "README.md").read_text()
+    with pytest.raises(ValueError, match="storage_dtype must be float32 or bfloat16"):
+        export(tmp_path / "straight", tmp_path / "x", storage_dtype="float16")
     # a training batch with groups, merged: every member of a group keeps the same merge decisions
     batch = _chronos2(group_fraction=0.6).sampler(0, None).batch(2, 12)
     model = loaded.model
@@ -483,3 +518,8 @@ def test_cli_refuses_invalid_numbers_before_any_work(tmp_path, capsys, monkeypat
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_training_without_progress_prints_nothing(tmp_path, capfd):
+    train(_chronos2(), TrainSettings(steps=2, batch_size=4, warmup=1, threads=1), tmp_path / "r", progress=False)
+    assert capfd.readouterr().err == ""  # the KernelSynth bank is generated without a bar too

@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--freq", default=None,
         help="frequency of a file:PATH dataset, a pandas alias (h, D, B, W-SUN, MS, ME, QS-OCT, YS); default: inferred",
     )  # fmt: skip
+    r.add_argument(
+        "--context", type=int, default=None,
+        help="time steps of history the model sees (the last N of each test input; default: all, up to the model's "
+        "context_length); scores use the whole history, so runs at several contexts compare",
+    )  # fmt: skip
     r.add_argument("--out", default="results/eval", help="results directory (rerun to resume)")
     r.add_argument(
         "--reps", type=int, default=6,
@@ -154,6 +159,22 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     tu.add_argument("--no-progress", action="store_true")
 
+    fr = sub.add_parser("frontier", help="speed / accuracy frontier at several contexts, speed also at other dims")
+    fr.add_argument("--model", required=True, help="as for run (a Chronos-2 model for --dims)")
+    fr.add_argument("--datasets", nargs="+", required=True, help="registry names, file:PATH, or a tag")
+    fr.add_argument("--contexts", nargs="+", type=int, required=True, help="time steps of history, e.g. 512 2048")
+    fr.add_argument("--merge", action="append", default=[], help="settings (default: k x reduction x schedule x safe)")
+    fr.add_argument(
+        "--dims", default="base", choices=["none", "test", "tiny", "mini", "small", "base"],
+        help="also time every setting on a random-weight Chronos-2 of these dimensions (default base; none: skip)",
+    )  # fmt: skip
+    fr.add_argument("--dims-batch", type=int, default=4, help="series per timed forecast at --dims")
+    fr.add_argument("--reps", type=int, default=6, help="paired timing rounds at least")
+    fr.add_argument("--time-budget", type=float, default=30.0, help="seconds of timing per dataset on the model")
+    fr.add_argument("--dims-budget", type=float, default=300.0, help="seconds of timing per context at --dims")
+    fr.add_argument("--out", default="results/frontier", help="results directory (rerun to resume)")
+    fr.add_argument("--no-progress", action="store_true")
+
     rep = sub.add_parser("report", help="regenerate report.md and the plot of a results directory")
     rep.add_argument("directory")
 
@@ -185,7 +206,7 @@ def run_verb(args: argparse.Namespace) -> int:
         min_time=args.min_time, time_budget=args.time_budget,
         timing_windows=args.timing_windows, max_series=args.max_series, seed=args.seed, device=args.device,
         dtype=args.dtype, progress=not args.no_progress, prediction_length=args.prediction_length,
-        windows=args.windows, freq=args.freq,
+        windows=args.windows, freq=args.freq, context=args.context,
     )  # fmt: skip
     from accelerate import PartialState
 
@@ -300,11 +321,29 @@ def precheck_verb(args: argparse.Namespace) -> int:
 
 
 #: verb name -> function (each takes the parsed arguments and returns the exit status)
+def frontier_verb(args: argparse.Namespace) -> int:
+    """``frontier``: the harness at each context, speed at other dimensions, then frontier.md / .png."""
+    from .frontier import run_frontier, table
+
+    if any(c < 1 for c in args.contexts):
+        raise ValueError(f"--contexts must be time steps >= 1, got {args.contexts}")
+    dims = None if args.dims == "none" else args.dims
+    result = run_frontier(
+        args.model, _expand(args.datasets), args.contexts, out=args.out, settings=args.merge or None, dims=dims,
+        dims_batch=args.dims_batch, reps=args.reps, time_budget=args.time_budget, dims_budget=args.dims_budget,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    print(table(result, dims_label=f"Chronos-2 {dims} dims" if dims else "no other dims"))
+    print(f"\nresults: {args.out}/frontier.md, {args.out}/frontier.png, {args.out}/ctx<N>/results.jsonl")
+    return 0
+
+
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "list-datasets": list_datasets_verb,
     "run": run_verb,
     "report": report_verb,
     "tune": tune_verb,
+    "frontier": frontier_verb,
     "card": card_verb,
     "profile": profile_verb,
     "precheck": precheck_verb,

@@ -229,7 +229,7 @@ def evaluate(ds: EvalDataset, forecast: Callable[[list[np.ndarray]], np.ndarray]
 #: run options that change a row's numbers: a directory holding rows computed with other values is not resumed
 SETUP_KEYS = (
     "model", "quantiles", "seed", "prediction_length", "windows", "freq", "max_series", "batch_size", "reps",
-    "timing_windows", "cost_windows", "device", "dtype",
+    "timing_windows", "cost_windows", "device", "dtype", "context",
 )  # fmt: skip
 
 
@@ -363,6 +363,7 @@ def run(
     freq: str | None = None,
     min_time: float = 0.2,
     time_budget: float = 60.0,
+    context: int | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate the seasonal-naive baseline, the unmerged model and each merge setting on each dataset.
 
@@ -381,7 +382,10 @@ def run(
 
     ``prediction_length`` / ``windows`` replace each dataset's protocol (a local file needs
     ``prediction_length``; its ``windows`` default to 1); ``freq``: a local file's frequency (a pandas offset
-    alias, inferred when None). Every option is checked before any work. One process writes into ``out`` at a
+    alias, inferred when None). ``context``: the model sees only the last ``context`` time steps of each test
+    input (None: all of it; a Chronos pipeline still cuts to its own ``context_length``); scores, seasonal naive
+    and MASE's scale use the whole history either way, so runs at several contexts compare directly. Every
+    option is checked before any work. One process writes into ``out`` at a
     time (a second is refused); rows are written as they finish, and a rerun with the same options resumes
     (other options are refused, naming them). Returns all rows of the results directory (finished cells of an
     earlier run included).
@@ -389,7 +393,7 @@ def run(
     _check_options(
         datasets, merges, model=model, reps=reps, batch_size=batch_size, timing_windows=timing_windows,
         cost_windows=cost_windows, max_series=max_series, prediction_length=prediction_length, windows=windows,
-        freq=freq, device=device, dtype=dtype, min_time=min_time, time_budget=time_budget,
+        freq=freq, device=device, dtype=dtype, min_time=min_time, time_budget=time_budget, context=context,
     )  # fmt: skip
     data_options = dict(prediction_length=prediction_length, windows=windows, max_series=max_series, freq=freq)
     name = model if isinstance(model, str) else (model.name or type(model).__name__)
@@ -397,7 +401,7 @@ def run(
         "model": name, "quantiles": list(QUANTILES), "seed": seed, "merges": list(merges), "reps": reps,
         "prediction_length": prediction_length, "windows": windows, "freq": freq, "max_series": max_series,
         "batch_size": batch_size, "timing_windows": timing_windows, "cost_windows": cost_windows, "device": device,
-        "dtype": dtype,
+        "dtype": dtype, "context": context,
     }  # fmt: skip
     from accelerate import PartialState
 
@@ -406,7 +410,7 @@ def run(
     try:
         forecaster, settings = _forecaster_and_settings(model, merges, device=device, dtype=dtype)
         opt = _Options(reps, batch_size, timing_windows, cost_windows, seed, progress, bool(merges), min_time,
-                       time_budget)  # fmt: skip
+                       time_budget, context)  # fmt: skip
         for item in tqdm(datasets, desc="datasets", disable=not progress):
             ds = item if isinstance(item, EvalDataset) else load_dataset(item, **data_options)
             base = {"dataset": ds.name, "series": len(ds), "skipped_series": ds.skipped, "windows": ds.windows,
@@ -442,6 +446,7 @@ def _check_options(
     dtype: str,
     min_time: Any = 0.2,
     time_budget: Any = 60.0,
+    context: Any = None,
 ) -> None:
     """Every option of :func:`run` that can be checked before any work (a ValueError naming it otherwise)."""
     for name, value in (("min_time", min_time), ("time_budget", time_budget)):
@@ -451,7 +456,8 @@ def _check_options(
                              ("cost_windows", cost_windows, 0)):  # fmt: skip
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    for name, value in (("max_series", max_series), ("prediction_length", prediction_length), ("windows", windows)):
+    for name, value in (("max_series", max_series), ("prediction_length", prediction_length), ("windows", windows),
+                        ("context", context)):  # fmt: skip
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be an int >= 1 (or None for the default), got {value!r}")
     check_device(device)
@@ -500,6 +506,18 @@ class _Options:
     merging: bool
     min_time: float = 0.2
     time_budget: float = 60.0
+    context: int | None = None
+
+
+def last_steps(inputs: Sequence[dict[str, Any]], context: int | None) -> list[dict[str, Any]]:
+    """Test inputs cut to their last ``context`` time steps (``start`` moved with them); None: unchanged."""
+    if context is None:
+        return list(inputs)
+    out = []
+    for inp in inputs:
+        cut = max(0, len(inp["target"]) - context)
+        out.append({**inp, "target": inp["target"][cut:], "start": inp["start"] + cut} if cut else inp)
+    return out
 
 
 def _measure(
@@ -526,7 +544,7 @@ def _measure(
         return nullcontext([])
 
     test_data = _windows(ds)
-    inputs = list(test_data.input)
+    inputs = last_steps(test_data.input, opt.context)  # what the model sees; scoring uses the whole history
     merged = [s for s in pending if not s.is_reference]
     accuracy: dict[str, dict[str, float]] = {}
     counts: dict[str, list[int] | None] = {}

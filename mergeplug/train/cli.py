@@ -52,6 +52,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "dropout": (0, 1, True, False),
     "attention_dropout": (0, 1, True, False),
     "context_length": (1, None, True, False),
+    "dataset_weights": (0, None, True, False),
     "horizon": (0, None, True, False),  # supervised recipes: 0 = the dataset's prediction length
     "synthetic": (0, None, True, False),
     "mix": (0, None, True, False),
@@ -91,7 +92,8 @@ def _add_fields(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> 
         if isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif isinstance(default, (list, tuple)):
-            p.add_argument(flag, nargs="+", type=_value_type(f.name, default[0]) if default else str, default=None)
+            item = default[0] if default else (0.0 if "float" in str(f.type) else "")  # an empty list: its type
+            p.add_argument(flag, nargs="+", type=_value_type(f.name, item), default=None)
         else:  # int, float or str
             p.add_argument(flag, type=_value_type(f.name, default), default=None)
 
@@ -119,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--packed-only", action="store_true", help="binarized runs: config.json + the packed file, no float weights"
     )
+    p.add_argument(
+        "--storage-dtype", choices=["float32", "bfloat16"], default="float32",
+        help="bfloat16: weights stored rounded to bfloat16 (half the size), loaded and run as float32",
+    )  # fmt: skip
     p = sub.add_parser("card", help="re-render the model card of an exported directory (e.g. with new results)")
     p.add_argument("directory")
     p.add_argument("--name", default=None, help="model name in the card (default: the directory's name)")
@@ -169,7 +175,8 @@ def _main(args: argparse.Namespace) -> int:
         print(write_card(args.directory, name=args.name, eval_dirs=args.eval_dir))
         return 0
     try:
-        path = export(args.run, args.out, name=args.name, eval_dirs=args.eval_dir, packed_only=args.packed_only)
+        path = export(args.run, args.out, name=args.name, eval_dirs=args.eval_dir, packed_only=args.packed_only,
+                      storage_dtype=args.storage_dtype)  # fmt: skip
     except ValueError as exc:
         print(f"mergeplug-train: error: {exc}", file=sys.stderr)
         return 2

@@ -191,6 +191,9 @@ class WindowSampler:
             multivariate array at one time (half of the groups, when there are arrays), or a synthetic group: a
             KernelSynth series with copies of it that are scaled, shifted, noisy and delayed by up to 48 steps,
             so that a leading member's context shows part of the others' future.
+        progress: a progress bar while the KernelSynth bank is generated.
+        dataset_weights: relative weight of each dataset of ``data`` when a real window is drawn (empty: every
+            dataset equally, then a series of it uniformly).
     """
 
     def __init__(
@@ -210,6 +213,8 @@ class WindowSampler:
         multivariate: list[np.ndarray] | None = None,
         group_fraction: float = 0.0,
         max_group: int = 4,
+        dataset_weights: list[float] | tuple[float, ...] = (),
+        progress: bool = False,
     ) -> None:
         if not 0 <= group_fraction <= 1:
             raise ValueError(f"group_fraction must be in [0, 1], got {group_fraction}")
@@ -234,24 +239,37 @@ class WindowSampler:
         if p.sum() <= 0:
             raise ValueError("nothing to sample: give training data or synthetic > 0")
         self.mix = p / p.sum()
-        self.bank = self._bank(synthetic, cache_dir) if synthetic else None
+        self.weights = None
+        if dataset_weights:
+            w = np.asarray(dataset_weights, dtype=float)
+            n = len(data.series) if data is not None else 0
+            if len(w) != n or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+                raise ValueError(
+                    f"dataset_weights needs one weight >= 0 per training dataset ({n}), not all 0; got "
+                    f"{list(dataset_weights)}"
+                )
+            self.weights = w / w.sum()
+        self.bank = self._bank(synthetic, cache_dir, progress) if synthetic else None
         if group_fraction and self.bank is None and not self.multivariate:
             raise ValueError("groups need multivariate arrays or synthetic > 0")
 
-    def _bank(self, n: int, cache_dir: str | Path | None) -> np.ndarray:
+    def _bank(self, n: int, cache_dir: str | Path | None, progress: bool = False) -> np.ndarray:
         length = self.context_length + self.horizon
         if cache_dir is not None:
             path = Path(cache_dir) / f"kernelsynth_{n}x{length}_seed{self.seed}.npy"
             if path.exists():
                 return np.load(path)
-        bank = kernelsynth(n, length, seed=self.seed, progress=True)
+        bank = kernelsynth(n, length, seed=self.seed, progress=progress)
         if cache_dir is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             np.save(path, bank)
         return bank
 
     def _real(self, rng: np.random.Generator, context: int) -> tuple[np.ndarray, np.ndarray, int]:
-        g = int(rng.integers(len(self.data.series)))
+        if self.weights is None:
+            g = int(rng.integers(len(self.data.series)))
+        else:
+            g = int(rng.choice(len(self.weights), p=self.weights))
         group = self.data.series[g]
         x = group[int(rng.integers(len(group)))]
         # at least a few context values (all of them for a fixed-context sampler); the target may run past the end

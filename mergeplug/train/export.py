@@ -15,6 +15,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .._assets import AssetsMissingError, checkpoint_dir
 
 __all__ = ["export", "write_card", "accuracy_table", "geomean", "CHRONOS_KINDS"]
@@ -103,8 +105,13 @@ def export(
     name: str | None = None,
     eval_dirs: list[str] | None = None,
     packed_only: bool = False,
+    storage_dtype: str = "float32",
 ) -> Path:
     """Write the run's latest checkpoint to ``out`` as a loadable model with ``training.json`` and a model card.
+
+    ``storage_dtype="bfloat16"``: the weights are stored rounded to bfloat16 (half the bytes) and ``config.json``
+    keeps ``dtype: float32``, so ``from_pretrained`` (chronos, transformers, mergeplug) loads a float32 model
+    whose weights are the rounded values.
 
     ``packed_only``: for a binarized run, write no float weights (``mergeplug.save_pretrained(...,
     float_weights=False)``): the directory is as small as the packed file, and ``mergeplug.from_pretrained`` (and
@@ -117,6 +124,8 @@ def export(
     from ..binary import binarization
     from ..hub import save_pretrained, write_config
 
+    if storage_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"storage_dtype must be float32 or bfloat16, got {storage_dtype!r}")
     if packed_only and binarization(model) is None:
         raise ValueError(f"--packed-only needs a binarized run (--binary-density), and {run_dir} is not one")
     out = Path(out)
@@ -124,8 +133,18 @@ def export(
     from ..core import settings
 
     if binarization(model) is not None or settings(model) is not None:
+        if storage_dtype != "float32":
+            raise ValueError("storage_dtype=bfloat16 applies to plain models, not binarized or merged runs")
         # float weights (unless packed_only), the packed binary layers and the merge settings in the config
         save_pretrained(model, out, card=False, float_weights=not packed_only)
+    elif storage_dtype == "bfloat16":
+        import copy
+
+        copy.deepcopy(model).to(torch.bfloat16).save_pretrained(out)
+        config = json.loads((out / "config.json").read_text())
+        config["dtype"] = "float32"  # compute in float32: the stored values are bfloat16-rounded float32 weights
+        (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_config(model, out)
     else:
         model.save_pretrained(out)
         write_config(model, out)
@@ -150,6 +169,17 @@ def _load_exported(directory: Path, kind: str):
     from ..eval.models import _load_supervised
 
     return _load_supervised(directory)
+
+
+def _stored_bfloat16(directory: Path) -> bool:
+    """Are the float weights of ``directory/model.safetensors`` stored in bfloat16?"""
+    path = directory / "model.safetensors"
+    if not path.exists():
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return any(f.get_slice(k).get_dtype() == "BF16" for k in f.keys())
 
 
 def _macs_lines(rows: list[dict[str, Any]]) -> str:
@@ -229,6 +259,9 @@ def write_card(directory: str | Path, *, name: str | None = None, eval_dirs: lis
     )  # fmt: skip
     short = f"mergeplug:{kind}" if per_dataset else f"mergeplug:{name}"
     description = _DESCRIPTION.format(arch=arch, params=params, size_mb=params * 4 / 1e6, short=short)
+    if _stored_bfloat16(out):
+        description += (f" Its weights are stored rounded to bfloat16 ({params * 2 / 1e6:.2f} MB); `config.json` "
+                        "says float32, so every loader builds and runs a float32 model.")  # fmt: skip
     card = model_card(
         out,
         obj=model,

@@ -14,6 +14,7 @@ run continues exactly as an uninterrupted one would.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -112,6 +113,20 @@ def _recipe_dict(recipe: Recipe) -> dict[str, Any]:
     return d
 
 
+@contextlib.contextmanager
+def _hf_bars(enabled: bool):
+    """Hugging Face progress bars (``save_pretrained``'s "Writing model shards") on or off inside the block, then as
+    they were."""
+    import transformers.utils.logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
+
+
 def _save(out: Path, model: torch.nn.Module, opt, sched, state: dict[str, Any]) -> None:
     tmp = out / "checkpoint.tmp"
     if tmp.exists():
@@ -176,6 +191,9 @@ def train(
     meta = {"recipe": _recipe_dict(recipe), "settings": dataclasses.asdict(settings)}
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
+        # a field added to the recipe after the run started holds its default there
+        defaults = _recipe_dict(type(recipe)())
+        old["recipe"] = {**{k: v for k, v in defaults.items() if k not in old["recipe"]}, **old["recipe"]}
         keys = ("seed", *_MODEL_FIELDS)
         if old["recipe"] != meta["recipe"] or any(old["settings"].get(k, meta["settings"][k]) != meta["settings"][k]
                                                   for k in keys):  # fmt: skip
@@ -187,7 +205,7 @@ def train(
     if settings.threads:
         torch.set_num_threads(settings.threads)
 
-    sampler = recipe.sampler(settings.seed, cache_dir=out / "cache")
+    sampler = recipe.sampler(settings.seed, cache_dir=out / "cache", progress=progress)
     meta["seen"] = recipe.seen()
     meta_path.write_text(json.dumps(meta, indent=2))
 
@@ -218,6 +236,9 @@ def train(
     t_log, n_log = time.time(), 0
     end = min(settings.steps, stop_at) if stop_at is not None else settings.steps
     deadline = time.time() + time_limit if time_limit is not None else math.inf
+    import transformers.utils.logging as hf_logging
+
+    hf_bars_before = hf_logging.is_progress_bar_enabled()
     bar = tqdm(total=settings.steps, initial=start_step, desc=f"train {recipe.kind}", disable=not progress)
     with (out / "log.jsonl").open("a") as log:
         for step in range(start_step, end):
@@ -258,7 +279,8 @@ def train(
                 bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{row['samples_per_s']:.0f}")
                 losses, t_log, n_log = [], now, 0
             if (step + 1) % settings.checkpoint_every == 0 or last:
-                _save(out, model, opt, sched, state)
+                with _hf_bars(progress and hf_bars_before):
+                    _save(out, model, opt, sched, state)
             if last:
                 break
     bar.close()

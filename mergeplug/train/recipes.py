@@ -35,7 +35,8 @@ QUANTILES = list(_EVAL_QUANTILES)
 class Recipe:
     """Settings shared by the Chronos recipes (everything here is recorded in the run's config.json).
 
-    ``d_model, d_ff, heads, d_kv, encoder_layers, decoder_layers`` give the T5 dimensions.
+    ``d_model, d_ff, heads, d_kv, encoder_layers, decoder_layers`` give the T5 dimensions; ``dataset_weights``:
+    relative weights of ``datasets`` when a real window is drawn (empty: equal).
     """
 
     d_model: int = 128
@@ -52,6 +53,7 @@ class Recipe:
     mix: tuple[float, float, float] = (0.5, 0.2, 0.3)
     min_context: int = 32
     curriculum_steps: int = 0
+    dataset_weights: list[float] = field(default_factory=list)
     kind: str = "base"
 
     def __post_init__(self) -> None:
@@ -72,8 +74,9 @@ class Recipe:
             **overrides,
         )
 
-    def sampler(self, seed: int, cache_dir: str | Path | None) -> WindowSampler:
-        """The (cached) window sampler over this recipe's training data."""
+    def sampler(self, seed: int, cache_dir: str | Path | None, progress: bool = True) -> WindowSampler:
+        """The (cached) window sampler over this recipe's training data (``progress``: a bar while the KernelSynth
+        bank is generated)."""
         if self._sampler is None:
             self._data = training_series(self.datasets) if self.datasets else None
             self._sampler = WindowSampler(
@@ -84,8 +87,10 @@ class Recipe:
                 mix=self.mix,
                 min_context=self.min_context,
                 curriculum_steps=self.curriculum_steps,
+                dataset_weights=self.dataset_weights,
                 seed=seed,
                 cache_dir=cache_dir,
+                progress=progress,
                 **self.sampler_options(),
             )
         return self._sampler

@@ -72,7 +72,7 @@ class _Supervised(Recipe):
     def past_length(self) -> int:
         return self.context_length
 
-    def sampler(self, seed: int, cache_dir: Any) -> WindowSampler:
+    def sampler(self, seed: int, cache_dir: Any, progress: bool = True) -> WindowSampler:
         if self._sampler is None:
             self._data = training_series(self.datasets)
             if not self.train_on and len(self._data.series[0]) != 1:
