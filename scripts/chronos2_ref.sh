@@ -4,9 +4,10 @@
 #
 #   scripts/chronos2_ref.sh                 # everything, in order
 #   STAGE=gates scripts/chronos2_ref.sh     # one stage: train1, train2, export, gates, frontier, precheck
+#   STAGE=robust scripts/chronos2_ref.sh    # not in "all": merge-aware fine-tuning of the reference (below)
 #
 # Stage 1 (10,000 steps of 32 windows, context 2,048): the recipe's defaults (every offline training part with equal
-# weight per dataset, TSMixup, KernelSynth, groups of related series). Stage 2 (2,500 steps, from stage 1): the
+# weight per dataset, TSMixup, KernelSynth, groups of related series). Stage 2 (2,000 steps, from stage 1): the
 # five long hourly series weighted 3:1 against each M1 / M3 set, contexts of at least 256 steps, less KernelSynth,
 # a lower learning rate: the long context is what the frontier measures. Runs live in RUNS (default runs/).
 set -euo pipefail
@@ -32,8 +33,21 @@ if want train2; then
   # shellcheck disable=SC2086
   "$BIN/mergeplug-train" chronos-2 --out "$RUNS/chronos2-ref-long" --init-from "$RUNS/export-chronos2-stage1" \
     --datasets $LONG $MSETS --dataset-weights 3 3 3 3 3 1 1 1 1 1 1 1 --mix 0.7 0.2 0.1 --min-context 256 \
-    --curriculum-steps 0 --steps 2500 --batch-size 32 --lr 3e-4 --warmup 100 --threads "${THREADS:-1}" \
+    --curriculum-steps 0 --steps 2000 --batch-size 32 --lr 3e-4 --warmup 100 --threads "${THREADS:-1}" \
     --time-limit "$TIME_LIMIT" --no-progress
+fi
+# Merge-aware fine-tuning (ToMe's remedy, not part of the shipped reference): from the exported reference, every
+# step draws one of these settings (or none), so one model learns to forecast unmerged and under each of them.
+ROBUST="none;k=global,reduction=0.75,schedule=input;k=global,reduction=0.9,schedule=front;k=1,reduction=0.75"
+ROBUST="$ROBUST;k=3,reduction=0.9,schedule=front-input"
+if [[ "$STAGE" == robust ]]; then
+  # shellcheck disable=SC2086
+  "$BIN/mergeplug-train" chronos-2 --out "$RUNS/chronos2-ref-robust" --init-from "$EXPORT" --merge "$ROBUST" \
+    --datasets $LONG $MSETS --dataset-weights 3 3 3 3 3 1 1 1 1 1 1 1 --mix 0.7 0.2 0.1 --min-context 256 \
+    --curriculum-steps 0 --steps 1500 --batch-size 32 --lr 2e-4 --warmup 50 --threads "${THREADS:-1}" \
+    --time-limit "$TIME_LIMIT" --no-progress
+  "$BIN/mergeplug-train" export "$RUNS/chronos2-ref-robust" --out "$RUNS/export-chronos2-ref-robust" \
+    --name chronos2-ref-robust --storage-dtype bfloat16
 fi
 if want export; then
   "$BIN/mergeplug-train" export "$RUNS/chronos2-ref-long" --out "$EXPORT" --name chronos2-ref --storage-dtype bfloat16

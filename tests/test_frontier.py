@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from mergeplug.eval.frontier import grid, meets, run_frontier, summarise, table
+from mergeplug.eval.frontier import choose_default, grid, meets, run_frontier, summarise, table
 
 
 def test_grid_names_every_combination_once():
@@ -84,3 +84,22 @@ def test_frontier_cli(tmp_path, capsys):
     assert main([*base, "--contexts", "128", "--merge", setting, "--dims", "none", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert f"| 128 | {setting} |" in out and (tmp_path / "frontier.png").exists()
+
+
+def test_choose_default_takes_the_cheapest_safe_setting_within_the_validation_bounds():
+    def point(setting, change, worst, macs, safe=True, removed=0.5, noop=0):
+        return {"setting": setting, "merge": {"safe": safe}, "WQL_change": change, "WQL_worst": worst,
+                "macs_ratio": macs, "removed": removed, "noop_datasets": noop}  # fmt: skip
+
+    points = [
+        point("a", 0.001, 0.01, 2.0),
+        point("b", 0.004, 0.02, 3.0),
+        point("b-more", 0.004, 0.02, 3.0004, removed=0.9),  # same MACs ratio (3 decimals): fewer tokens removed wins
+        point("too-bad", 0.006, 0.01, 5.0),
+        point("one-bad-dataset", 0.0, 0.04, 5.0),
+        point("plain", 0.0, 0.0, 9.0, safe=False),
+        point("merged-nothing-somewhere", 0.0, 0.0, 9.0, noop=1),
+    ]
+    assert choose_default(points)["setting"] == "b"
+    assert choose_default(points, wql=0.01, worst=0.05)["setting"] == "one-bad-dataset"  # ties: by name
+    assert choose_default([point("x", 0.02, 0.02, 2.0)]) is None

@@ -114,6 +114,9 @@ def test_training_resumes_exactly(tmp_path):
     meta = json.loads((tmp_path / "resumed" / "run.json").read_text())
     del meta["recipe"]["dataset_weights"]
     (tmp_path / "resumed" / "run.json").write_text(json.dumps(meta))
+    # killed after logging step 4 (and mid-line) but before its checkpoint: step 4 is trained and logged once
+    with (tmp_path / "resumed" / "log.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 4, "loss": 1.0}) + "\n" + '{"step": 5, "lo')
     state = train(_bolt(), TrainSettings(steps=6, **settings), tmp_path / "resumed", progress=False)
     assert state["step"] == 6
     _, a, _ = load_checkpoint_model(tmp_path / "straight")
@@ -523,3 +526,26 @@ def test_cli_refuses_invalid_numbers_before_any_work(tmp_path, capsys, monkeypat
 def test_training_without_progress_prints_nothing(tmp_path, capfd):
     train(_chronos2(), TrainSettings(steps=2, batch_size=4, warmup=1, threads=1), tmp_path / "r", progress=False)
     assert capfd.readouterr().err == ""  # the KernelSynth bank is generated without a bar too
+
+
+def test_merge_aware_training_with_several_settings_resumes_exactly_and_exports_unmerged(tmp_path):
+    from mergeplug.train.loop import merge_choices
+
+    merge = "none;k=1,reduction=0.5,safe=false;k=global,reduction=0.75,schedule=input,safe=false"
+    settings = dict(batch_size=6, warmup=1, checkpoint_every=2, log_every=1, threads=1, merge=merge)
+    train(_chronos2(), TrainSettings(steps=4, **settings), tmp_path / "straight", progress=False)
+    train(_chronos2(), TrainSettings(steps=4, **settings), tmp_path / "resumed", progress=False, stop_at=2)
+    train(_chronos2(), TrainSettings(steps=4, **settings), tmp_path / "resumed", progress=False)
+    _, a, _ = load_checkpoint_model(tmp_path / "straight")
+    _, b, _ = load_checkpoint_model(tmp_path / "resumed")
+    assert mergeplug.settings(a) is None  # several settings: the model itself is saved and loaded unmerged
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    # the draws differ from training without merging
+    train(_chronos2(), TrainSettings(steps=4, **{**settings, "merge": ""}), tmp_path / "plain", progress=False)
+    _, c, _ = load_checkpoint_model(tmp_path / "plain")
+    assert any(not torch.equal(p, q) for p, q in zip(a.state_dict().values(), c.state_dict().values(), strict=True))
+    choices = merge_choices(merge, a)
+    assert choices[0] is None and choices[2]["input_ratio"] == 0.75 and len(choices) == 3
+    with pytest.raises(ValueError, match="trains without merging"):
+        merge_choices("none", a)

@@ -172,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     fr.add_argument("--reps", type=int, default=6, help="paired timing rounds at least")
     fr.add_argument("--time-budget", type=float, default=30.0, help="seconds of timing per dataset on the model")
     fr.add_argument("--dims-budget", type=float, default=300.0, help="seconds of timing per context at --dims")
+    fr.add_argument(
+        "--validation", action="store_true",
+        help="score the validation windows (just before the test windows) instead, to choose settings",
+    )  # fmt: skip
     fr.add_argument("--out", default="results/frontier", help="results directory (rerun to resume)")
     fr.add_argument("--no-progress", action="store_true")
 
@@ -331,7 +335,7 @@ def frontier_verb(args: argparse.Namespace) -> int:
     result = run_frontier(
         args.model, _expand(args.datasets), args.contexts, out=args.out, settings=args.merge or None, dims=dims,
         dims_batch=args.dims_batch, reps=args.reps, time_budget=args.time_budget, dims_budget=args.dims_budget,
-        progress=not args.no_progress,
+        progress=not args.no_progress, validation=args.validation,
     )  # fmt: skip
     print(table(result, dims_label=f"Chronos-2 {dims} dims" if dims else "no other dims"))
     print(f"\nresults: {args.out}/frontier.md, {args.out}/frontier.png, {args.out}/ctx<N>/results.jsonl")

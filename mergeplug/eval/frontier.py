@@ -28,7 +28,7 @@ import torch
 from ..timing import paired_speedups, speed_cell
 from .data import load_dataset
 
-__all__ = ["grid", "dims_speed", "summarise", "meets", "table", "plot", "run_frontier", "SCHEDULES"]
+__all__ = ["grid", "dims_speed", "summarise", "meets", "choose_default", "table", "plot", "run_frontier", "SCHEDULES"]
 
 SCHEDULES = ("constant", "front", "front-input", "input")
 
@@ -230,6 +230,19 @@ def meets(
     )
 
 
+def choose_default(points: list[dict[str, Any]], *, wql: float = 0.005, worst: float = 0.03) -> dict[str, Any] | None:
+    """The long-context default from :func:`summarise` points of *validation* windows (the rule, fixed before any
+    test window of a merged setting is scored): among forecast-safe settings that merged something on every dataset,
+    with a geometric-mean WQL change of at most ``wql`` and no dataset worse than ``worst`` (stricter than the test
+    target of +1% / +5%, to leave room), the one with the largest MACs ratio; ties go to the smaller share of
+    tokens removed, then to the smaller setting string. None when no setting qualifies."""
+    ok = [p for p in points if (p.get("merge") or {}).get("safe", True) and not p.get("noop_datasets")
+          and p.get("macs_ratio") and p["WQL_change"] <= wql and p["WQL_worst"] <= worst]  # fmt: skip
+    if not ok:
+        return None
+    return min(ok, key=lambda p: (-round(p["macs_ratio"], 3), p.get("removed") or 0.0, p["setting"]))
+
+
 def table(points_by_context: dict[int, list[dict[str, Any]]], *, dims_label: str = "Chronos-2 base dims") -> str:
     """Markdown: one line per (context, setting), sorted by context then by the speed-up at ``dims_label``."""
     lines = [
@@ -328,18 +341,23 @@ def run_frontier(
     time_budget: float = 30.0,
     dims_budget: float = 300.0,
     progress: bool = True,
+    validation: bool = False,
 ) -> dict[int, list[dict[str, Any]]]:
     """The frontier of ``model`` on ``datasets`` at each of ``contexts``: the harness run into ``out/ctx<N>``, the
     speed at ``dims`` dimensions (None: skipped) on one batch of ``dims_batch`` test contexts (the first window of
     the first datasets, cycled), then ``out/frontier.json``, ``frontier.md`` and ``frontier.png``. ``settings``:
-    one list for every context or a list per context (default :func:`grid`)."""
+    one list for every context or a list per context (default :func:`grid`). ``validation``: score the validation
+    windows instead (those just before the test windows, :func:`~mergeplug.eval.data.validation_split`), to choose
+    settings without seeing the test windows."""
+    from .data import validation_split
     from .run import run
 
     out = Path(out)
     result: dict[int, list[dict[str, Any]]] = {}
     for context in contexts:
         mine = (settings.get(context) if isinstance(settings, dict) else settings) or grid()
-        rows = run(model, list(datasets), mine, out=out / f"ctx{context}", context=context, reps=reps,
+        items = [validation_split(load_dataset(d)) for d in datasets] if validation else list(datasets)
+        rows = run(model, items, mine, out=out / f"ctx{context}", context=context, reps=reps,
                    timing_windows=timing_windows, time_budget=time_budget, progress=progress)  # fmt: skip
         speed = None
         if dims:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -61,6 +62,30 @@ SCORES_NAME = "binary_scores.safetensors"  # a binary fine-tuning checkpoint's l
 _MODEL_FIELDS = ("init_from", "binary_density", "binary_exclude", "merge")
 
 
+def merge_choices(text: str, model: torch.nn.Module) -> list[dict[str, Any] | None]:
+    """The merge settings of a merge-aware run: ``mergeplug.apply`` keyword arguments per ``;``-separated setting
+    (``none``: unmerged); empty for a run without merging. One setting: the model trains (and is exported) with it
+    on. Several: every step draws one of them (a function of the seed and the step), so the model learns to forecast
+    under all of them and unmerged; it is exported without merging."""
+    if not text.strip():
+        return []
+    from ..eval.run import parse_merge
+
+    num_layers = getattr(model.config, "num_layers", None) or getattr(model.config, "num_hidden_layers", None)
+    out: list[dict[str, Any] | None] = []
+    for part in (p.strip() for p in text.split(";")):
+        if part.lower() == "none":
+            out.append(None)
+            continue
+        setting = parse_merge(part, num_layers)
+        if setting.sampling or setting.kwargs.get("period") == "season":
+            raise ValueError(f"merge={part!r}: training takes merge settings only (period=auto, not season)")
+        out.append(setting.kwargs)
+    if out == [None]:
+        raise ValueError("merge='none' alone trains without merging: drop --merge")
+    return out
+
+
 def _prepare_model(model: torch.nn.Module, settings: TrainSettings, ckpt: Path | None) -> torch.nn.Module:
     """Fine-tuning set-up: start from ``init_from`` (an exported model directory) and, with ``binary_density``,
     binarize every ``nn.Linear`` except those matching ``binary_exclude`` (:func:`mergeplug.binarize`, signs and
@@ -68,15 +93,11 @@ def _prepare_model(model: torch.nn.Module, settings: TrainSettings, ckpt: Path |
     (saved with the float weights) are loaded back."""
     if settings.init_from and ckpt is None:
         model = type(model).from_pretrained(settings.init_from)
-    if settings.merge:  # merge-aware fine-tuning: the model trains with this merge setting on (as ToMe does)
+    choices = merge_choices(settings.merge, model)
+    if len(choices) == 1 and choices[0] is not None:  # merge-aware fine-tuning with one setting (as ToMe does)
         from ..core import apply
-        from ..eval.run import parse_merge
 
-        num_layers = getattr(model.config, "num_layers", None) or getattr(model.config, "num_hidden_layers", None)
-        setting = parse_merge(settings.merge, num_layers)
-        if setting.sampling or setting.kwargs.get("period") == "season":
-            raise ValueError(f"merge={settings.merge!r}: training takes merge settings only (period=auto, not season)")
-        apply(model, **setting.kwargs)
+        apply(model, **choices[0])
     if settings.binary_density <= 0:
         return model
     from safetensors.torch import load_file
@@ -93,6 +114,21 @@ def _prepare_model(model: torch.nn.Module, settings: TrainSettings, ckpt: Path |
         if unexpected or any(k.endswith(".scores") for k in missing):
             raise ValueError(f"{ckpt}/{SCORES_NAME} does not match the binarized model ({(unexpected or missing)[:3]})")
     return model
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines of steps after ``step`` (written after the checkpoint a resumed run restarts from: they are
+    trained again, and would otherwise appear twice) and any line cut short by a kill."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    path.write_text("".join(x + "\n" for x in keep))
 
 
 def _cpu_seconds() -> float:
@@ -230,7 +266,9 @@ def train(
         sched.load_state_dict(saved["scheduler"])
         state = {k: v for k, v in saved.items() if k not in ("optimizer", "scheduler")}
 
+    choices = merge_choices(settings.merge, model)
     start_step = state["step"]
+    _truncate_log(out / "log.jsonl", start_step)
     wall0, cpu0 = time.time() - state["wall_seconds"], _cpu_seconds() - state["cpu_seconds"]
     losses: list[float] = []
     t_log, n_log = time.time(), 0
@@ -243,6 +281,13 @@ def train(
     with (out / "log.jsonl").open("a") as log:
         for step in range(start_step, end):
             batch = sampler.batch(step, settings.batch_size)
+            if len(choices) > 1:  # one of the run's merge settings (or none) for this step
+                from ..core import apply, remove
+
+                pick = choices[int(np.random.default_rng([settings.seed, step, 1]).integers(len(choices)))]
+                remove(model)
+                if pick is not None:
+                    apply(model, **pick)
             torch.manual_seed(settings.seed * 1_000_003 + step)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
                 loss = recipe.loss(model, batch)
@@ -284,4 +329,8 @@ def train(
             if last:
                 break
     bar.close()
+    if len(choices) > 1:
+        from ..core import remove
+
+        remove(model)
     return state
