@@ -80,6 +80,8 @@ def test_frontier_cli(tmp_path, capsys):
     base = ["frontier", "--model", "random:chronos-2-test", "--datasets", "wind_hourly", "--out", str(tmp_path)]
     assert main([*base, "--contexts", "0"]) == 2
     assert "--contexts must be time steps >= 1" in capsys.readouterr().err
+    assert main([*base, "--contexts", "128", "--dims-batch", "0"]) == 2
+    assert "--dims-batch must be at least 1 series" in capsys.readouterr().err
     setting = "k=1,reduction=0.5,schedule=constant,safe=false"
     assert main([*base, "--contexts", "128", "--merge", setting, "--dims", "none", "--no-progress"]) == 0
     out = capsys.readouterr().out

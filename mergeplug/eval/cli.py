@@ -331,6 +331,8 @@ def frontier_verb(args: argparse.Namespace) -> int:
 
     if any(c < 1 for c in args.contexts):
         raise ValueError(f"--contexts must be time steps >= 1, got {args.contexts}")
+    if args.dims_batch < 1:
+        raise ValueError(f"--dims-batch must be at least 1 series, got {args.dims_batch}")
     dims = None if args.dims == "none" else args.dims
     result = run_frontier(
         args.model, _expand(args.datasets), args.contexts, out=args.out, settings=args.merge or None, dims=dims,

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..results import _geomean
 from ..timing import paired_speedups, speed_cell
 from .data import load_dataset
 
@@ -101,6 +102,7 @@ def dims_speed(
     counts: dict[str, list[int] | None] = {}
     noop: dict[str, str] = {}
     seen: dict[str, list[list[int]]] = {}
+    floors: dict[str, int | None] = {}
     with torch.inference_mode():
         for label, setting in parsed.items():
             mergeplug.remove(pipe)
@@ -109,22 +111,18 @@ def dims_speed(
                 call()
             counts[label] = mergeplug.token_counts(pipe)
             seen[label] = forwards
+            floors[label] = getattr(mergeplug.settings(pipe), "min_tokens", None)
         # input merging shortens the sequence before block 0: compare with the unmerged length (the longest
         # first-block count of a setting that does not merge the input, else the MACs ratio)
         full = [c[0] for s in settings if "input_ratio" not in parsed[s].kwargs for c in seen[s]]
         for label, setting in parsed.items():
-            mergeplug.remove(pipe)
-            mergeplug.apply(pipe, **setting.kwargs)
-            floor = getattr(mergeplug.settings(pipe), "min_tokens", None)
-            forwards = seen[label]
-            if "input_ratio" in setting.kwargs and full:
-                forwards = [[max(full), *c] for c in forwards]
-            elif "input_ratio" in setting.kwargs:
-                forwards = [[c[0], *c] for c in forwards]  # no unmerged length known: the MACs ratio decides
-            ratio = None
-            if "input_ratio" in setting.kwargs and not full:
-                ratio = _macs_ratio(pipe, call, len(contexts), setting.kwargs)
-            if reason := noop_reason(forwards, ratio, floor):
+            forwards, ratio = seen[label], None
+            if "input_ratio" in setting.kwargs:
+                if full:
+                    forwards = [[max(full), *c] for c in forwards]
+                else:  # no unmerged length known: the MACs ratio decides
+                    ratio = _macs_ratio(pipe, call, len(contexts), setting.kwargs)
+            if reason := noop_reason(forwards, ratio, floors[label]):
                 noop[label] = reason
         mergeplug.remove(pipe)
         timed = ["unmerged"] + [s for s in settings if s not in noop]
@@ -134,12 +132,13 @@ def dims_speed(
             if label != "unmerged":
                 mergeplug.apply(pipe, **parsed[label].kwargs)
 
-        speeds = paired_speedups(
+        speeds = {} if len(timed) == 1 else paired_speedups(
             {label: call for label in timed}, setup=setup, min_time=min_time, min_rounds=min_rounds,
             max_rounds=max(min_rounds, 40), budget_s=budget_s, progress=progress, desc=f"{size} dims, {context_length}",
         )  # fmt: skip
         mergeplug.remove(pipe)
-    rows = [{"setting": "unmerged", "layers": layers, "speedup": 1.0, "time_s": speeds["unmerged"].reference_s}]
+    rows = [{"setting": "unmerged", "layers": layers, "speedup": 1.0,
+             **({"time_s": speeds["unmerged"].reference_s} if speeds else {})}]  # fmt: skip
     for label in settings:
         row = {"setting": label, "layers": layers, "tokens_per_layer": counts[label]}
         row.update({"noop": noop[label]} if label in noop else speeds[label].fields())
@@ -165,7 +164,7 @@ def _macs_ratio(pipe: Any, call: Any, series: int, kwargs: dict[str, Any]) -> fl
 
 
 def _gm_change(ratios: list[float]) -> float:
-    return math.exp(sum(math.log(r) for r in ratios) / len(ratios)) - 1.0 if ratios else float("nan")
+    return _geomean(ratios) - 1.0
 
 
 def summarise(rows: list[dict[str, Any]], dims: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
@@ -201,7 +200,7 @@ def summarise(rows: list[dict[str, Any]], dims: list[dict[str, Any]] | None = No
             "setting": s, "merge": mine[0].get("merge"), "datasets": len(mine),
             "WQL_change": _gm_change(list(wql.values())), "WQL_worst": wql[worst] - 1, "worst_dataset": worst,
             "MASE_change": _gm_change(list(mase.values())), "MASE_worst": max(mase.values()) - 1,
-            "macs_ratio": math.exp(sum(map(math.log, macs)) / len(macs)) if macs else None,
+            "macs_ratio": _geomean(macs) if macs else None,
             "removed": float(np.median(removed)) if removed else None,
             "noop_datasets": sum(1 for r in mine if r.get("noop")),
             **{k: timed[k] for k in ("speedup", "speedup_low", "speedup_high", "speed_verdict", "noop") if k in timed},
@@ -277,6 +276,7 @@ def plot(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     from .report import pareto_frontier
 
@@ -309,10 +309,19 @@ def plot(
     ax.axhline(1, color="grey", lw=0.6, ls="--")
     ax.axvline(1, color="grey", lw=0.8, ls=":")
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in (0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16, 32, 64) if lo <= t <= hi]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_locator(NullLocator())
     ys = [100 * p["WQL_change"] for pts in points_by_context.values() for p in pts if p.get(x_key)]
     if ys and max(abs(v) for v in ys) > 10:
         ax.set_yscale("symlog", linthresh=2.0)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:+g}%"))
+    if ys:
+        low = min(min(ys), 0.0)
+        pad = 1.0 if ax.get_yscale() == "symlog" else 0.05 * (max(ys) - low) + 0.5
+        ax.set_ylim(low * 1.3 - pad, max(max(ys), 1.0) * 1.3 + 0.5)
     where = f"at {dims_label} (random weights, same contexts and setting)" if dims else "on this model"
     ax.set_xlabel(f"forecast speed-up {where}; bars: 95% interval", fontsize=8)
     ax.set_ylabel("WQL change vs unmerged, geometric mean over datasets (%)", fontsize=8)
@@ -361,8 +370,7 @@ def run_frontier(
                    timing_windows=timing_windows, time_budget=time_budget, progress=progress)  # fmt: skip
         speed = None
         if dims:
-            names = [datasets[i % len(datasets)] for i in range(dims_batch)]
-            batch = _first_windows(list(dict.fromkeys(names)), context)
+            batch = _first_windows(list(datasets[:dims_batch]), context)
             batch = [batch[i % len(batch)] for i in range(dims_batch)]
             h = load_dataset(datasets[0]).prediction_length
             speed = dims_speed(mine, batch, prediction_length=h, context_length=context, size=dims,
