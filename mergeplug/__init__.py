@@ -13,7 +13,7 @@ from .binary import (
     unbinarize,
 )
 from .config import MergeConfig, ratio_for_reduction, schedule_for_reduction
-from .core import apply, merge_decoder, remove, settings, token_counts
+from .core import apply, long_context_default, merge_decoder, remove, settings, token_counts
 from .cost import CostReport, profile
 from .hub import from_pretrained, push_to_hub, save_pretrained
 from .patches.generic import register_patch
@@ -43,6 +43,7 @@ __all__ = [
     "CostReport",
     "ratio_for_reduction",
     "schedule_for_reduction",
+    "long_context_default",
     "binarize",
     "unbinarize",
     "binarization",

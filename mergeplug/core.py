@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from .config import MergeConfig
+from .config import MergeConfig, schedule_for_reduction
 from .patches import find_family
 from .patches.base import PatchRecord, find_record, restore
 from .patches.t5 import DECODER_KEY, decoder_config
 
 __all__ = [
     "apply", "merge_decoder", "remove", "settings", "token_counts", "recording_token_counts", "apply_kwargs",
-    "unmerged", "APPLY_KEYS",
+    "unmerged", "APPLY_KEYS", "encoder_layers", "long_context_default",
 ]  # fmt: skip
 
 #: the ``apply`` arguments a :class:`MergeConfig` records (``decoder`` apart)
@@ -242,6 +243,48 @@ def token_counts(obj: Any) -> list[int] | None:
     """
     record = find_record(find_family(obj).modules(obj))
     return None if record is None else record.scratch.token_counts
+
+
+def encoder_layers(obj: Any) -> int:
+    """Encoder layers of a pipeline or model, from its config (``num_layers`` / ``num_hidden_layers`` /
+    ``encoder_layers``); a ValueError naming ``num_layers=`` when the config does not tell."""
+    inner = getattr(obj, "inner_model", None) or getattr(obj, "model", None) or obj
+    config = getattr(inner, "config", None)
+    for name in ("num_layers", "num_hidden_layers", "encoder_layers"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ValueError(f"cannot tell how many encoder layers {type(obj).__name__} has: pass num_layers=")
+
+
+def long_context_default(
+    obj: Any, context: int, *, num_layers: int | None = None, describe: bool = False
+) -> dict[str, Any] | tuple[str, dict[str, Any]] | None:
+    """The family's long-context default for ``context`` time steps of history: :func:`apply` keyword arguments
+    (reduction and schedule turned into ``ratio`` / ``input_ratio`` for the model's ``num_layers``, read from its
+    config when None), or None when the family has none for this many tokens (then the forecast-safe defaults
+    of :func:`apply` hold). ``describe=True``: ``(setting string, keyword arguments)``.
+
+    Chronos-2's were chosen on the validation windows of ``mergeplug:chronos2-ref`` (``docs/merging.md``, "Long
+    contexts"). Example: ``mergeplug.apply(pipe, **mergeplug.long_context_default(pipe, 2048))``.
+    """
+    if isinstance(context, bool) or not isinstance(context, int) or context < 1:
+        raise ValueError(f"context must be a number of time steps >= 1, got {context!r}")
+    family = find_family(obj)
+    tokens = math.ceil(context / family.steps_per_token(obj))
+    chosen = None
+    for at_least, setting in family.long_context:
+        if tokens >= at_least:
+            chosen = setting
+    if chosen is None:
+        return None
+    rest = {k: v for k, v in chosen.items() if k not in ("reduction", "schedule")}
+    layers = num_layers or encoder_layers(obj)
+    kwargs = {**rest, **schedule_for_reduction(chosen["reduction"], layers, chosen.get("schedule", "constant"))}
+    if not describe:
+        return kwargs
+    label = ",".join(f"{k}={'global' if v is None else v}" for k, v in chosen.items())
+    return label, kwargs
 
 
 @contextmanager

@@ -32,7 +32,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import schedule_for_reduction
-from .core import apply, apply_kwargs, recording_token_counts, remove, settings, token_counts
+from .core import (
+    apply,
+    apply_kwargs,
+    encoder_layers,
+    long_context_default,
+    recording_token_counts,
+    remove,
+    settings,
+    token_counts,
+)
 from .store import RowFile, check_setup
 from .timing import paired_speedups, speed_cell
 
@@ -91,23 +100,28 @@ def backtest_windows(
     return contexts, np.stack(targets)
 
 
-def _num_layers(obj: Any) -> int:
-    inner = getattr(obj, "inner_model", None) or getattr(obj, "model", None) or obj
-    config = getattr(inner, "config", None)
-    for name in ("num_layers", "num_hidden_layers", "encoder_layers"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    raise ValueError(f"cannot tell how many encoder layers {type(obj).__name__} has: pass num_layers=")
-
-
-def default_candidates(num_layers: int) -> dict[str, dict[str, Any]]:
-    """k in {1, 3, global} x reduction in {0.25, 0.5, 0.75} (constant schedule), forecast-safe defaults."""
+def default_candidates(num_layers: int, *, model: Any = None, context: int | None = None) -> dict[str, dict[str, Any]]:
+    """k in {1, 3, global} x reduction in {0.25, 0.5, 0.75} (constant schedule), forecast-safe defaults; with
+    ``model`` and ``context`` (time steps) also the family's long-context default for that context, when it has one
+    (:func:`mergeplug.long_context_default`), labelled ``long-context default (<setting>)``."""
     out = {}
     for k in (1, 3, None):
         for red in (0.25, 0.5, 0.75):
             out[f"k={k or 'global'},reduction={red}"] = {"k": k, **schedule_for_reduction(red, num_layers)}
+    if model is not None and context is not None:
+        found = long_context_default(model, context, num_layers=num_layers, describe=True)
+        if found is not None:
+            label, kwargs = found
+            out[f"long-context default ({label})"] = kwargs
     return out
+
+
+def _context_steps(pipeline: Any, contexts: list[Any]) -> int:
+    """Time steps of history the model reads: the longest backtest context (GluonTS entries: their ``target``),
+    at most the pipeline's ``model_context_length`` when it has one."""
+    longest = max(len(c["target"]) if isinstance(c, dict) else len(c) for c in contexts)
+    cap = getattr(pipeline, "model_context_length", None)
+    return min(longest, cap) if isinstance(cap, int) and cap > 0 else longest
 
 
 def _chronos_forecast(pipe: Any) -> Callable[[list[np.ndarray], int], np.ndarray]:
@@ -279,7 +293,9 @@ def tune(
     target = pipeline if target is None else target
     fc = forecast or _chronos_forecast(pipeline)
     if candidates is None:
-        candidates = default_candidates(num_layers or _num_layers(target))
+        candidates = default_candidates(
+            num_layers or encoder_layers(target), model=target, context=_context_steps(pipeline, contexts)
+        )
     if "unmerged" in candidates:
         raise ValueError("'unmerged' is the reference and cannot be a candidate label")
     before = settings(target)

@@ -36,15 +36,22 @@ if want train2; then
     --curriculum-steps 0 --steps 2000 --batch-size 32 --lr 3e-4 --warmup 100 --threads "${THREADS:-1}" \
     --time-limit "$TIME_LIMIT" --no-progress
 fi
-# Merge-aware fine-tuning (ToMe's remedy, not part of the shipped reference): from the exported reference, every
-# step draws one of these settings (or none), so one model learns to forecast unmerged and under each of them.
-ROBUST="none;k=global,reduction=0.75,schedule=input;k=global,reduction=0.9,schedule=front;k=1,reduction=0.75"
-ROBUST="$ROBUST;k=3,reduction=0.9,schedule=front-input"
+# Merge-aware fine-tuning (ToMe's remedy): from the exported stage-2 model, every step draws one of these
+# forecast-safe settings or none (two in seven steps), so one model learns to forecast unmerged and under each.
+# They protect the last 24-32 patches (384-512 steps: two to three weeks of an hourly series), merge the older
+# ones hard and leave proportional attention off: at context 2,048, on the stage-2 model, the family default of 8
+# protected patches costs +15% to +70% WQL, and log(size) attention bonuses of merged tokens of dozens of patches
+# another few percent (docs/reference-models.md).
+P="proportional_attention=false"
+ROBUST="none;none;k=global,reduction=0.9,schedule=front,protect_recent=24,$P"
+ROBUST="$ROBUST;k=global,reduction=0.9,schedule=input,protect_recent=24,$P"
+ROBUST="$ROBUST;k=global,reduction=0.9,schedule=front-input,protect_recent=32,$P"
+ROBUST="$ROBUST;k=1,reduction=0.75,protect_recent=24,$P;k=global,reduction=0.75,schedule=input,protect_recent=16,$P"
 if [[ "$STAGE" == robust ]]; then
   # shellcheck disable=SC2086
   "$BIN/mergeplug-train" chronos-2 --out "$RUNS/chronos2-ref-robust" --init-from "$EXPORT" --merge "$ROBUST" \
     --datasets $LONG $MSETS --dataset-weights 3 3 3 3 3 1 1 1 1 1 1 1 --mix 0.7 0.2 0.1 --min-context 256 \
-    --curriculum-steps 0 --steps 1500 --batch-size 32 --lr 2e-4 --warmup 50 --threads "${THREADS:-1}" \
+    --curriculum-steps 0 --steps 3000 --batch-size 32 --lr 3e-4 --warmup 50 --threads "${THREADS:-1}" \
     --time-limit "$TIME_LIMIT" --no-progress
   "$BIN/mergeplug-train" export "$RUNS/chronos2-ref-robust" --out "$RUNS/export-chronos2-ref-robust" \
     --name chronos2-ref-robust --storage-dtype bfloat16

@@ -296,3 +296,53 @@ def test_save_and_load_merged_pipeline(pipe, tmp_path):
     assert isinstance(loaded, Chronos2Pipeline) and mergeplug.settings(loaded).ratio == 0.3
     _assert_all_equal(loaded.predict(ctx, prediction_length=20), ref)
     assert mergeplug.token_counts(loaded)[-1] < mergeplug.token_counts(loaded)[0]
+
+
+def test_long_context_default_picks_the_entry_for_the_context_and_tune_and_the_card_use_it(pipe, tmp_path):
+    """A family's long-context table: the entry of the largest threshold the context's tokens reach, turned into
+    ``apply`` arguments for the model's layers; tune tries it, the card names it; below the first: None."""
+    import dataclasses
+
+    from mergeplug.hub.card import model_card
+    from mergeplug.patches import base
+    from mergeplug.tune import default_candidates
+
+    family = base.find_family(pipe)
+    table = (
+        (16, {"k": None, "reduction": 0.5, "schedule": "input", "protect_recent": 4, "proportional_attention": False}),
+        (24, {"k": 1, "reduction": 0.75, "schedule": "front", "protect_recent": 6}),
+    )
+    saved = list(base._FAMILIES)
+    base.register(dataclasses.replace(family, long_context=table))
+    try:
+        assert mergeplug.long_context_default(pipe, 15 * 16) is None  # 15 tokens: below the table
+        assert mergeplug.long_context_default(pipe, 16 * 16 - 5) == {  # 16 tokens (the last one partial)
+            "k": None, "protect_recent": 4, "proportional_attention": False, "input_ratio": 0.5, "ratio": 0.0,
+        }  # fmt: skip
+        label, kwargs = mergeplug.long_context_default(pipe, 500, describe=True)
+        assert label == "k=1,reduction=0.75,schedule=front,protect_recent=6"
+        assert kwargs == {"k": 1, "protect_recent": 6, **mergeplug.schedule_for_reduction(0.75, 2, "front")}
+        with pytest.raises(ValueError, match="context must be a number of time steps"):
+            mergeplug.long_context_default(pipe, 0)
+        ctx = _context(n_b=2)
+        before = _forward(pipe.model, ctx)
+        mergeplug.apply(pipe, **kwargs)
+        merged = _forward(pipe.model, ctx)
+        counts = mergeplug.token_counts(pipe)
+        assert counts[-1] < counts[0] and not torch.equal(merged, before)
+        mergeplug.remove(pipe)
+        assert torch.equal(_forward(pipe.model, ctx), before)
+        cands = default_candidates(2, model=pipe, context=500)
+        assert cands[f"long-context default ({label})"] == kwargs and len(cands) == 10
+        assert len(default_candidates(2, model=pipe, context=100)) == 9  # 7 tokens: no long-context default
+        mergeplug.save_pretrained(pipe, tmp_path / "m")
+        card = str(model_card(tmp_path / "m"))
+        assert "Long-context defaults of the `chronos-2` family" in card
+        assert "from 24 tokens (384 time steps) of context: `k=1,reduction=0.75,schedule=front,protect_recent=6`" in (
+            card
+        )
+        result = mergeplug.tune(pipe, _context(n_b=2, n=540).numpy(), prediction_length=20, windows=1, reps=1,
+                                time_budget=0.5, progress=False)  # fmt: skip
+        assert f"long-context default ({label})" in result.to_markdown()
+    finally:
+        base._FAMILIES[:] = saved

@@ -281,6 +281,29 @@ def test_other_models_chronos2_and_gluonts_predictors(tmp_path):
         run("predictor:gluonts.nothing.Here", ["m3_yearly"], out=tmp_path / "y", **kwargs)
 
 
+def test_timed_datasets_times_only_the_first(tmp_path):
+    """``timed_datasets=1``: the first dataset gets a speed with its interval, the next only accuracy and MACs;
+    its merged rows are the same numbers as in a fully timed run."""
+    kwargs = dict(reps=1, batch_size=8, timing_windows=4, context=512, progress=False, time_budget=1.0)
+    merge = ["k=1,ratio=0.3"]
+    rows = run("random:chronos-2-test", ["solar_hourly", "wind_hourly"], merge, out=tmp_path / "one",
+               timed_datasets=1, **kwargs)  # fmt: skip
+    by = {(r["dataset"], r["setting"]): r for r in rows}
+    first, second = by[("solar_hourly", merge[0])], by[("wind_hourly", merge[0])]
+    assert "speedup" in first and "speedup_low" in first
+    assert not any(k in second for k in ("speedup", "speed_verdict", "noop"))
+    assert second["macs_ratio"] > 1 and second["tokens_per_layer"][-1] < second["tokens_per_layer"][0]
+    full = {(r["dataset"], r["setting"]): r for r in run("random:chronos-2-test", ["wind_hourly"], merge,
+                                                          out=tmp_path / "all", **kwargs)}  # fmt: skip
+    assert full[("wind_hourly", merge[0])]["WQL"] == second["WQL"] and "speedup" in full[("wind_hourly", merge[0])]
+    from mergeplug.results import markdown
+    from mergeplug.timing import speed_cell
+
+    assert speed_cell(second) == "" and len(markdown(rows).splitlines()) > len(rows)  # an empty speed cell
+    with pytest.raises(ValueError, match="timed_datasets must be an int >= 1"):
+        run("random:chronos-2-test", ["wind_hourly"], out=tmp_path / "bad", timed_datasets=0)
+
+
 def test_model_specs_with_clear_errors(tmp_path):
     from mergeplug.eval.models import SupervisedForecaster, load_model
 

@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--time-budget", type=float, default=60.0, help="seconds of timing per dataset at most (default 60)")
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument("--timing-windows", type=int, default=64, help="windows per timing repetition")
+    r.add_argument(
+        "--timed-datasets", type=int, default=None,
+        help="time only the first N datasets (default: all); the others get accuracy, MACs and token counts",
+    )  # fmt: skip
     r.add_argument("--max-series", type=int, default=None, help="first N series of each dataset (quick runs)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="cpu")
@@ -171,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     fr.add_argument("--dims-batch", type=int, default=4, help="series per timed forecast at --dims")
     fr.add_argument("--reps", type=int, default=6, help="paired timing rounds at least")
     fr.add_argument("--time-budget", type=float, default=30.0, help="seconds of timing per dataset on the model")
+    fr.add_argument(
+        "--timed-datasets", type=int, default=1, help="datasets the model's own speed is timed on (default 1)"
+    )
     fr.add_argument("--dims-budget", type=float, default=300.0, help="seconds of timing per context at --dims")
     fr.add_argument(
         "--validation", action="store_true",
@@ -210,7 +217,7 @@ def run_verb(args: argparse.Namespace) -> int:
         min_time=args.min_time, time_budget=args.time_budget,
         timing_windows=args.timing_windows, max_series=args.max_series, seed=args.seed, device=args.device,
         dtype=args.dtype, progress=not args.no_progress, prediction_length=args.prediction_length,
-        windows=args.windows, freq=args.freq, context=args.context,
+        windows=args.windows, freq=args.freq, context=args.context, timed_datasets=args.timed_datasets,
     )  # fmt: skip
     from accelerate import PartialState
 
@@ -337,6 +344,7 @@ def frontier_verb(args: argparse.Namespace) -> int:
     result = run_frontier(
         args.model, _expand(args.datasets), args.contexts, out=args.out, settings=args.merge or None, dims=dims,
         dims_batch=args.dims_batch, reps=args.reps, time_budget=args.time_budget, dims_budget=args.dims_budget,
+        timed_datasets=args.timed_datasets,
         progress=not args.no_progress, validation=args.validation,
     )  # fmt: skip
     print(table(result, dims_label=f"Chronos-2 {dims} dims" if dims else "no other dims"))

@@ -351,13 +351,15 @@ def run_frontier(
     dims_budget: float = 300.0,
     progress: bool = True,
     validation: bool = False,
+    timed_datasets: int | None = 1,
 ) -> dict[int, list[dict[str, Any]]]:
     """The frontier of ``model`` on ``datasets`` at each of ``contexts``: the harness run into ``out/ctx<N>``, the
     speed at ``dims`` dimensions (None: skipped) on one batch of ``dims_batch`` test contexts (the first window of
     the first datasets, cycled), then ``out/frontier.json``, ``frontier.md`` and ``frontier.png``. ``settings``:
     one list for every context or a list per context (default :func:`grid`). ``validation``: score the validation
     windows instead (those just before the test windows, :func:`~mergeplug.eval.data.validation_split`), to choose
-    settings without seeing the test windows."""
+    settings without seeing the test windows. ``timed_datasets``: how many datasets the model's own speed is timed on
+    (None: all; the frontier reads it from the first)."""
     from .data import validation_split
     from .run import run
 
@@ -367,7 +369,8 @@ def run_frontier(
         mine = (settings.get(context) if isinstance(settings, dict) else settings) or grid()
         items = [validation_split(load_dataset(d)) for d in datasets] if validation else list(datasets)
         rows = run(model, items, mine, out=out / f"ctx{context}", context=context, reps=reps,
-                   timing_windows=timing_windows, time_budget=time_budget, progress=progress)  # fmt: skip
+                   timing_windows=timing_windows, time_budget=time_budget, progress=progress,
+                   timed_datasets=timed_datasets)  # fmt: skip
         speed = None
         if dims:
             batch = _first_windows(list(datasets[:dims_batch]), context)

@@ -364,6 +364,7 @@ def run(
     min_time: float = 0.2,
     time_budget: float = 60.0,
     context: int | None = None,
+    timed_datasets: int | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate the seasonal-naive baseline, the unmerged model and each merge setting on each dataset.
 
@@ -384,8 +385,10 @@ def run(
     ``prediction_length``; its ``windows`` default to 1); ``freq``: a local file's frequency (a pandas offset
     alias, inferred when None). ``context``: the model sees only the last ``context`` time steps of each test
     input (None: all of it; a Chronos pipeline still cuts to its own ``context_length``); scores, seasonal naive
-    and MASE's scale use the whole history either way, so runs at several contexts compare directly. Every
-    option is checked before any work. One process writes into ``out`` at a
+    and MASE's scale use the whole history either way, so runs at several contexts compare directly. ``timed_datasets``:
+    only the first N datasets are timed (None: all), the others get accuracy, MACs and token counts only (the
+    speed of one model at one context length hardly depends on the dataset). Every option is checked before any
+    work. One process writes into ``out`` at a
     time (a second is refused); rows are written as they finish, and a rerun with the same options resumes
     (other options are refused, naming them). Returns all rows of the results directory (finished cells of an
     earlier run included).
@@ -394,6 +397,7 @@ def run(
         datasets, merges, model=model, reps=reps, batch_size=batch_size, timing_windows=timing_windows,
         cost_windows=cost_windows, max_series=max_series, prediction_length=prediction_length, windows=windows,
         freq=freq, device=device, dtype=dtype, min_time=min_time, time_budget=time_budget, context=context,
+        timed_datasets=timed_datasets,
     )  # fmt: skip
     data_options = dict(prediction_length=prediction_length, windows=windows, max_series=max_series, freq=freq)
     name = model if isinstance(model, str) else (model.name or type(model).__name__)
@@ -401,7 +405,7 @@ def run(
         "model": name, "quantiles": list(QUANTILES), "seed": seed, "merges": list(merges), "reps": reps,
         "prediction_length": prediction_length, "windows": windows, "freq": freq, "max_series": max_series,
         "batch_size": batch_size, "timing_windows": timing_windows, "cost_windows": cost_windows, "device": device,
-        "dtype": dtype, "context": context,
+        "dtype": dtype, "context": context, "timed_datasets": timed_datasets,
     }  # fmt: skip
     from accelerate import PartialState
 
@@ -411,7 +415,7 @@ def run(
         forecaster, settings = _forecaster_and_settings(model, merges, device=device, dtype=dtype)
         opt = _Options(reps, batch_size, timing_windows, cost_windows, seed, progress, bool(merges), min_time,
                        time_budget, context)  # fmt: skip
-        for item in tqdm(datasets, desc="datasets", disable=not progress):
+        for i, item in enumerate(tqdm(datasets, desc="datasets", disable=not progress)):
             ds = item if isinstance(item, EvalDataset) else load_dataset(item, **data_options)
             base = {"dataset": ds.name, "series": len(ds), "skipped_series": ds.skipped, "windows": ds.windows,
                     "prediction_length": ds.prediction_length}  # fmt: skip
@@ -422,7 +426,8 @@ def run(
             pending = [s for s in settings if not store.done(ds.name, s.label)]
             if pending:
                 reference = store.get(ds.name, "unmerged")
-                for row in _measure(forecaster.for_dataset(ds), ds, settings, pending, reference, opt, dist):
+                timed = timed_datasets is None or i < timed_datasets
+                for row in _measure(forecaster.for_dataset(ds), ds, settings, pending, reference, opt, dist, timed):
                     store.add({**base, **row})
         return store.rows
     finally:
@@ -447,6 +452,7 @@ def _check_options(
     min_time: Any = 0.2,
     time_budget: Any = 60.0,
     context: Any = None,
+    timed_datasets: Any = None,
 ) -> None:
     """Every option of :func:`run` that can be checked before any work (a ValueError naming it otherwise)."""
     for name, value in (("min_time", min_time), ("time_budget", time_budget)):
@@ -457,7 +463,7 @@ def _check_options(
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     for name, value in (("max_series", max_series), ("prediction_length", prediction_length), ("windows", windows),
-                        ("context", context)):  # fmt: skip
+                        ("context", context), ("timed_datasets", timed_datasets)):  # fmt: skip
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be an int >= 1 (or None for the default), got {value!r}")
     check_device(device)
@@ -528,10 +534,12 @@ def _measure(
     reference: dict[str, Any] | None,
     opt: _Options,
     dist: Any,
+    timed: bool = True,
 ) -> list[dict[str, Any]]:
     """The rows of the ``pending`` settings on one dataset: accuracy on every window, cost on a few, then paired
     timing against the unmerged model (``settings[0]``, always re-timed; ``reference``: its stored row when it is
-    not pending). Settings that merged no token are named (``noop``), not timed."""
+    not pending; ``timed=False``: no timing, rows without speed fields). Settings that merged no token are named
+    (``noop``), not timed."""
     import mergeplug
 
     def configure(s: MergeSetting) -> None:
@@ -582,17 +590,17 @@ def _measure(
                   if ref_macs and costs.get(s.label, {}).get("macs_per_window")}  # fmt: skip
         noop = {s.label: reason for s in merged if s.kwargs and not s.sampling
                 and (reason := noop_reason(seen[s.label], ratios.get(s.label), floors[s.label]))}  # fmt: skip
-        timed = [settings[0]] + [s for s in merged if s.label not in noop]
+        to_time = [settings[0]] + [s for s in merged if s.label not in noop] if timed else []
         subset = inputs[: opt.timing_windows]
         speeds = {}
-        if len(timed) > 1:
-            by_label = {s.label: s for s in timed}
+        if len(to_time) > 1:
+            by_label = {s.label: s for s in to_time}
 
             def setup(label: str) -> None:
                 configure(by_label[label])
                 dist.wait_for_everyone()
 
-            calls = {s.label: partial(fc.quantiles, subset, ds.prediction_length, **kw) for s in timed}
+            calls = {s.label: partial(fc.quantiles, subset, ds.prediction_length, **kw) for s in to_time}
             speeds = paired_speedups(
                 calls, setup=setup, min_time=opt.min_time, min_rounds=opt.reps, max_rounds=max(opt.reps, 40),
                 budget_s=opt.time_budget, adaptive=dist.num_processes == 1,
@@ -610,8 +618,10 @@ def _measure(
                 speed["time_s"] = speeds["unmerged"].reference_s
         elif s.label in speeds:
             speed = speeds[s.label].fields()
-        else:
+        elif s.label in noop:
             speed = {"noop": noop[s.label]}
+        else:  # not timed on this dataset
+            speed = {}
         if "time_s" in speed:
             speed["windows_per_s"] = len(subset) / speed["time_s"]
         rows.append({

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..timing import speed_cell
-from ..tune import TuneResult, default_candidates, tune
+from ..tune import TuneResult, tune
 from .data import load_dataset, validation_split
 from .models import load_model
 from .run import parse_merge, run
@@ -67,7 +67,7 @@ def tune_dataset(
     else:
         if layers is None:
             raise ValueError(f"{model!r}: unknown number of encoder layers; give candidates with --merge")
-        candidates = default_candidates(layers)
+        candidates = None  # tune's defaults: default_candidates, with the long-context default for this history
 
     def forecast(entries: list[dict[str, Any]], h: int):
         return fc.quantiles(entries, h, batch_size=len(entries))
@@ -79,6 +79,7 @@ def tune_dataset(
         prediction_length=ds.prediction_length,
         tolerance=tolerance,
         candidates=candidates,
+        num_layers=layers,
         windows=windows,
         forecast=forecast,
         target=fc.target,

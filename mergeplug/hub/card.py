@@ -133,6 +133,33 @@ def _settings_table(meta: dict[str, Any], layers: int | None = None) -> str:
     return "\n".join(rows) + note
 
 
+def _long_context_line(obj: Any) -> str:
+    """The family's long-context defaults (:func:`mergeplug.long_context_default`), or "" when it has none."""
+    if obj is None:
+        return ""
+    from ..patches import find_family
+
+    try:
+        family = find_family(obj)
+    except TypeError:
+        return ""
+    if not family.long_context:
+        return ""
+    steps = family.steps_per_token(obj)
+    parts = [
+        f"from {n} tokens ({n * steps:g} time steps) of context: `"
+        + ",".join(f"{k}={'global' if v is None else v}" for k, v in setting.items())
+        + "`"
+        for n, setting in family.long_context
+    ]
+    return (
+        f"Long-context defaults of the `{family.name}` family (chosen on validation windows, see mergeplug's "
+        f"docs/merging.md): {'; '.join(parts)}. `mergeplug.apply(pipe, **mergeplug.long_context_default(pipe, "
+        "context))` applies the one for a context of `context` time steps; `mergeplug.tune` tries it among its "
+        "candidates."
+    )
+
+
 def _layers(obj: Any) -> int | None:
     """Merge layers of a patched model (None when unknown)."""
     if obj is None:
@@ -279,7 +306,14 @@ def model_card(
                 else _USAGE_PLAIN.format(plain=_plain_usage(meta, location, location_import, _mergeable(obj)))
             ),
         ),
-        ("Merge and compression settings", _settings_table(meta, _layers(obj)) + "\n\n" + _binary_line(meta)),
+        (
+            "Merge and compression settings",
+            "\n\n".join(
+                part
+                for part in (_settings_table(meta, _layers(obj)), _long_context_line(obj), _binary_line(meta))
+                if part
+            ),
+        ),
     ]
     if obj is not None:
         sections.append(("Cost (mergeplug.cost)", _cost_lines(obj)))

@@ -154,6 +154,9 @@ class Family:
             ``period`` in time steps into tokens.
         recent_tail: number of trailing tokens after the most recent context token ([REG], EOS), which
             ``protect_recent`` counts back from (families that protect recent tokens read it themselves).
+        long_context: the family's long-context defaults, ``(context tokens at least, setting)`` pairs in
+            increasing order; a setting holds ``k``, ``reduction``, ``schedule`` and other :func:`mergeplug.apply`
+            keyword arguments (see :func:`mergeplug.long_context_default`); empty when none were chosen.
     """
 
     name: str
@@ -164,6 +167,7 @@ class Family:
     check: Callable[[MergeConfig], None] = lambda config: None
     forecast_defaults: dict[str, Any] = field(default_factory=dict)
     steps_per_token: Callable[[Any], float] = lambda obj: 1.0
+    long_context: tuple[tuple[int, dict[str, Any]], ...] = ()
 
     @property
     def forecasting(self) -> bool:
