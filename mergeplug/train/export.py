@@ -242,7 +242,9 @@ def write_card(directory: str | Path, *, name: str | None = None, eval_dirs: lis
     training = _TRAINING.format(
         kind=kind,
         recipe=", ".join(f"{k}={v}" for k, v in recipe_d.items()),
-        settings=", ".join(f"{k}={v}" for k, v in meta["settings"].items()),
+        settings=", ".join(  # a local starting point by its folder name (the card is published, paths are not)
+            f"{k}={Path(v).name if k == 'init_from' and v else v}" for k, v in meta["settings"].items()
+        ),
         step=state["step"],
         samples=state["samples"],
         wall_h=state["wall_seconds"] / 3600,
