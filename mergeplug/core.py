@@ -261,12 +261,14 @@ def long_context_default(
     obj: Any, context: int, *, num_layers: int | None = None, describe: bool = False
 ) -> dict[str, Any] | tuple[str, dict[str, Any]] | None:
     """The family's long-context default for ``context`` time steps of history: :func:`apply` keyword arguments
-    (reduction and schedule turned into ``ratio`` / ``input_ratio`` for the model's ``num_layers``, read from its
-    config when None), or None when the family has none for this many tokens (then the forecast-safe defaults
-    of :func:`apply` hold). ``describe=True``: ``(setting string, keyword arguments)``.
+    (a reduction and schedule, when the entry has one, turned into ``ratio`` / ``input_ratio`` for the model's
+    ``num_layers``, read from its config when None; an entry without a reduction holds protections only, to
+    combine with a setting of your own), or None when the family has none for this many tokens (then the
+    forecast-safe defaults of :func:`apply` hold). ``describe=True``: ``(setting string, keyword arguments)``.
 
     Chronos-2's were chosen on the validation windows of ``mergeplug:chronos2-ref`` (``docs/merging.md``, "Long
-    contexts"). Example: ``mergeplug.apply(pipe, **mergeplug.long_context_default(pipe, 2048))``.
+    contexts"): protections only. Example: ``mergeplug.apply(pipe, k=None, **mergeplug.schedule_for_reduction(0.75,
+    12, "front"), **mergeplug.long_context_default(pipe, 2048))``.
     """
     if isinstance(context, bool) or not isinstance(context, int) or context < 1:
         raise ValueError(f"context must be a number of time steps >= 1, got {context!r}")
@@ -278,9 +280,10 @@ def long_context_default(
             chosen = setting
     if chosen is None:
         return None
-    rest = {k: v for k, v in chosen.items() if k not in ("reduction", "schedule")}
-    layers = num_layers or encoder_layers(obj)
-    kwargs = {**rest, **schedule_for_reduction(chosen["reduction"], layers, chosen.get("schedule", "constant"))}
+    kwargs = {k: v for k, v in chosen.items() if k not in ("reduction", "schedule")}
+    if "reduction" in chosen:
+        layers = num_layers or encoder_layers(obj)
+        kwargs.update(schedule_for_reduction(chosen["reduction"], layers, chosen.get("schedule", "constant")))
     if not describe:
         return kwargs
     label = ",".join(f"{k}={'global' if v is None else v}" for k, v in chosen.items())

@@ -101,18 +101,23 @@ def backtest_windows(
 
 
 def default_candidates(num_layers: int, *, model: Any = None, context: int | None = None) -> dict[str, dict[str, Any]]:
-    """k in {1, 3, global} x reduction in {0.25, 0.5, 0.75} (constant schedule), forecast-safe defaults; with
-    ``model`` and ``context`` (time steps) also the family's long-context default for that context, when it has one
-    (:func:`mergeplug.long_context_default`), labelled ``long-context default (<setting>)``."""
+    """k in {1, 3, global} x reduction in {0.25, 0.5, 0.75} (constant schedule), forecast-safe defaults. With
+    ``model`` and ``context`` (time steps), the family's long-context default for that context, when it has one
+    (:func:`mergeplug.long_context_default`): a full setting is added as ``long-context default (<setting>)``;
+    protections only (Chronos-2's) go into every candidate, named in its label (``k=1,reduction=0.5,protect_recent=24,
+    proportional_attention=False``)."""
+    found = None
+    if model is not None and context is not None:
+        found = long_context_default(model, context, num_layers=num_layers, describe=True)
+    full = found is not None and any(k in found[1] for k in ("ratio", "r", "input_ratio"))
+    extra, tail = ({}, "") if found is None or full else (found[1], "," + found[0])
     out = {}
     for k in (1, 3, None):
         for red in (0.25, 0.5, 0.75):
-            out[f"k={k or 'global'},reduction={red}"] = {"k": k, **schedule_for_reduction(red, num_layers)}
-    if model is not None and context is not None:
-        found = long_context_default(model, context, num_layers=num_layers, describe=True)
-        if found is not None:
-            label, kwargs = found
-            out[f"long-context default ({label})"] = kwargs
+            kwargs = {"k": k, **schedule_for_reduction(red, num_layers), **extra}
+            out[f"k={k or 'global'},reduction={red}{tail}"] = kwargs
+    if found is not None and full:
+        out[f"long-context default ({found[0]})"] = found[1]
     return out
 
 

@@ -346,3 +346,28 @@ def test_long_context_default_picks_the_entry_for_the_context_and_tune_and_the_c
         assert f"long-context default ({label})" in result.to_markdown()
     finally:
         base._FAMILIES[:] = saved
+
+
+def test_shipped_long_context_protections_reach_tune_and_protect_the_newest_patches(pipe):
+    """Chronos-2's long-context defaults are protections (no reduction): from 64 patches 12 protected, from 128
+    patches 24, proportional attention off; tune's candidates carry them; merged, only the older patches merge."""
+    from mergeplug.tune import default_candidates
+
+    assert mergeplug.long_context_default(pipe, 1000) is None  # 63 patches
+    assert mergeplug.long_context_default(pipe, 1024) == {"protect_recent": 12, "proportional_attention": False}
+    lc = mergeplug.long_context_default(pipe, 8192)
+    assert lc == {"protect_recent": 24, "proportional_attention": False}
+    cands = default_candidates(2, model=pipe, context=2048)
+    assert len(cands) == 9 and all(v["protect_recent"] == 24 and v["proportional_attention"] is False
+                                   for v in cands.values())  # fmt: skip
+    assert "k=1,reduction=0.5,protect_recent=24,proportional_attention=False" in cands
+    assert all(",protect_recent" not in c for c in default_candidates(2, model=pipe, context=512))
+    ctx = _context(n_b=1, n=512)  # this test model reads 512 steps: 32 patches, 8 of them unprotected
+    mergeplug.apply(pipe, k=None, ratio=0.5, **lc)
+    try:
+        assert mergeplug.settings(pipe).protect_recent == 24
+        _forward(pipe.model, ctx)
+        counts = mergeplug.token_counts(pipe)
+        assert counts[0] == 32 + 1 + H_PATCHES and 24 + 1 + H_PATCHES < counts[-1] < counts[0]
+    finally:
+        mergeplug.remove(pipe)

@@ -203,6 +203,11 @@ def test_chronos2_recipe_resumes_exactly_exports_and_merges_per_group(tmp_path):
     q32, _ = pipe.predict_quantiles([torch.linspace(0, 5, 100)[None]], prediction_length=20)
     torch.testing.assert_close(q16[0], q32[0], rtol=0.05, atol=0.05)
     assert "stored rounded to bfloat16" in (half / "README.md").read_text()
+    from mergeplug.train.export import write_card
+
+    write_card(half, notes="Stage 1: 10 steps from scratch.")  # a history kept in training.json for re-renders
+    write_card(half)
+    assert "## Training history\n\nStage 1: 10 steps from scratch." in (half / "README.md").read_text()
     with pytest.raises(ValueError, match="storage_dtype must be float32 or bfloat16"):
         export(tmp_path / "straight", tmp_path / "x", storage_dtype="float16")
     # a training batch with groups, merged: every member of a group keeps the same merge decisions

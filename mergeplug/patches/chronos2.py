@@ -79,6 +79,14 @@ _UNSUPPORTED_HINT = (
 
 #: forecast-safe defaults (tokens are patches; see the README's "choosing a setting" for how they were chosen)
 CHRONOS2_DEFAULTS = {"protect_recent": 8, "min_tokens": 16, "period": "auto"}
+#: long-context defaults (:func:`mergeplug.long_context_default`): protections chosen on the validation windows of
+#: mergeplug:chronos2-ref (benchmarks/chronos2-ref/validation, 2026-12-07): with 3/16 of the patches protected and
+#: proportional attention off, every paired forecast-safe setting cost less WQL than with the family defaults (18 of
+#: 18 at 2,048 steps, 8 of 8 at 1,024); no reduction stayed within +0.5%, so none is part of the default
+CHRONOS2_LONG_CONTEXT = (
+    (64, {"protect_recent": 12, "proportional_attention": False}),
+    (128, {"protect_recent": 24, "proportional_attention": False}),
+)
 
 
 def _check(config: MergeConfig) -> None:
@@ -278,6 +286,7 @@ register(
         modules=lambda obj: [_model(obj)],
         check=_check,
         forecast_defaults=CHRONOS2_DEFAULTS,
+        long_context=CHRONOS2_LONG_CONTEXT,
         steps_per_token=lambda obj: float(_model(obj).chronos_config.input_patch_stride),
     )
 )

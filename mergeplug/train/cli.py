@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory")
     p.add_argument("--name", default=None, help="model name in the card (default: the directory's name)")
     p.add_argument("--eval-dir", action="append", default=[], help="mergeplug-eval results to put in the card")
+    p.add_argument("--notes", default=None, help="a markdown file: the card's training history (kept for re-renders)")
     return parser
 
 
@@ -172,7 +173,8 @@ def _main(args: argparse.Namespace) -> int:
     from .export import export, write_card
 
     if args.command == "card":
-        print(write_card(args.directory, name=args.name, eval_dirs=args.eval_dir))
+        notes = Path(args.notes).read_text() if args.notes else None
+        print(write_card(args.directory, name=args.name, eval_dirs=args.eval_dir, notes=notes))
         return 0
     try:
         path = export(args.run, args.out, name=args.name, eval_dirs=args.eval_dir, packed_only=args.packed_only,

@@ -191,13 +191,17 @@ def _macs_lines(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def write_card(directory: str | Path, *, name: str | None = None, eval_dirs: list[str] | None = None) -> Path:
+def write_card(
+    directory: str | Path, *, name: str | None = None, eval_dirs: list[str] | None = None, notes: str | None = None
+) -> Path:
     """(Re)write ``README.md`` of an exported model directory from its ``training.json``, weights and results.
 
     The card comes from :func:`mergeplug.hub.model_card` (metadata, use, settings, cost) with the training and
     accuracy sections added; ``mergeplug_config.json`` is written if missing, so the directory also loads with
     :func:`mergeplug.from_pretrained`. ``eval_dirs``: ``mergeplug-eval run`` output directories whose rows
-    describe this model (for a model trained on one dataset, only that dataset's rows are used).
+    describe this model (for a model trained on one dataset, only that dataset's rows are used). ``notes``:
+    markdown kept in ``training.json`` and shown as the card's "Training history" section (e.g. the earlier stages
+    of a model trained in several runs); None keeps the notes recorded before.
     """
     from ..hub import CONFIG_NAME, model_card, write_config
 
@@ -206,6 +210,9 @@ def write_card(directory: str | Path, *, name: str | None = None, eval_dirs: lis
     if not meta_path.exists():
         raise FileNotFoundError(f"{meta_path} not found: {out} is not a directory written by mergeplug-train export")
     meta = json.loads(meta_path.read_text())
+    if notes is not None:
+        meta["notes"] = notes
+        meta_path.write_text(json.dumps(meta, indent=2))
     state, recipe_meta = meta["state"], meta["recipe"]
     kind = recipe_meta["kind"]
     model = _load_exported(out, kind)
@@ -253,6 +260,8 @@ def write_card(directory: str | Path, *, name: str | None = None, eval_dirs: lis
         seen=seen,
     )
     sections = [("Training", training)]
+    if meta.get("notes"):
+        sections.append(("Training history", meta["notes"]))
     if _macs_lines(rows):
         sections.append(("Compute per forecast", _macs_lines(rows)))
     sections.append(
