@@ -23,7 +23,7 @@ The statistics (per context window, then the median over windows and series):
 :func:`precheck` turns a statistic into an expected accuracy change (relative WQL change, merged vs unmerged)
 for each calibrated merge setting with a linear map fitted by ``mergeplug-eval precheck-validate`` on measured
 changes, and names the most aggressive setting expected to stay within a tolerance. Calibrations are per model
-family (:data:`SHIPPED`: measured on the shipped PatchTST and Chronos-Bolt references under forecast-safe
+family (:data:`SHIPPED`: measured on the shipped PatchTST, Chronos-Bolt and Chronos-2 references under forecast-safe
 merging, the defaults users get), with their validation figures; a calibration holds for the model it was
 measured on. Given ``model=``, the pre-check takes the family's calibration and the model's context and stride,
 and says so when no calibration exists for that family instead of borrowing another one's. Predictions are
@@ -63,7 +63,11 @@ STATISTICS = ("entropy", "flatness", "centroid", "rolloff", "lag1", "high_share"
 PER_REDUCTION = ("high_share", "predictable_high")  # statistics that depend on the merge cut-off
 CALIBRATION = "precheck_calibration.json"
 #: model family -> the shipped calibration file (in the mergeplug package), measured with forecast-safe merging
-SHIPPED = {"patchtst": "precheck_calibration.json", "chronos-bolt": "precheck_calibration_chronos-bolt.json"}
+SHIPPED = {
+    "patchtst": "precheck_calibration.json",
+    "chronos-bolt": "precheck_calibration_chronos-bolt.json",
+    "chronos-2": "precheck_calibration_chronos-2.json",
+}
 #: families whose models read a series of any length (so short series give few tokens); PatchTST pads to its context
 _VARIABLE_LENGTH = {"chronos-bolt": 1, "chronos-2": 1, "chronos-t5": 1}  # family -> tokens besides the patches
 

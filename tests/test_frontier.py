@@ -45,7 +45,7 @@ def test_summarise_takes_geometric_means_worst_dataset_and_removed_share():
     assert not meets(p1, speed_low=3.2) and not meets(p1, worst=0.01) and not meets(p1, removed=0.8)
     assert not meets(p2)  # no speed at the other dimensions, and +10% on one dataset
     text = table({2048: [p1, p2]})
-    assert text.splitlines()[2].startswith("| 2048 | s1 | 75% | +0.5% | +2.0% (a)")
+    assert text.splitlines()[2].startswith("| 2048 | s1 | 75.0% | +0.5% | +2.0% (a)")
 
 
 def test_frontier_end_to_end_same_token_schedule_at_other_dimensions(tmp_path):

@@ -442,6 +442,7 @@ def test_shipped_reference_models_load_with_mergeplug_from_pretrained():
             "TimeSeriesTransformerForPrediction",
             "ChronosBoltPipeline",
             "ChronosPipeline",
+            "Chronos2Pipeline",
         )
         assert type(model).__name__ in kinds, (d.name, type(model).__name__)
         card = ModelCard.load(d / "README.md")

@@ -251,7 +251,7 @@ def table(points_by_context: dict[int, list[dict[str, Any]]], *, dims_label: str
     ]
     for context, points in points_by_context.items():
         for p in sorted(points, key=lambda p: -(p.get("dims_speedup") or 0)):
-            removed = f"{100 * p['removed']:.0f}%" if p.get("removed") is not None else ""
+            removed = f"{100 * p['removed']:.1f}%" if p.get("removed") is not None else ""
             macs = f"{p['macs_ratio']:.2f}x" if p.get("macs_ratio") else ""
             lines.append(
                 f"| {context} | {p['setting']} | {removed} | {100 * p['WQL_change']:+.1f}% | "

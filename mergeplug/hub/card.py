@@ -154,9 +154,9 @@ def _long_context_line(obj: Any) -> str:
     ]
     return (
         f"Long-context defaults of the `{family.name}` family (chosen on validation windows, see mergeplug's "
-        f"docs/merging.md): {'; '.join(parts)}. `mergeplug.apply(pipe, **mergeplug.long_context_default(pipe, "
-        "context))` applies the one for a context of `context` time steps; `mergeplug.tune` tries it among its "
-        "candidates."
+        f"docs/merging.md): {'; '.join(parts)}. `mergeplug.long_context_default(pipe, context)` gives the entry for "
+        "a context of `context` time steps as `mergeplug.apply` keyword arguments (pass them beside your own `k` "
+        "and reduction when they are protections only); `mergeplug.tune` puts them into its candidates."
     )
 
 
