@@ -159,6 +159,13 @@ def test_bad_directories_give_clear_errors(tmp_path, monkeypatch):
         mergeplug.from_pretrained("nobody/no-such-model")
     with pytest.raises(TypeError, match="Chronos pipeline"):
         mergeplug.save_pretrained(torch.nn.Linear(2, 2), tmp_path / "lin")
+    empty = tmp_path / "cwd"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    for bad in ("", "  ", None):  # an empty path would write into the current directory
+        with pytest.raises(ValueError, match="needs a directory to write into"):
+            mergeplug.save_pretrained(pipe, bad)
+    assert list(empty.iterdir()) == []
 
 
 def test_card_with_results_and_cli(tmp_path, capsys):

@@ -61,6 +61,11 @@ def save_pretrained(
     Returns:
         ``directory`` as a ``Path``.
     """
+    if not isinstance(directory, (str, os.PathLike)) or not str(directory).strip():
+        raise ValueError(
+            f"save_pretrained needs a directory to write into, got {directory!r} (an empty path would write into the "
+            "current directory): pass a folder name, e.g. 'my-merged-model'"
+        )
     if not weights and not base_model:
         raise ValueError("weights=False saves only a reference to the base model: pass base_model='<hub id or path>'")
     if not float_weights:  # checked before anything is written: a refused call leaves the directory as it was
