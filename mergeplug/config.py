@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, get_args
 
 __all__ = ["MergeConfig", "ratio_for_reduction", "schedule_for_reduction"]
+
+
+def _is_number(v: Any) -> bool:
+    """A real number (Python or NumPy int / float; not a bool, not a string)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _check_reduction(reduction: Any, num_layers: Any) -> None:
+    if not _is_number(reduction) or not 0.0 <= reduction < 1.0:
+        raise ValueError(f"reduction must be a number in [0, 1) (the fraction of tokens removed), got {reduction!r}")
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
 
 
 def ratio_for_reduction(
@@ -20,10 +33,7 @@ def ratio_for_reduction(
     At most half of the tokens can merge in one layer (each merge pairs an A token with a B token), so a
     constant schedule that needs ``ratio > 0.5`` raises, and so does a reduction above ``1 - 0.5**num_layers``.
     """
-    if not 0.0 <= reduction < 1.0:
-        raise ValueError(f"reduction must be in [0, 1), got {reduction}")
-    if num_layers < 1:
-        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    _check_reduction(reduction, num_layers)
     if schedule == "front":
         ratios, keep = [], 1.0
         for _ in range(num_layers):
@@ -64,10 +74,9 @@ def schedule_for_reduction(reduction: float, num_layers: int, schedule: Schedule
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    _check_reduction(reduction, num_layers)
     if schedule in ("constant", "front"):
         return {"ratio": ratio_for_reduction(reduction, num_layers, schedule)}
-    if not 0.0 <= reduction < 1.0:
-        raise ValueError(f"reduction must be in [0, 1), got {reduction}")
     if schedule == "input":
         return {"input_ratio": reduction, "ratio": 0.0}
     input_ratio = min(0.5, reduction)
@@ -154,25 +163,30 @@ class MergeConfig:
         if self.ratio is not None:
             values = self.ratio if isinstance(self.ratio, (list, tuple)) else [self.ratio]
             for v in values:
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+                if not _is_number(v) or not 0.0 <= v < 1.0:
                     raise ValueError(
                         f"ratio must be in [0, 1) (fraction of tokens merged per layer) or a list of such values, "
                         f"got {self.ratio!r}"
                     )
-            if isinstance(self.ratio, tuple):
-                self.ratio = list(self.ratio)
-        if isinstance(self.input_ratio, bool) or not 0.0 <= float(self.input_ratio) < 1.0:
-            raise ValueError(f"input_ratio must be in [0, 1) (fraction of input tokens merged), got {self.input_ratio}")
-        if not isinstance(self.safe, bool):
-            raise ValueError(f"safe must be True (forecast-safe merging) or False (plain merging), got {self.safe!r}")
+            # plain floats (NumPy scalars do not go into a saved JSON config)
+            self.ratio = [float(v) for v in values] if isinstance(self.ratio, (list, tuple)) else float(self.ratio)
+        if not _is_number(self.input_ratio) or not 0.0 <= self.input_ratio < 1.0:
+            raise ValueError(
+                f"input_ratio must be a number in [0, 1) (fraction of input tokens merged), got {self.input_ratio!r}"
+            )
+        self.input_ratio = float(self.input_ratio)
+        for name in ("safe", "causal", "proportional_attention"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("protect_recent", "min_tokens"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                 raise ValueError(f"{name} must be an int >= 0 (a number of tokens) or None (family default), got {v!r}")
         if self.period is not None and self.period != "auto":
-            if isinstance(self.period, bool) or not isinstance(self.period, (int, float)) or not self.period >= 0:
+            p = self.period
+            if not _is_number(p) or not math.isfinite(p) or not (p == 0 or p >= 1):
                 raise ValueError(
-                    f"period must be a number of time steps > 0 (e.g. 24 for hourly data), 'auto' (found per series "
+                    f"period must be a number of time steps >= 1 (e.g. 24 for hourly data), 'auto' (found per series "
                     f"from its tokens), 0 (off) or None (the family default), got {self.period!r}"
                 )
             if self.threshold is not None:
@@ -187,12 +201,12 @@ class MergeConfig:
                 raise ValueError("min_similarity applies to the r / ratio modes; threshold merging has its own floor")
         if self.min_tokens and self.threshold is not None:
             raise ValueError("min_tokens applies to the r / ratio modes; threshold merging decides per token (drop it)")
-        if isinstance(self.steps_per_token, bool) or not float(self.steps_per_token) > 0:
+        if not _is_number(self.steps_per_token) or not self.steps_per_token > 0:
             raise ValueError(f"steps_per_token must be > 0, got {self.steps_per_token!r}")
         if self.threshold is not None:
             if not self.causal:
                 raise ValueError("threshold selects the strict causal mode: pass causal=True with it")
-            if not -1.0 <= float(self.threshold) <= 1.0:
+            if not _is_number(self.threshold) or not -1.0 <= self.threshold <= 1.0:
                 raise ValueError(f"threshold is a cosine similarity and must be in [-1, 1], got {self.threshold}")
 
     def merges_at(self, layer: int, length: int) -> int:

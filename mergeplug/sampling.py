@@ -291,6 +291,9 @@ def fast_sampling(obj: Any, enable: bool = True, *, exact: bool = True) -> Any:
     """
     cm = _chronos_model(obj)
     record = find_record([cm], aux=True, family=FAMILY)
+    for name, value in (("enable", enable), ("exact", exact)):
+        if not isinstance(value, bool):
+            raise ValueError(f"fast_sampling: {name} must be True or False, got {value!r}")
     if not enable:
         if record is not None:
             restore(record)

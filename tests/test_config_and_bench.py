@@ -109,8 +109,43 @@ def test_front_input_schedule_reaches_the_reduction(reduction):
 def test_input_ratio_validation_and_noop():
     assert not MergeConfig(input_ratio=0.3).is_noop(6)
     assert MergeConfig(input_ratio=0.3).input_merges(100) == 30
-    with pytest.raises(ValueError, match="input_ratio must be in"):
+    with pytest.raises(ValueError, match="input_ratio must be a number in"):
         MergeConfig(input_ratio=1.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"input_ratio": "0.5"}, "input_ratio must be a number"),  # was accepted, then every forward raised
+        ({"proportional_attention": "no"}, "proportional_attention must be True or False"),  # was taken as True
+        ({"causal": 1}, "causal must be True or False"),
+        ({"period": float("inf")}, "period must be a number of time steps >= 1"),
+        ({"period": 1e-9}, "period must be a number of time steps >= 1"),
+        ({"causal": True, "threshold": "0.9"}, "threshold is a cosine similarity"),
+    ],
+)
+def test_settings_of_the_wrong_type_are_refused(kwargs, message):
+    """Every setting is type-checked when the config is built (issue 34, point 12)."""
+    import numpy as np
+
+    with pytest.raises(ValueError, match=message):
+        MergeConfig(**kwargs)
+    assert MergeConfig(ratio=np.float32(0.25), input_ratio=np.float64(0.5), period=24).input_ratio == 0.5
+
+
+def test_schedule_helpers_and_fast_sampling_type_check_their_arguments():
+    from mergeplug import fast_sampling
+    from mergeplug.models import chronos_t5
+
+    for args in [("0.5", 2), (0.5, 2.5), (True, 2), (0.5, True)]:
+        with pytest.raises(ValueError, match="reduction must be a number|num_layers must be an int"):
+            schedule_for_reduction(*args)
+        with pytest.raises(ValueError, match="reduction must be a number|num_layers must be an int"):
+            ratio_for_reduction(*args)
+    pipe = chronos_t5("test")
+    for kwargs in [{"enable": "no"}, {"exact": "yes"}]:
+        with pytest.raises(ValueError, match="must be True or False"):
+            fast_sampling(pipe, **kwargs)
 
 
 @pytest.fixture

@@ -151,6 +151,27 @@ def test_register_patch_for_a_custom_model():
     assert sum(f.name == "TinyNet" for f in mergeplug.patches.families()) == 1
 
 
+def test_register_patch_refuses_bad_arguments_and_leaves_the_registry_working():
+    """Issue 34, point 6: a string instead of a class once broke every later apply / remove in the process; a
+    sequence axis other than 0 / 1 merged across the batch. Both are refused at registration."""
+    before = [f.name for f in mergeplug.patches.families()]
+    with pytest.raises(TypeError, match="match_ must be the model class or a predicate"):
+        mergeplug.register_patch("notaclass", blocks="b")
+    for blocks in ("", "layers..0", 3):
+        with pytest.raises(ValueError, match="blocks must be the attribute path"):
+            mergeplug.register_patch(TinyNet, blocks=blocks, name="tiny-bad")
+    for seq_dim in (5, 2, -1, True):
+        with pytest.raises(ValueError, match="seq_dim must be 1"):
+            mergeplug.register_patch(TinyNet, blocks="blocks", seq_dim=seq_dim, name="tiny-bad")
+    assert [f.name for f in mergeplug.patches.families()] == before
+    enc, x = _encoder(), _x()
+    with torch.inference_mode():
+        ref = enc(x)
+        mergeplug.apply(enc, k=1, r=4)  # the registry still works
+        mergeplug.remove(enc)
+        assert torch.equal(enc(x), ref)
+
+
 def _mamba():
     from transformers import MambaConfig, MambaForCausalLM
 

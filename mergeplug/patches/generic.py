@@ -89,10 +89,17 @@ def inject_blocks(
     n_layers = len(blocks)
     if n_layers == 0:
         raise ValueError("inject_blocks: the block list is empty")
+    _check_seq_dim(seq_dim)
     record.hints.num_layers = n_layers
     scratch = record.scratch
 
     def to_btc(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3:
+            raise ValueError(
+                f"mergeplug merges hidden states of shape (batch, tokens, channels) or (tokens, batch, channels); "
+                f"this block gets a {x.dim()}-D tensor of shape {tuple(x.shape)}: register the blocks whose input is "
+                "3-D, or run the model unmerged (mergeplug.remove)"
+            )
         return x if seq_dim == 1 else x.transpose(0, 1)
 
     def pre(i: int, block: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
@@ -180,6 +187,15 @@ def inject_blocks(
         )
 
 
+def _check_seq_dim(seq_dim: Any) -> None:
+    """The token axis of 3-D hidden states: 1 for (batch, tokens, channels), 0 for (tokens, batch, channels)."""
+    if isinstance(seq_dim, bool) or seq_dim not in (0, 1):
+        raise ValueError(
+            f"seq_dim must be 1 (hidden states (batch, tokens, channels)) or 0 ((tokens, batch, channels)), "
+            f"got {seq_dim!r}"
+        )
+
+
 def register_patch(
     match_: type | Callable[[Any], bool],
     *,
@@ -202,6 +218,18 @@ def register_patch(
     Returns:
         The registered :class:`~mergeplug.patches.base.Family` (registered before the built-in generic ones).
     """
+    if not isinstance(match_, type) and not callable(match_):
+        raise TypeError(
+            f"register_patch: match_ must be the model class or a predicate obj -> bool, got {match_!r} "
+            f"({type(match_).__name__})"
+        )
+    if not isinstance(blocks, str) or not all(part.isidentifier() for part in blocks.split(".")):
+        raise ValueError(
+            f"register_patch: blocks must be the attribute path of the block list, e.g. 'layers' or "
+            f"'encoder.layer', got {blocks!r}"
+        )
+    if not callable(seq_dim):
+        _check_seq_dim(seq_dim)
     if isinstance(match_, type):
         cls = match_
 
