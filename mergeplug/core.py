@@ -109,21 +109,34 @@ def apply(
             f"protect_recent applies to forecasting families (chronos-t5, chronos-bolt, chronos-2, patchtst, "
             f"hf-time-series), whose tokens end at a forecast origin; {family.name} has none: drop protect_recent"
         )
+    if decoder is not None:  # checked before the model is touched (a refused call leaves it as it was)
+        if not isinstance(decoder, dict) or not set(decoder) <= set(_DECODER_KEYS):
+            raise ValueError(
+                f"decoder must be a dict of mergeplug.merge_decoder settings ({', '.join(_DECODER_KEYS)}), "
+                f"got {decoder!r}"
+            )
+        decoder_config(**decoder)
     config = family.resolve(config, obj)
     record = find_record(family.modules(obj))
-    if record is not None:  # already patched (possibly through its pipeline or inner model): new settings
+    created = record is None
+    previous = None if created else record.config
+    if not created:  # already patched (possibly through its pipeline or inner model): new settings
         _check_layers(config, record)
         record.config = config
     else:
         record = PatchRecord(family=family.name, config=config)
-        try:
+    try:
+        if created:
             family.inject(obj, record)
             _check_layers(config, record)
-        except Exception:
+        if decoder is not None:
+            merge_decoder(obj, **decoder)
+    except Exception:  # undo: a model patched here is restored, an earlier patch gets its settings back
+        if created:
             restore(record)
-            raise
-    if decoder is not None:
-        merge_decoder(obj, **decoder)
+        else:
+            record.config = previous
+        raise
     return obj
 
 
@@ -169,22 +182,28 @@ def merge_decoder(
         ValueError / NotImplementedError: invalid settings, or settings the model's decoder cannot run.
     """
     family = find_family(obj)
+    config = decoder_config(k=k, r=r, ratio=ratio, threshold=threshold, proportional_attention=proportional_attention)
     record = find_record(family.modules(obj))
-    if record is None:
+    patched_here = record is None
+    if patched_here:
         apply(obj, r=0)
         record = find_record(family.modules(obj))
-    if record is not None and record.hints.decoder_unsupported:
-        raise NotImplementedError(record.hints.decoder_unsupported)
-    if record is None or not record.hints.decoder_merging:
-        raise TypeError(
-            f"{family.name}: this object has no decoder that mergeplug can merge. Decoder merging supports "
-            "T5ForConditionalGeneration / T5Model, Chronos-T5 and Hugging Face TimeSeriesTransformer / Informer "
-            "(distil=False); pass the encoder-decoder model itself."
-        )
-    config = decoder_config(k=k, r=r, ratio=ratio, threshold=threshold, proportional_attention=proportional_attention)
-    check = record.hints.decoder_check
-    if check is not None:
-        check(config)
+    try:
+        if record is not None and record.hints.decoder_unsupported:
+            raise NotImplementedError(record.hints.decoder_unsupported)
+        if record is None or not record.hints.decoder_merging:
+            raise TypeError(
+                f"{family.name}: this object has no decoder that mergeplug can merge. Decoder merging supports "
+                "T5ForConditionalGeneration / T5Model, Chronos-T5 and Hugging Face TimeSeriesTransformer / Informer "
+                "(distil=False); pass the encoder-decoder model itself."
+            )
+        check = record.hints.decoder_check
+        if check is not None:
+            check(config)
+    except Exception:
+        if patched_here and record is not None:  # the r=0 patch made for this call goes again
+            restore(record)
+        raise
     record.config.extra[DECODER_KEY] = config
     return obj
 

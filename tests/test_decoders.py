@@ -378,3 +378,33 @@ def test_apply_decoder_argument_and_save_load_keep_decoder_merging(tmp_path):
         mergeplug.apply(model, k=1, ratio=0.2)  # new settings without decoder=: the decoder runs unmerged again
         model(input_ids=ids, labels=labels)
         assert not torch.equal(model(input_ids=ids, labels=labels).logits, ref)
+
+
+def test_a_refused_apply_or_merge_decoder_leaves_the_model_as_it_was():
+    """Issue 34, point 5: every setting is checked before the model changes, and a call that fails later is undone
+    (a model patched by the call is restored, an earlier patch keeps its settings)."""
+    from mergeplug.models import chronos_bolt
+
+    pipe = chronos_t5("test")
+    bad = [{"k": 0}, {"r": -1}, {"ratio": 1.5}, {"threshold": 0.5, "ratio": 0.1}, {"input_ratio": 0.5}, {"x": 1}]
+    for decoder in bad:
+        with pytest.raises(ValueError):
+            mergeplug.apply(pipe, ratio=0.2, decoder=decoder)
+        assert mergeplug.settings(pipe) is None, decoder
+    mergeplug.apply(pipe, ratio=0.1)
+    for decoder in bad:
+        with pytest.raises(ValueError):
+            mergeplug.apply(pipe, ratio=0.2, decoder=decoder)
+        assert mergeplug.settings(pipe).ratio == 0.1, decoder
+    mergeplug.remove(pipe)
+    with pytest.raises(ValueError):
+        merge_decoder(pipe, k=0)
+    assert mergeplug.settings(pipe) is None  # no r=0 patch left behind
+    bolt = chronos_bolt("test")
+    with pytest.raises(ValueError, match="decoder must be a dict"):
+        mergeplug.apply(bolt, ratio=0.2, decoder="x")
+    with pytest.raises(TypeError, match="no decoder that mergeplug can merge"):
+        mergeplug.apply(bolt, ratio=0.2, decoder={})
+    with pytest.raises(TypeError, match="no decoder that mergeplug can merge"):
+        merge_decoder(bolt, r=1)
+    assert mergeplug.settings(bolt) is None
