@@ -96,6 +96,10 @@ def test_bad_files_are_refused_naming_the_problem(tmp_path):
     df.assign(target=df["target"].astype(object).where(df.index != 4, "x")).to_csv(tmp_path / "t2.csv", index=False)
     with pytest.raises(ValueError, match="series 'a' \\(column 'target'\\): 1 non-numeric"):
         load_local(tmp_path / "t2.csv")
+    inf = df.assign(target=df["target"].where(df.index != 5, np.inf))
+    inf.to_csv(tmp_path / "inf.csv", index=False)  # issue 34: read, then every forecast failed "contains NaN"
+    with pytest.raises(ValueError, match=r"series 'a' \(column 'target'\): 1 infinite value\(s\).*blank them"):
+        load_local(tmp_path / "inf.csv")
     blank = wide.copy()
     blank.loc[7, "b"] = None  # an empty cell is a missing value, not an error
     blank.to_csv(tmp_path / "blank.csv", index=False)

@@ -351,7 +351,8 @@ def _regular(s: pd.Series, off: BaseOffset | None, freq_given: bool, where: str)
 
 
 def _numeric(values: pd.Series, where: str) -> pd.Series:
-    """``values`` as floats; non-numeric entries are refused with their rows named (empty cells stay NaN)."""
+    """``values`` as floats; non-numeric and infinite entries are refused with their rows named (empty cells stay
+    NaN)."""
     out = pd.to_numeric(values, errors="coerce")
     bad = values.index[out.isna() & values.notna()]
     if len(bad):
@@ -359,6 +360,13 @@ def _numeric(values: pd.Series, where: str) -> pd.Series:
         raise ValueError(
             f"{where}: {len(bad)} non-numeric value(s) ({shown}{', ...' if len(bad) > 3 else ''}); "
             "fix or blank them (blank cells are read as missing values)"
+        )
+    inf = values.index[np.isinf(out.to_numpy(dtype=np.float64, na_value=np.nan))]
+    if len(inf):
+        shown = ", ".join(f"{i}: {out[i]}" for i in inf[:3])
+        raise ValueError(
+            f"{where}: {len(inf)} infinite value(s) ({shown}{', ...' if len(inf) > 3 else ''}); a forecast "
+            "cannot be scored against them: blank them (read as missing values) or replace them"
         )
     return out.astype(np.float64)
 
