@@ -147,3 +147,22 @@ def test_cli_refuses_a_local_file_without_a_horizon_before_loading_the_model(tmp
     assert main([*args, "--out", str(tmp_path / "o")]) == 2
     assert "needs the forecast horizon: prediction_length=... (--prediction-length)" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_numeric_timestamps_are_read_as_unix_epochs_in_their_unit_or_refused(tmp_path):
+    """Issue 34, point 3: Unix seconds were read as nanoseconds (frequency 3600ns, seasonality 1, MASE wrong)."""
+    df = _long("h", n=48, items="a")
+    (ref,), ref_freq = load_local(_write(tmp_path / "dates.csv", df))
+    seconds = (df["timestamp"] - pd.Timestamp("1970-01-01")) // pd.Timedelta(seconds=1)
+    for unit, scale in (("s", 1), ("ms", 1000), ("us", 10**6)):
+        (e,), freq = load_local(_write(tmp_path / f"{unit}.csv", df.assign(timestamp=seconds * scale)))
+        assert freq == ref_freq == "h" and e["start"] == ref["start"], unit
+        np.testing.assert_array_equal(e["target"], ref["target"])
+    for steps in (np.arange(48), np.arange(48) * 0.5 + 3):  # step numbers: not a date
+        with pytest.raises(ValueError, match="not Unix epochs in seconds, milliseconds.*--freq"):
+            load_local(_write(tmp_path / "steps.csv", df.assign(timestamp=steps)))
+
+
+def _write(path, df: pd.DataFrame):
+    df.to_csv(path, index=False)
+    return path

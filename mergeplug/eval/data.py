@@ -350,6 +350,27 @@ def _regular(s: pd.Series, off: BaseOffset | None, freq_given: bool, where: str)
     return s.reindex(grid), off
 
 
+#: Unix epochs by magnitude (the years ~1973 to ~2286 in each unit): seconds, milliseconds, microseconds, nanoseconds
+_EPOCH_UNITS = (("s", 1e8, 1e10), ("ms", 1e11, 1e13), ("us", 1e14, 1e16), ("ns", 1e17, 1e19))
+
+
+def _to_datetime(values: pd.Series, where: str) -> pd.Series:
+    """Timestamps from text or from numbers: integer Unix epochs in seconds, milliseconds, microseconds or
+    nanoseconds (told apart by their size) are read in their unit; other numbers are refused, since pandas would
+    read them as nanoseconds after 1970 and every frequency after that would be wrong."""
+    if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return pd.to_datetime(values)
+    finite = values.dropna().abs()
+    for unit, low, high in _EPOCH_UNITS:
+        if len(finite) and (finite >= low).all() and (finite < high).all():
+            return pd.to_datetime(values, unit=unit)
+    raise ValueError(
+        f"{where} holds numbers ({', '.join(str(v) for v in values.head(3))}, ...) that are not Unix epochs in "
+        "seconds, milliseconds, microseconds or nanoseconds: write dates (e.g. 2024-01-01 00:00), or convert the "
+        "numbers to dates, and pass the data's frequency with --freq / freq= if it is not regular"
+    )
+
+
 def _numeric(values: pd.Series, where: str) -> pd.Series:
     """``values`` as floats; non-numeric and infinite entries are refused with their rows named (empty cells stay
     NaN)."""
@@ -404,8 +425,10 @@ def load_local(
     if timestamp_column not in df.columns:
         raise ValueError(f"{path}: no {timestamp_column!r} column (columns: {list(df.columns)})")
     try:
-        df[timestamp_column] = pd.to_datetime(df[timestamp_column])
+        df[timestamp_column] = _to_datetime(df[timestamp_column], f"{path}: column {timestamp_column!r}")
     except (ValueError, TypeError) as exc:
+        if "Unix epoch" in str(exc):
+            raise
         raise ValueError(f"{path}: column {timestamp_column!r} does not parse as timestamps ({exc})") from None
     if item_id_column in df.columns and target_column not in df.columns:
         raise ValueError(
