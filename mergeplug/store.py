@@ -153,3 +153,20 @@ def _lock(directory: Path, what: str) -> int | None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{what} (pid {os.getpid()})\n".encode(), 0)
     return fd
+
+
+def load_torch_state(path: str | Path) -> Any:
+    """A training state written with ``torch.save`` (optimizer, scheduler, counters, tensors), loaded with
+    ``weights_only=True``: a file holding other objects (which unpickling would run) is refused, naming it."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise ValueError(
+            f"{path}: not a training state mergeplug wrote (it holds objects other than tensors, numbers and "
+            f"containers, or it is cut short: {str(exc).splitlines()[0][:160]}); it is not loaded. Delete the run's "
+            "checkpoint folder to start the run over"
+        ) from None

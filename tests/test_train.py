@@ -105,6 +105,37 @@ def _bolt(**kw) -> BoltRecipe:
     return BoltRecipe(**TINY, context_length=64, horizon=16, datasets=["m3_yearly"], synthetic=8, **kw)
 
 
+class _Planted:
+    """A pickled object that runs code when loaded (what a crafted trainer.pt could hold)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_a_crafted_trainer_state_is_refused_not_run(tmp_path):
+    """Issue 34, point 9: trainer.pt is loaded with weights_only=True; one holding other objects is refused on
+    export and on resume, and its code never runs."""
+    from mergeplug.train.cli import main as train_main
+    from mergeplug.train.export import export
+
+    settings = TrainSettings(steps=4, batch_size=8, warmup=1, checkpoint_every=2, log_every=1, threads=1)
+    train(_bolt(), settings, tmp_path / "run", progress=False, stop_at=2)
+    marker = tmp_path / "ran"
+    state = torch.load(tmp_path / "run" / "checkpoint" / "trainer.pt", weights_only=True)
+    torch.save({**state, "loss": _Planted(str(marker))}, tmp_path / "run" / "checkpoint" / "trainer.pt")
+    with pytest.raises(ValueError, match="not a training state mergeplug wrote"):
+        export(tmp_path / "run", tmp_path / "out")
+    with pytest.raises(ValueError, match="not a training state mergeplug wrote"):
+        train(_bolt(), settings, tmp_path / "run", progress=False)
+    assert train_main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "out2")]) == 2
+    assert not marker.exists()
+
+
 def test_training_resumes_exactly(tmp_path):
     settings = dict(batch_size=8, warmup=2, checkpoint_every=3, log_every=1, threads=1)
     train(_bolt(), TrainSettings(steps=6, **settings), tmp_path / "straight", progress=False)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..store import load_torch_state
 from .model import CompactTransformer, SBTConfig
 
 __all__ = ["TaskSpec", "TrainSettings", "train_run", "f1_scores", "point_adjust", "average_precision", "top1_hit"]
@@ -258,7 +259,7 @@ def train_run(
     state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "stale": 0}
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
-        saved = torch.load(ckpt, weights_only=False)
+        saved = load_torch_state(ckpt)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])
         state = saved["state"]
@@ -297,7 +298,7 @@ def train_run(
         bar.set_postfix(loss=f"{line['loss']:.4f}", val=f"{metric:.4f}")
     if not (out / "best.pt").exists():
         raise RuntimeError(f"{out}: no epoch gave a finite validation metric (last: {state['best']}); check the data")
-    model.load_state_dict(torch.load(out / "best.pt", weights_only=False))
+    model.load_state_dict(load_torch_state(out / "best.pt"))
     model.eval()
     res: dict[str, Any] = {"best_epoch": state["best_epoch"], "val_metric": state["best"], "epochs_run": state["epoch"]}
     if spec.kind == "anomaly":

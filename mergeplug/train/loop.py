@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..store import load_torch_state
 from . import supervised as _supervised  # noqa: F401  (registers the supervised recipes)
 from .recipes import RECIPES, Recipe
 
@@ -201,7 +202,7 @@ def load_checkpoint_model(run_dir: str | Path) -> tuple[Recipe, torch.nn.Module,
         raise FileNotFoundError(f"{run_dir} has no checkpoint yet (training saves every checkpoint_every steps)")
     settings = TrainSettings(**{k: v for k, v in meta["settings"].items() if k in TrainSettings.__dataclass_fields__})
     model = _prepare_model(type(recipe.build()).from_pretrained(ckpt), settings, ckpt).eval()
-    state = torch.load(ckpt / "trainer.pt", weights_only=False)
+    state = load_torch_state(ckpt / "trainer.pt")
     state = {k: v for k, v in state.items() if k not in ("optimizer", "scheduler")}
     return recipe, model, state
 
@@ -261,7 +262,7 @@ def train(
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, settings))
     if ckpt.exists():
-        saved = torch.load(ckpt / "trainer.pt", weights_only=False)
+        saved = load_torch_state(ckpt / "trainer.pt")
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         state = {k: v for k, v in saved.items() if k not in ("optimizer", "scheduler")}
