@@ -279,6 +279,9 @@ def test_other_models_chronos2_and_gluonts_predictors(tmp_path):
         )
     with pytest.raises(ValueError, match="cannot import"):
         run("predictor:gluonts.nothing.Here", ["m3_yearly"], out=tmp_path / "y", **kwargs)
+    for spec in ("predictor:os.system", "predictor:os.getcwd", "predictor:builtins.dict"):  # issue 34, point 10
+        with pytest.raises(ValueError, match="is not a GluonTS predictor class.*it is not called"):
+            run(spec, ["m3_yearly"], out=tmp_path / "z", **kwargs)
 
 
 def test_timed_datasets_times_only_the_first(tmp_path):

@@ -258,6 +258,13 @@ def _predictor_factory(dotted: str) -> Callable[[EvalDataset], Any]:
         cls = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError) as exc:
         raise ValueError(f"predictor:{dotted}: cannot import {dotted!r} ({exc}); give module.Class") from None
+    from gluonts.model.predictor import Predictor
+
+    if not (isinstance(cls, type) and issubclass(cls, Predictor)):  # never call anything else
+        raise ValueError(
+            f"predictor:{dotted} is not a GluonTS predictor class (a subclass of gluonts.model.predictor.Predictor, "
+            "e.g. predictor:gluonts.model.npts.NPTSPredictor); it is not called"
+        )
     params = inspect.signature(cls).parameters
 
     def build(ds: EvalDataset):
