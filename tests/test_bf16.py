@@ -154,16 +154,18 @@ CASES: dict[str, Callable[[], Case]] = {
 }
 
 
+@pytest.mark.parametrize("dtype", [BF16, torch.float64])
 @pytest.mark.parametrize("family", list(CASES))
-def test_merging_in_bfloat16(family):
-    """Merged bfloat16 outputs are finite with the float32 token counts; r=0 and remove() are bitwise bfloat16."""
+def test_merging_in_bfloat16_and_float64(family, dtype):
+    """Merged bfloat16 (and float64: issue 34, point 11, once an overflow in the attention bias) outputs are finite
+    with the float32 token counts; r=0 and remove() are bitwise those of the unpatched model in that dtype."""
     obj, module, run = CASES[family]()
     with torch.inference_mode():
         mergeplug.apply(obj, **MERGE)
         run()
         counts32 = mergeplug.token_counts(obj)
         mergeplug.remove(obj)
-        module.to(BF16)
+        module.to(dtype)
         ref = run()
         mergeplug.apply(obj, k=1, r=0)
         _assert_equal(run(), ref)  # nothing merges: the original bfloat16 computation

@@ -130,9 +130,11 @@ def key_bias(size: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype, proport
     ``log(size)`` for real keys when ``proportional`` (ToMe's proportional attention: a merged key counts as
     many times as it has members), 0 otherwise, and the dtype's minimum for masked keys.
     """
-    min_val = torch.finfo(dtype).min
-    bias = torch.where(mask, size.clamp_min(1e-6).log() if proportional else 0.0, min_val)
-    return bias.to(dtype)[:, None, None, :]
+    # in ``dtype`` throughout: float64's minimum does not fit the float32 sizes
+    zero = torch.zeros((), dtype=dtype, device=size.device)
+    real = size.clamp_min(1e-6).log().to(dtype) if proportional else zero
+    bias = torch.where(mask, real, torch.full((), torch.finfo(dtype).min, dtype=dtype, device=size.device))
+    return bias[:, None, None, :]
 
 
 def causal_bias(

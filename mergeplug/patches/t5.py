@@ -381,7 +381,8 @@ def _cross_attention_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torc
         return key_bias(torch.ones_like(mask, dtype=dtype), mask.bool(), dtype, proportional=False)
     if mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1:
         if mask.dtype == torch.bool:
-            return torch.where(mask, 0.0, torch.finfo(dtype).min).to(dtype)
+            return key_bias(torch.ones(mask.shape[0], mask.shape[-1], dtype=dtype, device=mask.device),
+                            mask[:, 0, 0], dtype, proportional=False)  # fmt: skip
         return mask.to(dtype)
     raise NotImplementedError(
         f"T5 decoder merging: encoder_attention_mask of shape {tuple(mask.shape)} gives every target position its "
