@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -315,6 +316,24 @@ def test_save_keeps_unrelated_files_and_removes_superseded_weights(tmp_path):
     assert {CONFIG_NAME, "config.json", "model.safetensors", "README.md"} <= set(files)
     assert not [p for p in tmp_path.iterdir() if p.name != "m"]
     assert type(mergeplug.from_pretrained(out)) is type(model)
+
+
+def test_save_across_file_systems_copies_instead_of_renaming(tmp_path, monkeypatch):
+    """Issue 34, point 13: a rename from the staging directory into a folder on another file system (a bind mount
+    not detected as one) fails with EXDEV; the save then copies, and the result equals a plain save."""
+    model = _patchtst()
+    plain = _files(mergeplug.save_pretrained(model, tmp_path / "a" / "m"))  # the same name: the same card
+    real = os.replace
+
+    def cross_device(src, dst):
+        if Path(src).parent.name.startswith(".m.tmp-"):  # out of the staging directory
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real(src, dst)
+
+    monkeypatch.setattr(hub.save.os, "replace", cross_device)
+    out = mergeplug.save_pretrained(model, tmp_path / "m")
+    assert _files(out) == plain
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "m"]  # no staging or part files left
 
 
 def test_save_into_a_directory_whose_parent_is_not_writable(tmp_path, monkeypatch):

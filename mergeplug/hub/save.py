@@ -3,6 +3,7 @@ moved into place when complete, a user's own ``README.md`` kept) and :func:`push
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -169,6 +170,20 @@ def _staging(out: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _move(src: Path, dst: Path) -> None:
+    """``os.replace``; across file systems (a bind mount the staging directory is not on: EXDEV) a copy into a
+    temporary name beside ``dst`` and a replace there, so ``dst`` is still never half written."""
+    try:
+        os.replace(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        part = dst.with_name(f".{dst.name}.part")
+        shutil.copyfile(src, part)
+        os.replace(part, dst)
+        src.unlink()
+
+
 def _install(staged: Path, out: Path, superseded: Sequence[str]) -> None:
     """Move the files of a complete save from ``staged`` into ``out`` (each with ``os.replace``, atomic; the config
     last), then delete the files of ``out`` matching the glob patterns ``superseded`` that the save did not write."""
@@ -178,7 +193,7 @@ def _install(staged: Path, out: Path, superseded: Sequence[str]) -> None:
     )
     for rel in written:
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged / rel, out / rel)
+        _move(staged / rel, out / rel)
     for pattern in superseded:
         for f in out.glob(pattern):
             if f.relative_to(out) not in written:
