@@ -272,8 +272,17 @@ def tune(
     Returns:
         A :class:`TuneResult`; ``print(result)`` shows the table it decided from.
     """
-    if not tolerance >= 0:
-        raise ValueError(f"tolerance must be >= 0 (a relative WQL change, 0.01 = 1%), got {tolerance}")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+        raise ValueError(f"tolerance must be a number >= 0 (a relative WQL change, 0.01 = 1%), got {tolerance!r}")
+    if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context < 1):
+        raise ValueError(f"context must be a number of time steps >= 1 (or None: the whole history), got {context!r}")
+    if candidates is not None and (
+        not isinstance(candidates, dict) or not all(isinstance(v, dict) for v in candidates.values())
+    ):
+        raise ValueError(
+            "candidates must be a dict of label -> mergeplug.apply keyword arguments, e.g. "
+            f"{{'k=1,ratio=0.2': {{'k': 1, 'ratio': 0.2}}}}, got {type(candidates).__name__}"
+        )
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < math.inf:
         raise ValueError(f"margin must be a number >= 0 (0.05: at least 5% faster), got {margin!r}")
     if isinstance(prediction_length, bool) or not isinstance(prediction_length, int) or prediction_length < 1:

@@ -167,6 +167,9 @@ def test_bad_directories_give_clear_errors(tmp_path, monkeypatch):
         with pytest.raises(ValueError, match="needs a directory to write into"):
             mergeplug.save_pretrained(pipe, bad)
     assert list(empty.iterdir()) == []
+    for bad in (None, 123, ""):  # once sent to the hub as repository ids (issue 34, point 15)
+        with pytest.raises(ValueError, match="needs a local directory or a Hub repository id"):
+            mergeplug.from_pretrained(bad)
 
 
 def test_card_with_results_and_cli(tmp_path, capsys):

@@ -120,6 +120,13 @@ def test_tune_rejects_bad_input():
         tune(pipe, _series(), prediction_length=0, progress=False)
     with pytest.raises(TypeError, match="predict_quantiles"):
         tune(torch.nn.Linear(2, 2), _series(), prediction_length=16, candidates={}, progress=False)
+    bad = [({"context": 0}, r"context must be a number of time steps >= 1 \(or None.*got 0"),  # issue 34, point 14
+           ({"context": -5}, "got -5"),
+           ({"tolerance": "0.01"}, "tolerance must be a number"),
+           ({"candidates": [{"k": 1, "ratio": 0.2}]}, "candidates must be a dict of label")]  # fmt: skip
+    for kwargs, message in bad:
+        with pytest.raises(ValueError, match=message):
+            tune(pipe, _series(), prediction_length=16, progress=False, **kwargs)
     assert list(default_candidates(6)) == [f"k={k},reduction={r}" for k in (1, 3, "global") for r in (0.25, 0.5, 0.75)]
 
 

@@ -3,6 +3,7 @@ built from ``config.json`` and the packed file alone) and :func:`load_binary_lay
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,10 @@ def from_pretrained(directory_or_hub_id: str | Path, **kwargs: Any) -> Any:
     """
     from ..core import apply
 
+    if not isinstance(directory_or_hub_id, (str, os.PathLike)) or not str(directory_or_hub_id).strip():
+        raise ValueError(
+            f"from_pretrained needs a local directory or a Hub repository id ('user/name'), got {directory_or_hub_id!r}"
+        )
     directory_or_hub_id = _local_or_hub(directory_or_hub_id)
     meta, path = read_config(directory_or_hub_id)
     if isinstance(directory_or_hub_id, Path):
