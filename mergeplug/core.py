@@ -129,6 +129,7 @@ def apply(
         if created:
             family.inject(obj, record)
             _check_layers(config, record)
+        _refuse_user_hooks(record)
         if decoder is not None:
             merge_decoder(obj, **decoder)
     except Exception:  # undo: a model patched here is restored, an earlier patch gets its settings back
@@ -138,6 +139,18 @@ def apply(
             record.config = previous
         raise
     return obj
+
+
+def _refuse_user_hooks(record: PatchRecord) -> None:
+    """Hooks on modules a merged forward does not call would stop firing: refuse, naming them."""
+    hooked = [path for path, m in record.hints.bypassed if m._forward_hooks or m._forward_pre_hooks]
+    if hooked:
+        raise ValueError(
+            f"forward hooks are registered on {', '.join(hooked[:3])}{', ...' if len(hooked) > 3 else ''}; a merged "
+            f"{record.family} forward runs those modules' parts without calling them, so the hooks would not fire. "
+            "Remove the hooks before mergeplug.apply (or hook a sub-module the model still calls, e.g. the "
+            "attention's key projection or the feed-forward layer), or run the model unmerged"
+        )
 
 
 def _check_layers(config: MergeConfig, record: PatchRecord) -> None:

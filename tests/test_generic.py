@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -269,3 +271,39 @@ def test_hf_time_series_unsupported_structures_say_why():
         mergeplug.apply(_hf_ts("autoformer"), k=1, r=2)
     with pytest.raises(NotImplementedError, match="distil=False"):
         mergeplug.apply(_hf_ts("informer", distil=True), k=1, r=2)
+
+
+def test_apply_refuses_user_hooks_that_a_merged_forward_would_skip():
+    """Issue 34, point 4: hooks on T5 / Bolt blocks and their self-attention layer, Chronos-2 blocks and PatchTST
+    layers stopped firing while merged. apply refuses while they are registered (the model stays unpatched) and
+    works once they are removed; a generic family (between blocks) calls its blocks, so their hooks stay."""
+    from transformers import PatchTSTConfig, PatchTSTForPrediction
+
+    from mergeplug.models import chronos2, chronos_bolt, chronos_t5
+
+    bolt, t5, c2 = chronos_bolt("test"), chronos_t5("test"), chronos2("test")
+    patchtst = PatchTSTForPrediction(PatchTSTConfig(num_input_channels=1, context_length=64, patch_length=8,
+                                                    patch_stride=8, d_model=16, num_attention_heads=2,
+                                                    num_hidden_layers=2, ffn_dim=32))  # fmt: skip
+    cases = [
+        (bolt, bolt.model.encoder.block[1], "encoder.block[1]"),
+        (bolt, bolt.model.encoder.block[0].layer[0], "encoder.block[0].layer[0]"),
+        (t5, t5.model.model.encoder.block[0], "encoder.block[0]"),
+        (c2, c2.model.encoder.block[1], "encoder.block[1]"),
+        (patchtst, patchtst.model.encoder.layers[0], "encoder.layers[0]"),
+    ]
+    for obj, module, path in cases:
+        handle = module.register_forward_hook(lambda m, args, out: None)
+        with pytest.raises(ValueError, match=rf"forward hooks are registered on {re.escape(path)}.*would not fire"):
+            mergeplug.apply(obj, k=1, ratio=0.2)
+        assert mergeplug.settings(obj) is None, path
+        handle.remove()
+        mergeplug.apply(obj, k=1, ratio=0.2)
+        mergeplug.remove(obj)
+    enc = _encoder()
+    seen = []
+    enc.layers[1].register_forward_hook(lambda m, args, out: seen.append(out.shape[1]))
+    mergeplug.apply(enc, k=1, r=4)
+    with torch.inference_mode():
+        enc(_x())
+    assert seen == [36]  # fired, on the merged sequence

@@ -49,6 +49,8 @@ class PatchHints:
         decoder_merging: the model has a decoder that ``mergeplug.merge_decoder`` can merge.
         decoder_check: raises for decoder settings this model cannot run (called by ``merge_decoder``).
         decoder_unsupported: why this model's decoder cannot merge (``merge_decoder`` raises with it).
+        bypassed: ``(path, module)`` of the modules a merged forward runs without calling them (it calls their
+            parts), so hooks registered on them would not fire: ``mergeplug.apply`` refuses while they hold any.
     """
 
     num_layers: int | None = None
@@ -59,6 +61,7 @@ class PatchHints:
     decoder_merging: bool = False
     decoder_check: Callable[[MergeConfig], None] | None = None
     decoder_unsupported: str | None = None
+    bypassed: list[tuple[str, nn.Module]] = field(default_factory=list)
 
 
 @dataclass

@@ -272,6 +272,8 @@ def _inject(obj: Any, record: PatchRecord) -> None:
     _validate(model)
     hook_keys(record, (block.layer[0].self_attention.k for block in model.encoder.block))  # the merge metric
     record.hints.num_layers = len(model.encoder.block)
+    for i, block in enumerate(model.encoder.block):  # the merged forward calls their parts directly
+        record.hints.bypassed += [(f"encoder.block[{i}]", block), (f"encoder.block[{i}].layer[0]", block.layer[0])]
     swap_class(model.encoder, _MergingChronos2Encoder, record)
     swap_class(model, _MergingChronos2Model, record)
 

@@ -108,6 +108,7 @@ def _inject(obj: nn.Module, record: PatchRecord) -> None:
         raise ValueError("input_ratio is not supported for PatchTST (merge inside the layers with r / ratio)")
     hook_keys(record, (layer.self_attn.k_proj for layer in encoder.layers))  # the merge metric
     record.hints.num_layers = len(encoder.layers)
+    record.hints.bypassed += [(f"encoder.layers[{i}]", layer) for i, layer in enumerate(encoder.layers)]
     swap_class(encoder, _MergingPatchTSTEncoder, record)
 
 

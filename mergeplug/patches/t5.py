@@ -566,6 +566,8 @@ def inject_encoder(stack: T5Stack, record: PatchRecord) -> None:
         raise TypeError("inject_encoder expects an encoder T5Stack (config.is_decoder=False)")
     hook_keys(record, (block.layer[0].SelfAttention.k for block in stack.block))  # the merge metric
     record.hints.num_layers = len(stack.block)
+    for i, block in enumerate(stack.block):  # the merged forward calls their attention and sub-layers directly
+        record.hints.bypassed += [(f"encoder.block[{i}]", block), (f"encoder.block[{i}].layer[0]", block.layer[0])]
     swap_class(stack, _MergingEncoder, record)
 
 
