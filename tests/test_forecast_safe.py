@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from chronos import Chronos2Pipeline
@@ -372,3 +373,29 @@ def test_a_sequence_within_the_floor_runs_the_original_code_bitwise(family):
     assert torch.equal(run(obj), ref)
     assert mergeplug.token_counts(obj) == [n] * len(mergeplug.token_counts(obj))
     mergeplug.remove(obj)
+
+
+def test_the_token_floor_holds_per_series_in_a_ragged_batch():
+    """Issue 34, point 7: a 200-step series (13 patches, below the floor of 16) is unmerged alone; batched with a
+    1,024-step series it used to have its own patches merged (forecast moved ~1%). Now its row merges only its
+    padding: its forecast equals the unmerged one up to float rounding, while the long series still merges."""
+    from chronos import BaseChronosPipeline
+
+    from mergeplug.eval.models import checkpoint_dir
+
+    pipe = BaseChronosPipeline.from_pretrained(str(checkpoint_dir("bolt-ref")))
+    rng = np.random.default_rng(0)
+    wave = lambda n: np.sin(np.arange(n) / 24 * 2 * np.pi) * 3 + rng.normal(0, 0.3, n)  # noqa: E731
+    short, long = (torch.tensor(wave(n), dtype=torch.float32) for n in (200, 1024))
+    ref, _ = pipe.predict_quantiles([short, long], prediction_length=24)
+    mergeplug.apply(pipe, k=1, ratio=0.3)
+    try:
+        alone, _ = pipe.predict_quantiles([short], prediction_length=24)
+        both, _ = pipe.predict_quantiles([short, long], prediction_length=24)
+        counts = mergeplug.token_counts(pipe)
+    finally:
+        mergeplug.remove(pipe)
+    unmerged_alone, _ = pipe.predict_quantiles([short], prediction_length=24)
+    assert torch.equal(alone[0], unmerged_alone[0])
+    torch.testing.assert_close(both[0], ref[0], rtol=1e-5, atol=1e-5)
+    assert counts[-1] < counts[0] and (both[1] - ref[1]).abs().max() > 1e-3  # the long series did merge

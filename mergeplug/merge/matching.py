@@ -138,6 +138,7 @@ def match(
     groups: torch.Tensor | None = None,
     period: float | str | None = None,
     min_similarity: float | None = None,
+    min_slots: int = 0,
 ) -> tuple[torch.Tensor, int]:
     """Choose the merges of one step and return the destination map.
 
@@ -163,6 +164,10 @@ def match(
             (the sequence must still be unmerged then), kept in ``state.period`` for later steps.
         min_similarity: ``r`` mode only: a pair merges only if its similarity is at least this (padding pairs always
             may); fewer than ``r`` merges happen where fewer pairs are alike (the cap on ``r`` below).
+        min_slots: ``r`` mode only: no row is left with fewer real (unmasked) slots than this, so that a short
+            series batched with longer ones keeps the token floor it has alone: a row merges its padding first
+            (padding pairs score highest), and ``r`` is capped at the padding pairs plus the real slots to spare of
+            the row with the fewest.
 
     Returns:
         dst: (B, T) long, destination slot of every token.
@@ -204,7 +209,11 @@ def match(
         # one length for the batch: the most constrained row (group) sets the count (a row that merged more would
         # only leave empty slots: the batch keeps the longest row's length). The one host synchronisation of the
         # r mode: the merged length is a shape, and it depends on the data when the cap binds.
-        r = min(r, int(allowed.sum(dim=1).min()))
+        can = allowed.sum(dim=1)
+        if min_slots > 0:  # per row: padding merges, plus the real slots above the floor
+            pad_pairs = (allowed & ~state.mask[:, ::2][:, : allowed.shape[1]]).sum(dim=1)
+            can = torch.minimum(can, pad_pairs + (state.mask.sum(dim=1) - min_slots).clamp_min(0))
+        r = min(r, int(can.min()))
         if r <= 0:
             return torch.arange(t, device=device).expand(n_b, t), t
         order = best.argsort(dim=-1, descending=True, stable=True)[:, :r]  # (B, r) A indices
@@ -343,6 +352,6 @@ def merge_layer(
     m = x if metric is None else metric() if callable(metric) else metric
     dst, t_new = match(
         m, state, r=None if strict else r, threshold=config.threshold, k=config.k, groups=groups,
-        period=config.token_period, min_similarity=config.min_similarity,
+        period=config.token_period, min_similarity=config.min_similarity, min_slots=config.min_tokens or 0,
     )  # fmt: skip
     return merge_step(x, state, dst, t_new) if t_new < state.length else x

@@ -45,6 +45,7 @@ class MergeSchedule(Protocol):
     k: int | None
     threshold: float | None
     min_similarity: float | None
+    min_tokens: int | None
 
     @property
     def token_period(self) -> float | str | None: ...

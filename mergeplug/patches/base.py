@@ -341,7 +341,7 @@ def merge_inputs(
             break
         dst, t_new = match(
             h if metric is None else metric, state, r=r, k=config.k, groups=groups, period=config.token_period,
-            min_similarity=config.min_similarity,
+            min_similarity=config.min_similarity, min_slots=config.min_tokens or 0,
         )  # fmt: skip
         if t_new >= state.length:
             break
