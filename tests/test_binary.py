@@ -229,6 +229,11 @@ def test_errors():
         mergeplug.binarize(object())
     with pytest.raises(ValueError, match="not binarized"):
         mergeplug.save_packed(pipe, "/tmp/never-written.safetensors")
+    with pytest.raises(ValueError, match="seed must be an int"):  # issue 34, point 14
+        mergeplug.binarize(pipe, seed="x")
+    for include in ("re:((", ["*.k", "re:[a-"]):
+        with pytest.raises(ValueError, match="is not a valid regular expression"):
+            mergeplug.binarize(pipe, include=include)
     assert mergeplug.binarization(pipe) is None and not binary_layers(pipe)  # failed calls left nothing behind
 
 

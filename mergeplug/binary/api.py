@@ -84,12 +84,15 @@ def _root(obj: Any) -> nn.Module:
 def _patterns(p: Patterns) -> list[Pattern] | None:
     if p is None:
         return None
-    if isinstance(p, (str, re.Pattern)):
-        return [p]
-    out = list(p)
+    out = [p] if isinstance(p, (str, re.Pattern)) else list(p)
     for x in out:
         if not isinstance(x, (str, re.Pattern)):
             raise TypeError(f"name patterns must be strings (globs, or 're:<regex>') or re.Pattern, got {x!r}")
+        if isinstance(x, str) and x.startswith("re:"):
+            try:
+                re.compile(x[3:])
+            except re.error as exc:
+                raise ValueError(f"name pattern {x!r} is not a valid regular expression ({exc})") from None
     return out
 
 
@@ -166,6 +169,8 @@ def binarize(
     if alpha not in ALPHAS:
         raise ValueError(f"alpha must be one of {ALPHAS}, got {alpha!r}")
     _kept(density, 1)  # validates
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
     root = _root(obj)
     inc, exc = _patterns(include), _patterns(exclude)
     if binarization(root) is not None or binary_layers(root):
