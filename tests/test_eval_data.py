@@ -96,6 +96,12 @@ def test_bad_files_are_refused_naming_the_problem(tmp_path):
     df.assign(target=df["target"].astype(object).where(df.index != 4, "x")).to_csv(tmp_path / "t2.csv", index=False)
     with pytest.raises(ValueError, match="series 'a' \\(column 'target'\\): 1 non-numeric"):
         load_local(tmp_path / "t2.csv")
+    (tmp_path / "dupcols.csv").write_text("timestamp,a,a\n2024-01-01,1,2\n2024-01-02,3,4\n")  # issue 34, point 15
+    with pytest.raises(ValueError, match=r"column name\(s\) \['a'\] appear more than once"):
+        load_local(tmp_path / "dupcols.csv")
+    (tmp_path / "u16.csv").write_bytes("timestamp,target\n2024-01-01,1\n".encode("utf-16"))
+    with pytest.raises(ValueError, match=r"u16.csv: not UTF-8 text"):
+        load_local(tmp_path / "u16.csv")
     inf = df.assign(target=df["target"].where(df.index != 5, np.inf))
     inf.to_csv(tmp_path / "inf.csv", index=False)  # issue 34: read, then every forecast failed "contains NaN"
     with pytest.raises(ValueError, match=r"series 'a' \(column 'target'\): 1 infinite value\(s\).*blank them"):

@@ -130,6 +130,15 @@ def test_tune_rejects_bad_input():
     assert list(default_candidates(6)) == [f"k={k},reduction={r}" for k in (1, 3, "global") for r in (0.25, 0.5, 0.75)]
 
 
+def test_cli_refuses_seasonal_naive_tuning_and_bad_profile_sizes(capsys):
+    """Issue 34, point 15: tune --model seasonal-naive asked the Hub; profile --batch 0 / --context -1 crashed."""
+    assert main(["tune", "--model", "seasonal-naive", "--datasets", "m1_yearly", "--no-progress"]) == 2
+    assert "seasonal-naive has nothing to merge, so nothing to tune" in capsys.readouterr().err
+    for flag, value in (("--batch", "0"), ("--context", "-1"), ("--reps", "0")):
+        assert main(["profile", "--model", "random:chronos-bolt-test", flag, value]) == 2
+        assert f"{flag} must be an int >= 1, got {value}" in capsys.readouterr().err
+
+
 def test_tune_cli_checks_the_choice_on_the_test_windows(tmp_path, capsys):
     args = ["tune", "--model", "random:chronos-bolt-test", "--datasets", "m4_hourly_sample", "--windows", "1",
             "--reps", "1", "--merge", "k=1,ratio=0.2,safe=false", "--tolerance", "10", "--check-test",

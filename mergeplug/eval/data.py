@@ -419,7 +419,19 @@ def load_local(
     if path.suffix in (".parquet", ".pq"):
         df = pd.read_parquet(path)
     elif path.suffix in (".csv", ".gz") or path.name.endswith(".csv.gz"):
-        df = pd.read_csv(path)
+        try:
+            names = list(pd.read_csv(path, nrows=1, header=None).iloc[0]) if path.stat().st_size else []
+            df = pd.read_csv(path)
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV (or Parquet)"
+            ) from None
+        seen = [n for i, n in enumerate(names) if n in names[:i]]
+        if seen:
+            raise ValueError(
+                f"{path}: column name(s) {sorted(set(map(str, seen)))} appear more than once (pandas would rename "
+                "them 'name.1'); give every column its own name"
+            )
     else:
         raise ValueError(f"unsupported file type {path.suffix!r}: use .csv, .csv.gz or .parquet")
     if timestamp_column not in df.columns:

@@ -52,6 +52,9 @@ def profile_model(
     ratio next to the measured speed-up of each setting (``reps`` interleaved repetitions, medians). ``out``:
     also write both as JSON.
     """
+    for name, value in (("batch", batch), ("context", context), ("reps", reps), ("horizon", horizon)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"--{name} must be an int >= 1, got {value!r}")
     fc = load_model(model)
     if dataset is not None:
         ds = load_dataset(dataset, max_series=batch)

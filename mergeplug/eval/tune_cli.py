@@ -49,6 +49,8 @@ def tune_dataset(
     test windows (``<out>/test``). Results go to ``<out>/<model>/<dataset>`` (:func:`folder_name` of each). Returns
     the tune result and the harness rows (or None).
     """
+    if model == "seasonal-naive":
+        raise ValueError("seasonal-naive has nothing to merge, so nothing to tune: give a model with --model")
     forecaster = load_model(model)
     ds = load_dataset(dataset, prediction_length=prediction_length)
     history = validation_split(ds) if check_test else ds
