@@ -354,6 +354,11 @@ def precheck(
         exists for the model's family, or its series are too short to merge, ``predictions`` is empty and
         ``note`` says why.
     """
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < math.inf:
+        raise ValueError(f"tolerance must be a number >= 0 (a relative WQL change, 0.01 = 1%), got {tolerance!r}")
+    for name, value in (("context", context), ("stride", stride)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be an int >= 1 (time steps), got {value!r}")
     geometry = model_geometry(model) if model is not None else {}
     family = family or geometry.get("family")
     if calibration is None and family is not None and family not in SHIPPED:
@@ -370,6 +375,13 @@ def precheck(
         cal = dict(calibration)
     else:
         cal = load_calibration(calibration, family if calibration is None else None)
+    missing = [k for k in ("settings", "statistic") if k not in cal]
+    if missing or not isinstance(cal.get("settings"), Mapping):
+        raise ValueError(
+            f"the calibration lacks {', '.join(missing) or 'a settings table'}: pass a file or dict written by "
+            "`mergeplug-eval precheck-validate` (precheck_calibration.json), or leave calibration= out for the "
+            "shipped one"
+        )
     context = context or geometry.get("context") or int(cal.get("context", 512))
     stride = stride or geometry.get("stride") or int(cal.get("stride", 8))
     settings = cal["settings"]

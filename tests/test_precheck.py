@@ -71,6 +71,13 @@ def test_level_trend_and_scale_do_not_matter_and_bad_input():
     with pytest.raises(ValueError, match="reduction must be in"):
         cutoff(8, 1.0)
     assert cutoff(8, 0.75) == pytest.approx(1 / 64)
+    series = np.sin(np.arange(600) / 24 * 2 * np.pi)  # issue 34, point 15: these were accepted or a KeyError
+    for kwargs, message in (({"tolerance": -1}, "tolerance must be a number >= 0"),
+                            ({"tolerance": float("nan")}, "tolerance must be a number >= 0"),
+                            ({"stride": 0}, "stride must be an int >= 1"),
+                            ({"calibration": {}}, "the calibration lacks settings, statistic")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            precheck(series, family="chronos-bolt", **kwargs)
 
 
 def test_spectral_stats_inputs_agree():
