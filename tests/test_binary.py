@@ -461,6 +461,11 @@ def test_load_packed_errors(tmp_path):
         mergeplug.load_packed(nn.Linear(8, 6), tmp_path / "plain.safetensors")
     with pytest.raises(ValueError, match="mask_encoding"):
         mergeplug.save_packed(lin, path, mask_encoding="zip")
+    (tmp_path / "garbage.safetensors").write_bytes(b"garbage")  # issue 34, point 14: the file was not named
+    with pytest.raises(ValueError, match=r"garbage.safetensors is not a safetensors file, or it is damaged"):
+        mergeplug.load_packed(nn.Linear(8, 6), tmp_path / "garbage.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"missing.safetensors: no such packed file"):
+        mergeplug.load_packed(nn.Linear(8, 6), tmp_path / "missing.safetensors")
 
 
 def test_packed_file_size_is_the_bit_count(tmp_path):

@@ -291,10 +291,15 @@ def _from_disk(data: dict[str, torch.Tensor], disk: dict[str, Any]) -> tuple[dic
 def read_packed_metadata(path: str | os.PathLike, *, raw: bool = False) -> dict[str, Any]:
     """The metadata of a packed file (validated format name and version), as :func:`save_packed` returns it
     (``raw=True``: the compact form stored in the file)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        text = (f.metadata() or {}).get(PACKED_META_KEY)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such packed file (write one with mergeplug.save_packed)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            text = (f.metadata() or {}).get(PACKED_META_KEY)
+    except SafetensorError as exc:
+        raise ValueError(f"{path} is not a safetensors file, or it is damaged ({exc}): not a packed model") from None
     if text is None:
         raise ValueError(f"{path} is not a mergeplug packed file (no {PACKED_META_KEY!r} metadata)")
     meta = json.loads(text)
