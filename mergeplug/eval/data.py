@@ -359,7 +359,10 @@ def _to_datetime(values: pd.Series, where: str) -> pd.Series:
     nanoseconds (told apart by their size) are read in their unit; other numbers are refused, since pandas would
     read them as nanoseconds after 1970 and every frequency after that would be wrong."""
     if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-        return pd.to_datetime(values)
+        try:
+            return pd.to_datetime(values)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{where} does not parse as timestamps ({exc})") from None
     finite = values.dropna().abs()
     for unit, low, high in _EPOCH_UNITS:
         if len(finite) and (finite >= low).all() and (finite < high).all():
@@ -436,12 +439,7 @@ def load_local(
         raise ValueError(f"unsupported file type {path.suffix!r}: use .csv, .csv.gz or .parquet")
     if timestamp_column not in df.columns:
         raise ValueError(f"{path}: no {timestamp_column!r} column (columns: {list(df.columns)})")
-    try:
-        df[timestamp_column] = _to_datetime(df[timestamp_column], f"{path}: column {timestamp_column!r}")
-    except (ValueError, TypeError) as exc:
-        if "Unix epoch" in str(exc):
-            raise
-        raise ValueError(f"{path}: column {timestamp_column!r} does not parse as timestamps ({exc})") from None
+    df[timestamp_column] = _to_datetime(df[timestamp_column], f"{path}: column {timestamp_column!r}")
     if item_id_column in df.columns and target_column not in df.columns:
         raise ValueError(
             f"{path}: long format (an {item_id_column!r} column) needs a {target_column!r} column with the values "
