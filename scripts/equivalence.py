@@ -349,7 +349,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
                 bad.append(
                     f"{key}: {x if isinstance(x, str) else 'outputs'} != {y if isinstance(y, str) else 'outputs'}"
                 )
-        elif len(x) != len(y) or not all(s.shape == t.shape and torch.equal(s, t) for s, t in zip(x, y)):
+        elif len(x) != len(y) or not all(s.shape == t.shape and torch.equal(s, t) for s, t in zip(x, y, strict=True)):
             bad.append(f"{key}: outputs differ")
     return bad
 
