@@ -32,7 +32,6 @@ from ._cli import checked, number, quiet_third_party
 from .config import SCHEDULES, schedule_for_reduction
 from .cost import profile
 from .models import SIZES, chronos_bolt, chronos_t5
-from .patches.base import RECORD_ATTR
 from .timing import paired_speedups, speed_cell
 
 __all__ = ["Setting", "run", "main"]
@@ -194,9 +193,6 @@ def _tokens_after_encoder(pipe, family: str, ctx: torch.Tensor, n_tokens: int) -
     else:
         embeds = torch.zeros(ctx.shape[0], n_tokens, pipe.model.config.d_model)
         out = pipe.model.encoder(inputs_embeds=embeds)
-        rec = pipe.model.__dict__.get(RECORD_ATTR)
-        if rec is not None:  # the direct encoder call stashed its output for a forecast that never comes
-            rec.scratch.last_output = None
     return int(out.last_hidden_state.shape[1])
 
 

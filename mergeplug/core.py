@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from .config import MergeConfig, schedule_for_reduction
 from .patches import find_family
-from .patches.base import PatchRecord, find_record, restore
+from .patches.base import PatchRecord, find_record, last_forward, restore
 from .patches.t5 import DECODER_KEY, decoder_config
 
 __all__ = [
@@ -274,7 +274,7 @@ def token_counts(obj: Any) -> list[int] | None:
     a merged forward since it was patched.
     """
     record = find_record(find_family(obj).modules(obj))
-    return None if record is None else record.scratch.token_counts
+    return None if record is None else last_forward(record, "token_counts")
 
 
 def encoder_layers(obj: Any) -> int:

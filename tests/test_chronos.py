@@ -275,10 +275,10 @@ def test_bolt_merged_end_to_end(bolt_pipe):
         model = bolt_pipe.model
         hidden, _, _, attention_mask = model.encode(ctx)  # a direct call keeps the per-patch contract
         assert hidden.shape == (3, 26, 64) and attention_mask.shape == (3, 26)
-        model.encoder(inputs_embeds=torch.randn(1, 26, 64))
-        out = record_of(model).scratch.last_output
+        out = model.encoder(inputs_embeds=torch.randn(1, 26, 64))  # the merged encoder output itself
         assert out.last_hidden_state.shape[1] == 26 - 2 * 5  # 2 layers x r=5
         assert out.token_sizes[0, -1] == 1  # [REG] never merges
+        assert not record_of(model).calls.active  # no call state outlives its call
     finally:
         mergeplug.remove(bolt_pipe)
 

@@ -16,7 +16,7 @@ from torch import nn
 import mergeplug
 from mergeplug.merge import MergeState, match
 from mergeplug.models import chronos2
-from mergeplug.patches.base import record_of
+from mergeplug.patches.chronos2 import token_source
 
 H_PATCHES = 3  # future-patch tokens read out per forward (3 x 16 steps)
 
@@ -77,7 +77,7 @@ def _assert_pristine(model: nn.Module) -> None:
 
 def _source(model: Chronos2Model) -> torch.Tensor:
     """(B, N) slot of every input token after the last merged forward."""
-    return record_of(model.encoder).scratch.token_source
+    return token_source(model)
 
 
 @pytest.mark.parametrize("zero", [{"r": 0}, {"ratio": 0.0}, {"r": [0, 0]}])

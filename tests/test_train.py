@@ -248,9 +248,9 @@ def test_chronos2_recipe_resumes_exactly_exports_and_merges_per_group(tmp_path):
     try:
         with torch.inference_mode():
             model(torch.from_numpy(batch.context), group_ids=torch.from_numpy(batch.group), num_output_patches=1)
-        from mergeplug.patches.base import record_of
+        from mergeplug.patches.chronos2 import token_source
 
-        src = record_of(model.encoder).scratch.token_source
+        src = token_source(model)
     finally:
         mergeplug.remove(model)
     ids, sizes = np.unique(batch.group, return_counts=True)

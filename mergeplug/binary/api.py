@@ -36,7 +36,7 @@ Patterns = Pattern | Iterable[Pattern] | None
 
 INITS = ("weights", "random")
 ALPHAS = ("layer", "row")
-# instance attributes; never prefixed "_mergeplug" (mergeplug.patches.base.restore deletes such keys)
+# instance attributes of the sparse binary layers (their own; a merging patch deletes only what it added)
 _SETTINGS = "_sparse_binary_settings"
 
 

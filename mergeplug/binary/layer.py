@@ -39,7 +39,7 @@ from torch import nn
 
 from ..patches.base import AUX_ATTR, RECORD_ATTR
 
-# instance attributes; never prefixed "_mergeplug" (mergeplug.patches.base.restore deletes such keys)
+# instance attributes of the sparse binary layers (their own; a merging patch deletes only what it added)
 _STATE = "_sbl_state"
 _CACHE = "_sbl_cache"
 _EXTRA_KEYS = ("scores", "latent_weight", "binary_mask", "binary_sign", "binary_alpha")

@@ -12,8 +12,10 @@ merge metric), :func:`merge_inputs` (merging the input tokens before the first b
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
@@ -28,8 +30,9 @@ RECORD_ATTR = "_mergeplug_record"
 AUX_ATTR = "_mergeplug_aux_record"  # auxiliary patches live beside the merging record, never replace it
 
 __all__ = [
-    "Family", "PatchRecord", "PatchHints", "Scratch", "RECORD_ATTR", "register", "families", "find_family",
-    "find_record", "record_of", "swap_class", "restore", "hook_keys", "unhooked", "call_capturing_keys", "merge_inputs",
+    "Family", "PatchRecord", "PatchHints", "Calls", "RECORD_ATTR", "register", "families", "find_family",
+    "find_record", "record_of", "swap_class", "set_attribute", "restore", "begin", "current", "end", "in_call",
+    "report", "last_forward", "hook_keys", "unhooked", "call_capturing_keys", "merge_inputs",
 ]  # fmt: skip
 
 T = TypeVar("T")
@@ -44,8 +47,6 @@ class PatchHints:
         protect_ids: token ids that never merge in a T5 encoder (EOS); None: not set yet (then the model's EOS).
         protect_last: trailing tokens that never merge in a T5 encoder (Chronos-Bolt's [REG]).
         recent_tail: tokens after the most recent context token ([REG], EOS) that ``protect_recent`` counts back from.
-        stash_output: keep the last merged T5 encoder output in :attr:`Scratch.last_output` (Chronos-Bolt, whose
-            callers see ``last_hidden_state`` only).
         decoder_merging: the model has a decoder that ``mergeplug.merge_decoder`` can merge.
         decoder_check: raises for decoder settings this model cannot run (called by ``merge_decoder``).
         decoder_unsupported: why this model's decoder cannot merge (``merge_decoder`` raises with it).
@@ -57,61 +58,32 @@ class PatchHints:
     protect_ids: tuple[int, ...] | None = None
     protect_last: int = 0
     recent_tail: int = 0
-    stash_output: bool = False
     decoder_merging: bool = False
     decoder_check: Callable[[MergeConfig], None] | None = None
     decoder_unsupported: str | None = None
     bypassed: list[tuple[str, nn.Module]] = field(default_factory=list)
 
 
-@dataclass
-class Scratch:
-    """Per-forward state of a patched model (cleared by :func:`restore`).
+class Calls(threading.local):
+    """What a patched model holds per thread: the calls in progress and the facts of the thread's last forward.
+
+    Every forward creates its own state and keeps it here, under its family's key, only while it runs
+    (:func:`begin` / :func:`current` / :func:`end`, or :func:`in_call`), so two threads calling one merged model never
+    see each other's state. Facts a forward leaves for its caller (token counts, the source map) go through
+    :func:`report` and are read back with :func:`last_forward`.
 
     Attributes:
-        token_counts: tokens entering block 0, then leaving every block, of the last merged forward.
-        short: (between-blocks families) this forward is no longer than the token floor and runs unmerged.
-        state: the merge state of the forward in progress (between-blocks and causal-LM families).
-        capture: the key-projection hooks of :func:`hook_keys` are recording.
-        keys: the keys they recorded, (B, T, H * dk), until :meth:`take_keys`.
-        last_output: the last merged T5 encoder output (see :attr:`PatchHints.stash_output`).
-        token_source: (B, N) merged token holding every input position after the last forward (Chronos-2).
-        protect_last: trailing read-out tokens of the ``encode`` call in progress (Chronos-2's [REG] and future
-            patches); None outside ``encode``.
-        decoder_token_counts: target tokens entering / leaving every block of the last merged decoder forward.
-        decoder_state: the decoder's merge state of the forward in progress (Hugging Face time-series models).
-        decoder_fresh: the next decoder layer to run is the first of its forward (time-series models).
-        decoder_padding: the decoder's padding mask of the forward in progress (time-series models).
-        phase: causal LMs: ``"prefill"`` (merging), ``"decode"`` (on a merged cache) or None (original code).
-        pad: causal LMs: the (B, N) padding mask of the forward in progress.
-        rope: causal LMs: the rotary (cos, sin) of the prefill in progress.
+        active: family key -> the typed state of the call in progress on this thread.
+        last: fact name -> its value from this thread's last forward.
+        capture: the key-projection hooks of :func:`hook_keys` are recording (inside :func:`call_capturing_keys`).
+        keys: the keys they recorded, (B, T, H * dk), until :func:`call_capturing_keys` takes them.
     """
 
-    token_counts: list[int] | None = None
-    short: bool = False
-    state: MergeState | None = None
-    capture: bool = False
-    keys: torch.Tensor | None = None
-    last_output: Any = None
-    token_source: torch.Tensor | None = None
-    protect_last: int | None = None
-    decoder_token_counts: list[int] | None = None
-    decoder_state: MergeState | None = None
-    decoder_fresh: bool = False
-    decoder_padding: torch.Tensor | None = None
-    phase: str | None = None
-    pad: torch.Tensor | None = None
-    rope: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def clear(self) -> None:
-        """Every field back to its default (in place: hooks hold this object)."""
-        for f in fields(self):
-            setattr(self, f.name, f.default)
-
-    def take_keys(self) -> torch.Tensor | None:
-        """The captured keys, which are dropped here."""
-        keys, self.keys = self.keys, None
-        return keys
+    def __init__(self) -> None:
+        self.active: dict[str, Any] = {}
+        self.last: dict[str, Any] = {}
+        self.capture = False
+        self.keys: torch.Tensor | None = None
 
 
 @dataclass
@@ -124,7 +96,9 @@ class PatchRecord:
         swapped: (module, original class) pairs.
         hooks: forward-hook handles.
         hints: family facts written at injection (:class:`PatchHints`).
-        scratch: per-forward state (:class:`Scratch`: captured attention keys, token counts, merge states).
+        calls: per-thread state of the calls in progress and of each thread's last forward (:class:`Calls`).
+        latest: the facts of the latest forward on any thread (:func:`last_forward` falls back to them).
+        added: ``(module, attribute)`` of every instance attribute the patch set, deleted by :func:`restore`.
         aux: an auxiliary patch that is not token merging (e.g. fast sampling); ``apply`` and ``settings``
             ignore such records, ``remove`` undoes them too.
         undo: callbacks run (last first) by :func:`restore`, for changes other than class swaps and hooks.
@@ -135,7 +109,9 @@ class PatchRecord:
     swapped: list[tuple[nn.Module, type]] = field(default_factory=list)
     hooks: list[RemovableHandle] = field(default_factory=list)
     hints: PatchHints = field(default_factory=PatchHints)
-    scratch: Scratch = field(default_factory=Scratch)
+    calls: Calls = field(default_factory=Calls)
+    latest: dict[str, Any] = field(default_factory=dict)
+    added: list[tuple[nn.Module, str]] = field(default_factory=list)
     aux: bool = False
     undo: list[Callable[[], None]] = field(default_factory=list)
 
@@ -249,29 +225,86 @@ def swap_class(module: nn.Module, mixin: type, record: PatchRecord) -> None:
         _SUBCLASS_CACHE[key] = type(f"{mixin.__name__.lstrip('_')}{orig.__name__}", (mixin, orig), {})
     record.swapped.append((module, orig))
     module.__class__ = _SUBCLASS_CACHE[key]
-    module.__dict__[RECORD_ATTR] = record
+    set_attribute(module, RECORD_ATTR, record, record)
 
 
 def mark(module: nn.Module, record: PatchRecord) -> None:
     """Attach ``record`` to a module that is hooked but not swapped."""
     record.swapped.append((module, type(module)))
-    module.__dict__[RECORD_ATTR] = record
+    set_attribute(module, RECORD_ATTR, record, record)
+
+
+def set_attribute(module: nn.Module, name: str, value: Any, record: PatchRecord) -> None:
+    """``module.__dict__[name] = value``, listed in ``record`` so that :func:`restore` deletes it again."""
+    if name not in module.__dict__:
+        record.added.append((module, name))
+    module.__dict__[name] = value
 
 
 def restore(record: PatchRecord) -> None:
-    """Undo everything in ``record``: original classes back, hooks removed, record attributes deleted."""
+    """Undo everything in ``record``: original classes back, hooks removed, the attributes it added deleted."""
     for undo in reversed(record.undo):
         undo()
     for handle in record.hooks:
         handle.remove()
     for module, orig in reversed(record.swapped):
         module.__class__ = orig
-        for key in [key for key in module.__dict__ if key.startswith("_mergeplug") and key != AUX_ATTR]:
-            del module.__dict__[key]
+    for module, name in reversed(record.added):
+        module.__dict__.pop(name, None)
     record.undo.clear()
     record.hooks.clear()
     record.swapped.clear()
-    record.scratch.clear()
+    record.added.clear()
+    record.calls = Calls()
+    record.latest.clear()
+
+
+# ------------------------------------------------------------------------------------------------- per-call state
+
+S = TypeVar("S")
+
+
+def begin(record: PatchRecord, key: str, state: S) -> S:
+    """Start a call on this thread: its family state ``state`` is :func:`current` under ``key`` until :func:`end`."""
+    record.calls.active[key] = state
+    return state
+
+
+def current(record: PatchRecord, key: str) -> Any:
+    """The state of this thread's call in progress under ``key``, or None."""
+    return record.calls.active.get(key)
+
+
+def end(record: PatchRecord, key: str) -> None:
+    """End this thread's call under ``key`` (its state is dropped)."""
+    record.calls.active.pop(key, None)
+
+
+@contextmanager
+def in_call(record: PatchRecord, key: str, state: S) -> Iterator[S]:
+    """``state`` is this thread's call under ``key`` inside the block (an outer call's state comes back after)."""
+    outer = record.calls.active.get(key)
+    record.calls.active[key] = state
+    try:
+        yield state
+    finally:
+        if outer is None:
+            record.calls.active.pop(key, None)
+        else:
+            record.calls.active[key] = outer
+
+
+def report(record: PatchRecord, name: str, value: Any) -> None:
+    """Leave a fact of this forward for its caller (e.g. ``"token_counts"``), read back by :func:`last_forward`."""
+    record.calls.last[name] = value
+    record.latest[name] = value
+
+
+def last_forward(record: PatchRecord, name: str) -> Any:
+    """The fact ``name`` of this thread's last forward; from a thread that ran none, the latest of any thread;
+    None if no forward reported it since the model was patched."""
+    last = record.calls.last
+    return last[name] if name in last else record.latest.get(name)
 
 
 # ------------------------------------------------------------------------------------ plumbing shared by families
@@ -279,12 +312,13 @@ def restore(record: PatchRecord) -> None:
 
 def hook_keys(record: PatchRecord, projections: Iterable[nn.Module]) -> None:
     """Hook key projections (e.g. every block's ``SelfAttention.k``) so that the merge metric costs no extra matmul:
-    while ``record.scratch.capture`` is set (:func:`call_capturing_keys`), a projection's output (B, T, H * dk) goes
-    to ``record.scratch.keys``."""
+    while this thread's :attr:`Calls.capture` is set (:func:`call_capturing_keys`), a projection's output
+    (B, T, H * dk) goes to :attr:`Calls.keys`."""
 
     def grab(module: nn.Module, args: Any, output: torch.Tensor) -> None:
-        if record.scratch.capture:
-            record.scratch.keys = output
+        calls = record.calls
+        if calls.capture:
+            calls.keys = output
 
     grab.mergeplug_key_capture = True  # type: ignore[attr-defined]  # see unhooked()
     for proj in projections:
@@ -305,12 +339,14 @@ def call_capturing_keys(
     record: PatchRecord, attention: Callable[..., T], *args: Any, **kwargs: Any
 ) -> tuple[T, torch.Tensor | None]:
     """``attention(*args, **kwargs)`` with the hooks of :func:`hook_keys` recording: (its output, the keys)."""
-    record.scratch.capture = True
+    calls = record.calls
+    calls.capture = True
     try:
         out = attention(*args, **kwargs)
     finally:
-        record.scratch.capture = False
-    return out, record.scratch.take_keys()
+        calls.capture = False
+    keys, calls.keys = calls.keys, None
+    return out, keys
 
 
 def merge_inputs(

@@ -32,6 +32,7 @@ only used output is the last position (forecasting, generation).
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -39,7 +40,7 @@ from torch import nn
 
 from ..config import MergeConfig
 from ..merge import MergeState, causal_bias, causal_unmerge, gather_rows, merge_layer
-from .base import Family, PatchRecord, mark, register, swap_class
+from .base import Family, PatchRecord, begin, current, mark, register, report, swap_class
 
 __all__ = ["inject_causal_lm", "find_stack", "check_causal_lm_config"]
 
@@ -119,6 +120,28 @@ def _check_attention(model: nn.Module) -> None:
         )
 
 
+_KEY = "causal-lm"  # per-call key of :class:`_Call`
+
+
+@dataclass
+class _Call:
+    """One forward of a patched decoder-only model (started by the pre-hook on its base stack).
+
+    Attributes:
+        pad: the (B, N) padding mask of the forward, or None.
+        phase: ``"prefill"`` (merging), ``"decode"`` (on a merged cache) or None (original code).
+        state: the merge state of the prefill in progress.
+        rope: the rotary (cos, sin) of the prefill in progress.
+        counts: tokens entering block 0, then leaving every block, of the prefill.
+    """
+
+    pad: torch.Tensor | None = None
+    phase: str | None = None
+    state: MergeState | None = None
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    counts: list[int] = field(default_factory=list)
+
+
 def inject_causal_lm(model: nn.Module, record: PatchRecord) -> None:
     """Hook the decoder stack of ``model`` (see the module docstring) and, for a model with ``generate``,
     swap its class so beam search reorders the merged cache's per-row facts with the cache.
@@ -132,30 +155,31 @@ def inject_causal_lm(model: nn.Module, record: PatchRecord) -> None:
     n_layers = min(len(blocks), int(getattr(model.config, "num_hidden_layers", len(blocks)) or len(blocks)))
     blocks = blocks[:n_layers]  # the blocks the model runs
     record.hints.num_layers = n_layers
-    scratch = record.scratch
     spec, base_spec = _Args(blocks[0].forward), _Args(base.forward)
 
     def base_pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        scratch.phase = None
         mask = base_spec.get(args, kwargs, "attention_mask")
         if mask is not None and mask.dim() != 2 and not record.config.is_noop(n_layers):
             raise NotImplementedError(
                 f"{type(module).__name__} received a {mask.dim()}-D attention_mask; mergeplug rebuilds the mask for "
                 "merged tokens from a 2-D padding mask (batch, length) only. Pass a 2-D mask or none."
             )
-        scratch.pad = mask if mask is not None and mask.dim() == 2 else None
+        begin(record, _KEY, _Call(pad=mask if mask is not None and mask.dim() == 2 else None))
 
     def pre(i: int, block: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         cfg: MergeConfig = record.config
+        call: _Call | None = current(record, _KEY)
+        if call is None:  # the blocks run outside a forward of the model's stack
+            return None
         x = args[0] if args else kwargs["hidden_states"]
         cache = spec.get(args, kwargs, "cache")
         facts = getattr(cache, KV_ATTR, None) if cache is not None else None
         if i == 0 and facts is not None and _cached_length(cache, 0) > 0:
-            scratch.phase = "decode"  # decoding on a merged cache, whatever the current settings
+            call.phase = "decode"  # decoding on a merged cache, whatever the current settings
             return None  # the first block caches every token: the model's own mask is right
-        if scratch.phase == "decode":
+        if call.phase == "decode":
             return spec.set(
-                args, kwargs, "attention_mask", _decode_mask(cache, facts, i, x, cfg.proportional_attention)
+                args, kwargs, "attention_mask", _decode_mask(call, cache, facts, i, x, cfg.proportional_attention)
             )
         if cfg.is_noop(n_layers):
             return None
@@ -166,12 +190,12 @@ def inject_causal_lm(model: nn.Module, record: PatchRecord) -> None:
                     "this KV cache holds different lengths per block (a merged prefill) but no mergeplug facts: it "
                     "was rebuilt or converted after the prefill. Decode on the cache object the prefill filled."
                 )
-            scratch.phase = "prefill" if past == 0 else None
+            call.phase = "prefill" if past == 0 else None
             if past == 0:
-                _start_prefill(x, cache, spec.get(args, kwargs, "position_embeddings") if rope else None)
-        if scratch.phase != "prefill" or i == 0:
+                _start_prefill(call, x, cache, spec.get(args, kwargs, "position_embeddings") if rope else None)
+        if call.phase != "prefill" or i == 0:
             return None
-        state: MergeState = scratch.state
+        state: MergeState = call.state
         if cache is not None:
             facts = cache.__dict__.setdefault(KV_ATTR, {})
             facts[i] = [state.pos.clone(), state.size.clone(), state.mask.clone()]
@@ -179,21 +203,21 @@ def inject_causal_lm(model: nn.Module, record: PatchRecord) -> None:
             m = causal_bias(state.pos, state.pos, state.size, state.mask, x.dtype, cfg.proportional_attention)
             args, kwargs = spec.set(args, kwargs, "attention_mask", m)
             if rope:
-                pe = _gather_rope(scratch.rope, state.pos)
+                pe = _gather_rope(call.rope, state.pos)
                 args, kwargs = spec.set(args, kwargs, "position_embeddings", pe)
         return args, kwargs
 
-    def _start_prefill(x: torch.Tensor, cache: Any, pe: Any) -> None:
+    def _start_prefill(call: _Call, x: torch.Tensor, cache: Any, pe: Any) -> None:
         n_b, n, _ = x.shape
-        pad = scratch.pad
+        pad = call.pad
         mask = None if pad is None else pad[:, -n:].bool()
-        scratch.state = MergeState.init(n_b, n, mask=mask, causal=True, device=x.device, dtype=torch.float32)
-        scratch.token_counts = [n]
-        scratch.rope = pe
+        call.state = MergeState.init(n_b, n, mask=mask, causal=True, device=x.device, dtype=torch.float32)
+        call.counts = [n]
+        call.rope = pe
         if cache is not None:
             cache.__dict__.pop(KV_ATTR, None)
 
-    def _decode_mask(cache: Any, facts: dict, i: int, x: torch.Tensor, prop: bool) -> torch.Tensor:
+    def _decode_mask(call: _Call, cache: Any, facts: dict, i: int, x: torch.Tensor, prop: bool) -> torch.Tensor:
         """(B, 1, q, T_i + q) mask of block i over its cached (merged) tokens and the q new ones."""
         n_b, q = x.shape[:2]
         held = _cached_length(cache, i)  # what the cache holds for block i (a crop may have cut the tail)
@@ -206,7 +230,7 @@ def inject_causal_lm(model: nn.Module, record: PatchRecord) -> None:
             )
         start = _cached_length(cache, 0) - q  # block 0 (full length) already holds this step's tokens
         new_pos = torch.arange(start, start + q, device=x.device, dtype=k_pos.dtype).expand(n_b, q)
-        pad = scratch.pad
+        pad = call.pad
         new_mask = torch.ones(n_b, q, dtype=torch.bool, device=x.device) if pad is None else pad[:, -q:].bool()
         k_pos = torch.cat([k_pos, new_pos], 1)
         k_size = torch.cat([k_size, torch.ones_like(new_pos)], 1)
@@ -216,17 +240,18 @@ def inject_causal_lm(model: nn.Module, record: PatchRecord) -> None:
 
     def post(i: int, block: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
         cfg: MergeConfig = record.config
-        if scratch.phase != "prefill":
+        call: _Call | None = current(record, _KEY)
+        if call is None or call.phase != "prefill":
             return None
-        state: MergeState = scratch.state
+        state: MergeState = call.state
         h = out if isinstance(out, torch.Tensor) else out[0]
         if i < n_layers - 1:
             h = merge_layer(h, state, cfg, i)
-        scratch.token_counts.append(state.length)
+        call.counts.append(state.length)
         if i == n_layers - 1:
             h = causal_unmerge(h, state)
-            scratch.state = None
-            scratch.phase = None
+            call.state = call.phase = None
+            report(record, "token_counts", call.counts)
         return h if isinstance(out, torch.Tensor) else (h, *out[1:])
 
     record.hooks.append(base.register_forward_pre_hook(base_pre, with_kwargs=True))

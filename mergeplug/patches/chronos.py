@@ -14,9 +14,9 @@ from typing import Any
 
 from torch import nn
 
-from .base import Family, PatchRecord, record_of, register, swap_class
+from .base import Family, PatchRecord, current, in_call, record_of, register, swap_class
 from .causal_lm import check_causal_lm_config, inject_causal_lm
-from .t5 import MergedEncoderOutput, check_encoder_config, inject_encoder, inject_seq2seq
+from .t5 import OUTPUT_SLOT, MergedEncoderOutput, OutputSlot, check_encoder_config, inject_encoder, inject_seq2seq
 
 try:  # chronos-forecasting is a dependency, but keep the import error readable
     from chronos import ChronosBoltPipeline, ChronosPipeline
@@ -42,7 +42,7 @@ class _UnmergingChronosModel:
         return out.unmerged() if isinstance(out, MergedEncoderOutput) else out.last_hidden_state
 
 
-_IN_FORWARD = "_mergeplug_in_forward"  # on a patched Bolt model, inside its forward (removed by restore: "_mergeplug")
+_BOLT_FORWARD = "chronos-bolt-forward"  # per-call key: this thread is inside the patched Bolt model's forward
 
 
 class _MergingBolt:
@@ -53,19 +53,17 @@ class _MergingBolt:
     """
 
     def forward(self, *args: Any, **kwargs: Any):
-        self.__dict__[_IN_FORWARD] = True
-        try:
+        with in_call(record_of(self), _BOLT_FORWARD, True):
             return super().forward(*args, **kwargs)
-        finally:
-            self.__dict__[_IN_FORWARD] = False
 
     def encode(self, context, mask=None):
-        hidden, loc_scale, input_embeds, attention_mask = super().encode(context, mask)
         record = record_of(self)
-        out, record.scratch.last_output = record.scratch.last_output, None
+        with in_call(record, OUTPUT_SLOT, OutputSlot()) as slot:
+            hidden, loc_scale, input_embeds, attention_mask = super().encode(context, mask)
+        out = slot.value
         if not isinstance(out, MergedEncoderOutput):  # nothing merged: original path
             return hidden, loc_scale, input_embeds, attention_mask
-        if self.__dict__.get(_IN_FORWARD):
+        if current(record, _BOLT_FORWARD):
             return (
                 hidden,
                 loc_scale,
@@ -98,7 +96,6 @@ def _bolt_model(obj: Any) -> ChronosBoltModelForForecasting:
 def _inject_bolt(obj: Any, record: PatchRecord) -> None:
     model = _bolt_model(obj)
     record.hints.protect_last = record.hints.recent_tail = 1 if model.chronos_config.use_reg_token else 0
-    record.hints.stash_output = True
     inject_encoder(model.encoder, record)
     swap_class(model, _MergingBolt, record)
 

@@ -52,7 +52,21 @@ from torch import nn
 
 from ..config import MergeConfig
 from ..merge import MergeState, head_mean, key_bias, merge_layer, recent_mask, unmerge
-from .base import Family, PatchRecord, call_capturing_keys, hook_keys, merge_inputs, record_of, register, swap_class
+from .base import (
+    RECORD_ATTR,
+    Family,
+    PatchRecord,
+    call_capturing_keys,
+    current,
+    hook_keys,
+    in_call,
+    last_forward,
+    merge_inputs,
+    record_of,
+    register,
+    report,
+    swap_class,
+)
 
 try:  # chronos-forecasting is a dependency, but keep the import error readable
     from chronos import Chronos2Pipeline
@@ -68,7 +82,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the depe
         "mergeplug's Chronos-2 support needs chronos-forecasting >= 2.0: pip install 'chronos-forecasting>=2.0'"
     ) from exc
 
-__all__ = ["merged_chronos2_encoder_forward"]
+__all__ = ["merged_chronos2_encoder_forward", "token_source"]
 
 _UNSUPPORTED_HINT = (
     "mergeplug's chronos-2 family supports the Chronos2EncoderBlock of chronos-forecasting 2.x (time attention, "
@@ -121,7 +135,8 @@ def merged_chronos2_encoder_forward(
 
     Args:
         encoder: the model's ``Chronos2Encoder``.
-        record: the patch record (settings; ``scratch.token_counts`` and ``scratch.token_source`` are set).
+        record: the patch record (settings; reports ``"token_counts"`` and ``"token_source"``, see
+            :func:`token_source`).
         inputs_embeds: (B, N, C) token embeddings: context patches, [REG], future patches.
         group_ids: (B,) group label of every series; rows with equal labels attend to each other.
         attention_mask: (B, N), 1 for observed tokens, 0 for missing / padded patches; None = all observed.
@@ -168,11 +183,14 @@ def merged_chronos2_encoder_forward(
         h = block.layer[1](h, attention_mask=group_mask)[0]
         h = block.layer[2](h)
     h = encoder.dropout(encoder.final_layer_norm(h))  # per token: cheaper before unmerging, same result
-    record.scratch.token_counts = counts
-    record.scratch.token_source = state.source
+    report(record, "token_counts", counts)
+    report(record, "token_source", state.source)
     return Chronos2EncoderOutput(
         last_hidden_state=unmerge(h, state), all_time_self_attn_weights=(), all_group_self_attn_weights=()
     )
+
+
+_ENCODE = "chronos-2-encode"  # per-call key: trailing read-out tokens of the encode call in progress (an int)
 
 
 class _MergingChronos2Encoder:
@@ -190,7 +208,7 @@ class _MergingChronos2Encoder:
         record = record_of(self)
         if record.config.is_noop(len(self.block), inputs_embeds.shape[1]):
             if not record.config.is_noop(len(self.block)):  # short: at most min_tokens tokens, nothing merges
-                record.scratch.token_counts = [inputs_embeds.shape[1]] * (len(self.block) + 1)
+                report(record, "token_counts", [inputs_embeds.shape[1]] * (len(self.block) + 1))
             return super().forward(
                 inputs_embeds,
                 group_ids=group_ids,
@@ -203,7 +221,7 @@ class _MergingChronos2Encoder:
                 "output_attentions=True is not supported with Chronos-2 token merging (the weights would be over "
                 "merged tokens, not input positions); call mergeplug.remove(model) or apply it with r=0 first"
             )
-        protect_last = record.scratch.protect_last
+        protect_last = current(record, _ENCODE)
         if protect_last is None:
             raise RuntimeError(
                 "the merging Chronos-2 encoder was called directly; call Chronos2Model.encode / forward (or the "
@@ -222,11 +240,16 @@ class _MergingChronos2Model:
         bound = inspect.signature(super().encode).bind(*args, **kwargs)
         bound.apply_defaults()
         n_out = int(bound.arguments["num_output_patches"])
-        record.scratch.protect_last = n_out + int(bool(self.chronos_config.use_reg_token))
-        try:
+        with in_call(record, _ENCODE, n_out + int(bool(self.chronos_config.use_reg_token))):
             return super().encode(*args, **kwargs)
-        finally:
-            record.scratch.protect_last = None
+
+
+def token_source(obj: Any) -> torch.Tensor | None:
+    """(B, N) long: the merged token that held every input token in the last merged forward of ``obj`` (a
+    patched ``Chronos2Pipeline`` / ``Chronos2Model``) on this thread; None before one."""
+    model = _model(obj)
+    record = model.__dict__.get(RECORD_ATTR)
+    return None if record is None else last_forward(record, "token_source")
 
 
 def _model(obj: Any) -> Chronos2Model:

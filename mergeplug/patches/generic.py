@@ -23,6 +23,7 @@ one). This module registers no family itself.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from torch import nn
 
 from ..config import MergeConfig
 from ..merge import MergeState, causal_unmerge, merge_layer, recent_mask, unmerge
-from .base import Family, PatchRecord, mark, merge_inputs, register
+from .base import Family, PatchRecord, begin, current, end, mark, merge_inputs, register, report
 
 __all__ = ["register_patch", "inject_blocks"]
 
@@ -56,6 +57,14 @@ def _causal_mask(pos: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     p = pos[0]
     allowed = p[None, :] <= p[:, None]
     return torch.zeros(allowed.shape, dtype=like.dtype, device=like.device).masked_fill(~allowed, float("-inf"))
+
+
+@dataclass
+class _BlocksCall:
+    """One forward through a hooked stack: its merge state and the token counts so far."""
+
+    state: MergeState
+    counts: list[int]
 
 
 def inject_blocks(
@@ -91,7 +100,7 @@ def inject_blocks(
         raise ValueError("inject_blocks: the block list is empty")
     _check_seq_dim(seq_dim)
     record.hints.num_layers = n_layers
-    scratch = record.scratch
+    call_key = f"blocks-{id(blocks)}"  # this stack's calls (a model may hook two stacks)
 
     def to_btc(x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3:
@@ -106,12 +115,14 @@ def inject_blocks(
         cfg: MergeConfig = record.config
         if cfg.is_noop(n_layers):
             return None
-        if i == 0:  # a sequence no longer than the token floor runs the original blocks, bitwise
+        if i == 0:  # a new forward; a sequence no longer than the token floor runs the original blocks, bitwise
             n = to_btc(args[0]).shape[1]
-            scratch.short = cfg.is_noop(n_layers, n)
-            if scratch.short:
-                scratch.token_counts = [n] * (n_layers + 1)
-        if scratch.short:
+            if cfg.is_noop(n_layers, n):
+                end(record, call_key)
+                report(record, "token_counts", [n] * (n_layers + 1))
+                return None
+        call: _BlocksCall | None = current(record, call_key)
+        if i > 0 and call is None:  # short, or blocks called outside a forward of the stack
             return None
         for key in padding_kwargs:
             mask = kwargs.get(key)
@@ -140,12 +151,12 @@ def inject_blocks(
             protected = recent_mask(n_b, n, cfg.protect_recent, tail=record.hints.recent_tail, device=x.device)
             # sizes and positions in float32 whatever x's dtype (bfloat16 rounds positions above 256)
             state = MergeState.init(n_b, n, protected=protected, causal=cfg.causal, device=x.device)
-            scratch.state, scratch.token_counts = state, [n]
+            call = begin(record, call_key, _BlocksCall(state, [n]))
             x, merged = merge_inputs(x, state, cfg)
             if merged:
                 args = (x if seq_dim == 1 else x.transpose(0, 1), *args[1:])
-                scratch.token_counts[0] = state.length
-        state: MergeState = scratch.state
+                call.counts[0] = state.length
+        state = call.state
         n = state.source.shape[1]
         for key in mask_kwargs:
             mask = kwargs.get(key)
@@ -167,16 +178,18 @@ def inject_blocks(
 
     def post(i: int, block: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
         cfg: MergeConfig = record.config
-        if cfg.is_noop(n_layers) or scratch.short:
+        call: _BlocksCall | None = current(record, call_key)
+        if cfg.is_noop(n_layers) or call is None:
             return None
-        state: MergeState = scratch.state
+        state = call.state
         h = to_btc(_first_tensor(out))
         if i < n_layers - 1:
             h = merge_layer(h, state, cfg, i)
-        scratch.token_counts.append(state.length)
+        call.counts.append(state.length)
         if i == n_layers - 1:  # back to every position for the rest of the model
             h = causal_unmerge(h, state) if state.causal else unmerge(h, state)
-            scratch.state = None
+            end(record, call_key)
+            report(record, "token_counts", call.counts)
         return _replace_first(out, h if seq_dim == 1 else h.transpose(0, 1))
 
     for i, block in enumerate(blocks):

@@ -22,6 +22,7 @@ time grid that merged tokens no longer form.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,7 +30,7 @@ from torch import nn
 
 from ..config import MergeConfig
 from ..merge import MergeState, causal_unmerge, merge_layer
-from .base import Family, PatchRecord, mark, register
+from .base import Family, PatchRecord, begin, current, end, mark, register, report
 from .generic import inject_blocks
 
 
@@ -105,12 +106,32 @@ def _hf_ts_decoder_check(obj: nn.Module) -> Callable[[MergeConfig], None]:
     return check
 
 
+_DECODER = "hf-time-series-decoder"  # per-call key of :class:`_DecoderCall`
+
+
+@dataclass
+class _DecoderCall:
+    """One decoder forward of a patched HF time-series model.
+
+    Attributes:
+        padding: the decoder's padding mask, until the first layer takes it.
+        fresh: the next layer to run is the first of this forward.
+        state: the merge state (None: this forward does not merge).
+        counts: target tokens entering the first layer, then leaving every layer.
+    """
+
+    padding: torch.Tensor | None = None
+    fresh: bool = True
+    state: MergeState | None = None
+    counts: list[int] = field(default_factory=list)
+
+
 def _inject_hf_ts_decoder(obj: nn.Module, record: PatchRecord) -> None:
     """Hook the decoder of a HF time-series model for the opt-in causal merging between its layers.
 
     A decoder forward merges when decoder merging is on (``config.extra["decoder"]``), more than one target
     position comes in and no cache is in use (the layers receive ``cache=None``). The first layer that runs
-    starts the merge state (``record.scratch.decoder_state``), every layer but the last merges after it, later
+    starts the merge state (the per-call :class:`_DecoderCall`), every layer but the last merges after it, later
     layers get the rebuilt causal mask, and the decoder's output (B, N, C) is restored by ``causal_unmerge`` when
     the decoder returns, so layers skipped by ``decoder_layerdrop`` in training are harmless.
     """
@@ -119,22 +140,22 @@ def _inject_hf_ts_decoder(obj: nn.Module, record: PatchRecord) -> None:
     base = obj.model if hasattr(obj, "model") else obj
     decoder, layers = base.decoder, base.decoder.layers
     n_layers = len(layers)
-    scratch = record.scratch
 
     def active() -> MergeConfig | None:
         config = decoder_settings(record.config)
         return None if config is None or config.is_noop(n_layers - 1) else config  # merges happen between layers
 
     def start(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        scratch.decoder_state = None
-        scratch.decoder_fresh = True  # the next layer to run is the first of this forward
-        scratch.decoder_padding = kwargs.get("attention_mask", args[0] if args else None)
+        begin(record, _DECODER, _DecoderCall(padding=kwargs.get("attention_mask", args[0] if args else None)))
 
     def pre(i: int, layer: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         config = active()
         h = args[0]
-        if scratch.decoder_fresh:
-            padding, scratch.decoder_fresh, scratch.decoder_padding = scratch.decoder_padding, False, None
+        call: _DecoderCall | None = current(record, _DECODER)
+        if call is None:  # a layer called outside a decoder forward
+            return None
+        if call.fresh:
+            padding, call.fresh, call.padding = call.padding, False, None
             cache = kwargs.get("cache", kwargs.get("past_key_values"))
             if config is None or cache is not None or h.shape[1] < 2:
                 return None
@@ -145,9 +166,9 @@ def _inject_hf_ts_decoder(obj: nn.Module, record: PatchRecord) -> None:
                 )
             mask = None if padding is None else padding.to(h.device).bool()
             state = MergeState.init(h.shape[0], h.shape[1], mask=mask, causal=True, device=h.device)
-            scratch.decoder_state, scratch.decoder_token_counts = state, [h.shape[1]]
+            call.state, call.counts = state, [h.shape[1]]
             return None
-        state: MergeState | None = scratch.decoder_state
+        state = call.state
         if state is None or config is None or state.length == state.source.shape[1]:
             return None  # not merging, or nothing merged yet: the original mask is right
         # the self-attention mask of the merged tokens; the cross-attention mask only loses its query axis
@@ -163,18 +184,21 @@ def _inject_hf_ts_decoder(obj: nn.Module, record: PatchRecord) -> None:
         return args, kwargs
 
     def post(i: int, layer: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor) -> torch.Tensor | None:
-        state: MergeState | None = scratch.decoder_state
+        call: _DecoderCall | None = current(record, _DECODER)
         config = active()
-        if state is None or config is None:
+        if call is None or call.state is None or config is None:
             return None
         if i < n_layers - 1:
-            out = merge_layer(out, state, config, i)
-        scratch.decoder_token_counts.append(state.length)
+            out = merge_layer(out, call.state, config, i)
+        call.counts.append(call.state.length)
         return out
 
     def finish(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
-        state: MergeState | None = scratch.decoder_state
-        scratch.decoder_state, scratch.decoder_fresh, scratch.decoder_padding = None, False, None
+        call: _DecoderCall | None = current(record, _DECODER)
+        end(record, _DECODER)
+        state = None if call is None else call.state
+        if state is not None:
+            report(record, "decoder_token_counts", call.counts)
         if state is None or state.length == state.source.shape[1]:
             return out
         # (B, T', C) -> (B, N, C): every future position gets an output before the parameter projection

@@ -20,7 +20,7 @@ from transformers.models.patchtst.modeling_patchtst import PatchTSTEncoder, Patc
 
 from ..config import MergeConfig
 from ..merge import MergeState, head_mean, merge_layer, recent_mask, unmerge
-from .base import Family, PatchRecord, call_capturing_keys, hook_keys, record_of, register, swap_class
+from .base import Family, PatchRecord, call_capturing_keys, hook_keys, record_of, register, report, swap_class
 
 __all__ = ["merged_patchtst_forward"]
 
@@ -76,7 +76,7 @@ def merged_patchtst_forward(encoder: PatchTSTEncoder, record: PatchRecord, patch
             bias = state.log_size_bias(h.dtype, cfg.proportional_attention) if cfg.proportional_attention else None
         counts.append(state.length)
         h = _sublayer_ff(layer, h)
-    record.scratch.token_counts = counts
+    report(record, "token_counts", counts)
     return unmerge(h, state).reshape(n_b, n_c, n, d)
 
 
@@ -87,7 +87,7 @@ class _MergingPatchTSTEncoder:
         record = record_of(self)
         n_patches = patch_input.shape[2] + int(self.config.use_cls_token)
         if not record.config.is_noop(len(self.layers)) and record.config.is_noop(len(self.layers), n_patches):
-            record.scratch.token_counts = [n_patches] * (len(self.layers) + 1)  # short: nothing merges
+            report(record, "token_counts", [n_patches] * (len(self.layers) + 1))  # short: nothing merges
         if record.config.is_noop(len(self.layers), n_patches) or output_hidden_states or output_attentions:
             return super().forward(
                 patch_input, output_hidden_states=output_hidden_states, output_attentions=output_attentions, **kwargs

@@ -62,17 +62,22 @@ from .base import (
     Family,
     PatchRecord,
     call_capturing_keys,
+    current,
     find_family,
     find_record,
     hook_keys,
+    last_forward,
     merge_inputs,
     record_of,
     register,
+    report,
     swap_class,
 )
 
 __all__ = [
     "MergedEncoderOutput",
+    "OutputSlot",
+    "OUTPUT_SLOT",
     "inject_encoder",
     "inject_decoder",
     "inject_seq2seq",
@@ -85,6 +90,16 @@ __all__ = [
 T = TypeVar("T")
 
 DECODER_KEY = "decoder"  # key of the decoder settings in MergeConfig.extra
+OUTPUT_SLOT = "t5-encoder-output"  # per-call key of an :class:`OutputSlot`
+
+
+@dataclass
+class OutputSlot:
+    """Opened by a caller (``base.in_call(record, OUTPUT_SLOT, OutputSlot())``) around code that runs a merging T5
+    encoder but keeps only its ``last_hidden_state`` (Chronos-Bolt's ``encode``): the encoder puts its whole
+    :class:`MergedEncoderOutput` here. Per call and per thread; a direct encoder call fills no slot."""
+
+    value: Any = None
 
 
 @dataclass
@@ -304,7 +319,7 @@ def merged_encoder_forward(
         counts.append(state.length)  # tokens leaving block i
         h = _clamp_fp16(block.layer[-1](h))
     h = stack.dropout(stack.final_layer_norm(h))
-    record.scratch.token_counts = counts
+    report(record, "token_counts", counts)
     return MergedEncoderOutput(
         last_hidden_state=h,
         token_sizes=state.size,
@@ -345,7 +360,7 @@ def decoder_token_counts(obj: Any) -> list[int] | None:
     None if ``obj`` is not patched or its decoder has not run a merged forward since it was patched.
     """
     record = find_record(find_family(obj).modules(obj))
-    return None if record is None else record.scratch.decoder_token_counts
+    return None if record is None else last_forward(record, "decoder_token_counts")
 
 
 def causal_attention_bias(state: MergeState, dtype: torch.dtype, proportional: bool = True) -> torch.Tensor:
@@ -445,7 +460,7 @@ def merged_decoder_forward(
     h = stack.final_layer_norm(h)
     if merged:
         h = causal_unmerge(h, state)  # (B, N, C): position p <- the latest token at or before p
-    record.scratch.decoder_token_counts = counts
+    report(record, "decoder_token_counts", counts)
     return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=stack.dropout(h), cache=None)
 
 
@@ -469,13 +484,14 @@ class _MergingEncoder:
         length = None if tokens is None else tokens.shape[1]
         if record.config.is_noop(len(self.block), length):
             if not record.config.is_noop(len(self.block)):  # short: at most min_tokens tokens, nothing merges
-                record.scratch.token_counts = [length] * (len(self.block) + 1)
+                report(record, "token_counts", [length] * (len(self.block) + 1))
             return super().forward(
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
             )
         out = merged_encoder_forward(self, record, input_ids, attention_mask, inputs_embeds)
-        if record.hints.stash_output:  # for callers that only see last_hidden_state (Chronos-Bolt)
-            record.scratch.last_output = out
+        slot = current(record, OUTPUT_SLOT)
+        if slot is not None:  # a caller that only sees last_hidden_state (Chronos-Bolt) asked for the whole output
+            slot.value = out
         return out
 
 
