@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import assert_pristine
 from torch import nn
 from transformers.models.t5.modeling_t5 import T5ForConditionalGeneration, T5Stack
 
@@ -15,7 +16,8 @@ from mergeplug.config import MergeConfig, schedule_for_reduction
 from mergeplug.merge import MergeState
 from mergeplug.models import chronos_bolt, chronos_t5
 from mergeplug.patches.base import PatchRecord, record_of
-from mergeplug.patches.t5 import MergedEncoderOutput, _lookup_bias, _relative_bias, merged_encoder_forward
+from mergeplug.patches.t5 import MergedEncoderOutput, merged_encoder_forward
+from mergeplug.patches.t5_layers import _lookup_bias, relative_bias
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +58,6 @@ def _assert_all_equal(a, b):
         assert torch.equal(x, y)
 
 
-def _assert_pristine(pipe):
-    for module in pipe.model.modules():
-        assert type(module).__module__.split(".")[0] in ("transformers", "chronos", "torch"), type(module)
-        assert not [key for key in module.__dict__ if key.startswith("_mergeplug")]
-        assert not module._forward_hooks and not module._forward_pre_hooks
-
-
 @pytest.mark.parametrize("zero", [{"r": 0}, {"ratio": 0.0}, {"r": [0, 0]}])
 def test_t5_r0_is_bitwise_original_and_remove_restores(t5_pipe, zero):
     ctx = _context()
@@ -73,7 +68,7 @@ def test_t5_r0_is_bitwise_original_and_remove_restores(t5_pipe, zero):
     merged = _t5_outputs(t5_pipe, ctx)
     assert not torch.equal(merged[3], ref[3])
     mergeplug.remove(t5_pipe)
-    _assert_pristine(t5_pipe)
+    assert_pristine(t5_pipe.model)
     assert type(t5_pipe.model.model) is T5ForConditionalGeneration and type(t5_pipe.model.model.encoder) is T5Stack
     _assert_all_equal(_t5_outputs(t5_pipe, ctx), ref)
 
@@ -88,7 +83,7 @@ def test_bolt_r0_is_bitwise_original_and_remove_restores(bolt_pipe, zero):
     merged = _bolt_outputs(bolt_pipe, ctx)
     assert not torch.equal(merged[0], ref[0])
     mergeplug.remove(bolt_pipe)
-    _assert_pristine(bolt_pipe)
+    assert_pristine(bolt_pipe.model)
     _assert_all_equal(_bolt_outputs(bolt_pipe, ctx), ref)
 
 
@@ -216,7 +211,7 @@ def test_relative_bias_follows_merged_positions(t5_pipe):
     full = attn0.compute_bias(50, 50)[0]  # (H, 50, 50)
     state = MergeState.init(2, 5)
     state.pos = torch.tensor([[0.0, 2.0, 5.25, 9.0, 30.0], [1.0, 3.0, 4.0, 12.0, 48.75]])
-    bias = _relative_bias(encoder, state, merged=True)
+    bias = relative_bias(encoder, state, merged=True)
     assert bias.shape == (2, attn0.n_heads, 5, 5)
     for b in range(2):
         p = state.pos[b].round().long()
@@ -224,7 +219,7 @@ def test_relative_bias_follows_merged_positions(t5_pipe):
     # before any merge: bitwise compute_bias (from the 2L+1 distances' buckets), encoder and decoder alike
     for stack in (encoder, t5_pipe.model.model.decoder):
         for n in (50, 300):
-            unmerged = _relative_bias(stack, MergeState.init(2, n), merged=False)
+            unmerged = relative_bias(stack, MergeState.init(2, n), merged=False)
             assert torch.equal(unmerged, stack.block[0].layer[0].SelfAttention.compute_bias(n, n))
 
 
@@ -312,7 +307,7 @@ def test_inner_models_are_accepted(t5_pipe, bolt_pipe):
         assert torch.isfinite(t5_pipe.predict(ctx, prediction_length=3)).all()
     finally:
         mergeplug.remove(t5_pipe.inner_model)
-    _assert_pristine(t5_pipe)
+    assert_pristine(t5_pipe.model)
 
 
 @pytest.mark.parametrize(
@@ -333,7 +328,7 @@ def test_inner_models_are_accepted(t5_pipe, bolt_pipe):
 def test_bad_settings_raise_value_error(t5_pipe, kwargs, message):
     with pytest.raises(ValueError, match=message):
         mergeplug.apply(t5_pipe, safe=False, **kwargs)
-    _assert_pristine(t5_pipe)
+    assert_pristine(t5_pipe.model)
 
 
 def test_unsupported_objects_raise_type_error():

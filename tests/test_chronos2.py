@@ -11,6 +11,7 @@ import pytest
 import torch
 from chronos import Chronos2Pipeline
 from chronos.chronos2.model import Chronos2Encoder, Chronos2Model
+from conftest import assert_pristine
 from torch import nn
 
 import mergeplug
@@ -68,13 +69,6 @@ def _assert_all_equal(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
         assert torch.equal(x, y)
 
 
-def _assert_pristine(model: nn.Module) -> None:
-    for module in model.modules():
-        assert type(module).__module__.split(".")[0] in ("transformers", "chronos", "torch"), type(module)
-        assert not [key for key in module.__dict__ if key.startswith("_mergeplug")]
-        assert not module._forward_hooks and not module._forward_pre_hooks
-
-
 def _source(model: Chronos2Model) -> torch.Tensor:
     """(B, N) slot of every input token after the last merged forward."""
     return token_source(model)
@@ -92,7 +86,7 @@ def test_r0_is_bitwise_original_and_remove_restores(pipe, zero):
     assert all(x.shape == y.shape for x, y in zip(merged, ref, strict=True))
     assert not torch.equal(merged[0], ref[0])
     mergeplug.remove(pipe)
-    _assert_pristine(pipe.model)
+    assert_pristine(pipe.model)
     assert type(pipe.model) is Chronos2Model and type(pipe.model.encoder) is Chronos2Encoder
     _assert_all_equal(_outputs(pipe, ctx), ref)
 
@@ -235,7 +229,7 @@ def test_invalid_settings_and_unsupported_structures(pipe):
         mergeplug.apply(pipe, safe=False, k=1, r=2, causal=True)
     with pytest.raises(ValueError, match="causal"):
         mergeplug.apply(pipe, safe=False, k=1, threshold=0.9)
-    _assert_pristine(model)
+    assert_pristine(model)
     # output_attentions cannot be served over merged tokens
     mergeplug.apply(model, safe=False, k=1, r=2)
     try:
@@ -255,7 +249,7 @@ def test_invalid_settings_and_unsupported_structures(pipe):
             mergeplug.apply(pipe, safe=False, k=1, r=2)
     finally:
         block.layer[1] = original
-    _assert_pristine(model)
+    assert_pristine(model)
 
 
 def test_match_groups_engine():

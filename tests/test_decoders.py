@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import assert_pristine
 from transformers import (
     InformerConfig,
     InformerForPrediction,
@@ -42,13 +43,6 @@ def _t5_batch(n_b: int = 2, n: int = 30, n_dec: int = 40) -> tuple[torch.Tensor,
     return torch.randint(2, 64, (n_b, n), generator=g), torch.randint(2, 64, (n_b, n_dec), generator=g)
 
 
-def _assert_pristine(model: torch.nn.Module) -> None:
-    for module in model.modules():
-        assert type(module).__module__.split(".")[0] in ("transformers", "torch"), type(module)
-        assert not [key for key in module.__dict__ if key.startswith("_mergeplug")]
-        assert not module._forward_hooks and not module._forward_pre_hooks
-
-
 @pytest.mark.parametrize("zero", [{"r": 0}, {"ratio": 0.0}, {"r": [0, 0, 0]}])
 def test_t5_decoder_zero_merges_is_bitwise_and_remove_restores(zero):
     model, (ids, labels) = _t5(), _t5_batch()
@@ -62,7 +56,7 @@ def test_t5_decoder_zero_merges_is_bitwise_and_remove_restores(zero):
         merged = model(input_ids=ids, labels=labels)
         assert merged.logits.shape == ref.logits.shape and not torch.equal(merged.logits, ref.logits)
         mergeplug.remove(model)
-        _assert_pristine(model)
+        assert_pristine(model)
         again = model(input_ids=ids, labels=labels)
         assert torch.equal(again.logits, ref.logits) and torch.equal(again.loss, ref.loss)
 
@@ -223,7 +217,7 @@ def test_t5_decoder_unsupported_settings_and_structures_say_why():
         with pytest.raises(NotImplementedError, match="output_hidden_states"):
             model(input_ids=ids, labels=labels, output_hidden_states=True)
     mergeplug.remove(model)
-    _assert_pristine(model)
+    assert_pristine(model)
     model.decoder.block[1].layer = model.decoder.block[1].layer[::2]  # a decoder block without cross-attention
     mergeplug.apply(model, k=1, r=2)  # the encoder still merges ...
     with pytest.raises(NotImplementedError, match="decoder block 1 is not T5 self-attention, cross-attention"):
@@ -289,7 +283,7 @@ def test_hf_ts_decoder_zero_merges_bitwise_r_mode_merges_remove_restores(kind, k
         torch.manual_seed(0)
         again = model(**batch)
         assert torch.equal(again.loss, ref.loss) and _params_equal(again.params, ref.params)
-    _assert_pristine(model)
+    assert_pristine(model)
 
 
 @pytest.mark.parametrize("kind,kw", TS_KINDS)
@@ -355,7 +349,7 @@ def test_hf_ts_decoder_unsupported_structures_say_why_and_layerdrop_works():
     with pytest.raises(NotImplementedError, match="decoder_attention_mask"), torch.inference_mode():
         model(**batch, decoder_attention_mask=torch.ones(2, 1, 24, 24))
     mergeplug.remove(model)
-    _assert_pristine(model)
+    assert_pristine(model)
 
 
 def test_apply_decoder_argument_and_save_load_keep_decoder_merging(tmp_path):

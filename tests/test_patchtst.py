@@ -81,5 +81,9 @@ def test_unsupported_settings_are_refused():
         mergeplug.apply(_model(), k=1, causal=True, threshold=0.9)
     with pytest.raises(ValueError, match="input_ratio"):
         mergeplug.apply(_model(), k=1, r=2, input_ratio=0.5)
+    patched = mergeplug.apply(_model(), k=1, r=2)  # every apply validates, not only the one that injects
+    with pytest.raises(ValueError, match="input_ratio"):
+        mergeplug.apply(patched, k=1, r=2, input_ratio=0.5)
+    assert mergeplug.settings(patched).input_ratio == 0.0  # the refused call changed nothing
     with pytest.raises(ValueError, match="channel_attention"):
         mergeplug.apply(_model(channel_attention=True), k=1, r=2)

@@ -190,7 +190,8 @@ def find_family(obj: Any) -> Family:
         f"mergeplug does not support objects of type {type(obj).__module__}.{type(obj).__qualname__}.\n"
         f"Supported model families:\n{supported}\n"
         "To add one, write a module in mergeplug/patches/ that calls mergeplug.patches.register(Family(...)) "
-        "(see mergeplug/patches/t5.py for an example) and import it in mergeplug/patches/__init__.py."
+        "(mergeplug/patches/patchtst.py is a short example: its blocks run in the shared loop of "
+        "mergeplug/patches/loop.py) and import it in mergeplug/patches/__init__.py."
     )
 
 

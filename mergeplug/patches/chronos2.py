@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from ..config import MergeConfig
-from ..merge import MergeState, head_mean, key_bias, merge_layer, recent_mask, unmerge
+from ..merge import MergeState, head_mean, key_bias
 from .base import (
     RECORD_ATTR,
     Family,
@@ -61,12 +61,12 @@ from .base import (
     hook_keys,
     in_call,
     last_forward,
-    merge_inputs,
     record_of,
     register,
     report,
     swap_class,
 )
+from .loop import MergedBlocks, protected_tokens, short_input
 
 try:  # chronos-forecasting is a dependency, but keep the import error readable
     from chronos import Chronos2Pipeline
@@ -122,6 +122,45 @@ def _group_mask(encoder: Chronos2Encoder, group_ids: torch.Tensor, state: MergeS
     return encoder._construct_and_invert_group_time_mask(group_ids, state.mask.to(dtype), dtype)
 
 
+class _Chronos2Blocks(MergedBlocks):
+    """Chronos-2 encoder blocks: time attention (RoPE at the merged positions, ``log(size)`` key bias), merge,
+    group attention (mask rebuilt from the merged mask), feed-forward."""
+
+    def __init__(
+        self,
+        record: PatchRecord,
+        state: MergeState,
+        encoder: Chronos2Encoder,
+        group_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+    ) -> None:
+        """``attention_mask`` (B, N) and ``position_ids`` (1 or B, N) of the input tokens."""
+        super().__init__(record, record.config, state, groups=group_ids)
+        self.encoder, self.attention_mask, self.position_ids = encoder, attention_mask, position_ids
+
+    def tokens_changed(self) -> None:
+        state, group_ids = self.state, self.groups
+        if self.merged:  # the masks and RoPE positions follow the merged tokens
+            self.time_mask = _time_mask(state, self.dtype, self.config.proportional_attention)
+            self.group_mask, self.positions = _group_mask(self.encoder, group_ids, state, self.dtype), state.pos
+        else:  # exactly the original masks and positions until the first merge
+            self.time_mask = self.encoder._expand_and_invert_time_attention_mask(self.attention_mask, self.dtype)
+            mask = self.attention_mask
+            self.group_mask = self.encoder._construct_and_invert_group_time_mask(group_ids, mask, self.dtype)
+            self.positions = self.position_ids
+
+    def attention(self, i: int, block: nn.Module, h: torch.Tensor):
+        time_attn: TimeSelfAttention = block.layer[0]
+        mask = self.time_mask
+        out, keys = call_capturing_keys(self.record, time_attn, h, position_ids=self.positions, attention_mask=mask)
+        return out[0], partial(head_mean, keys, time_attn.self_attention.n_heads)
+
+    def rest(self, i: int, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        h = block.layer[1](h, attention_mask=self.group_mask)[0]
+        return block.layer[2](h)
+
+
 def merged_chronos2_encoder_forward(
     encoder: Chronos2Encoder,
     record: PatchRecord,
@@ -154,39 +193,15 @@ def merged_chronos2_encoder_forward(
         attention_mask = torch.ones(n_b, n, device=device, dtype=dtype)
     if position_ids is None:
         position_ids = torch.arange(n, dtype=torch.long, device=device)[None]
-    protected = torch.zeros(n_b, n, dtype=torch.bool, device=device)
-    if protect_last > 0:
-        protected[:, -protect_last:] = True
-    protected |= recent_mask(n_b, n, cfg.protect_recent, tail=protect_last, device=device)
+    protected = protected_tokens(cfg, n_b, n, device, tail=protect_last, last=protect_last)
     state = MergeState.init(n_b, n, mask=attention_mask > 0, protected=protected, device=device)
     state.pos = position_ids.to(state.pos.dtype).expand(n_b, n).clone()
-    h, merged = merge_inputs(encoder.dropout(inputs_embeds), state, cfg, metric=inputs_embeds, groups=group_ids)
-    counts = [state.length]  # tokens entering block 0
-    if merged:
-        time_mask = _time_mask(state, dtype, cfg.proportional_attention)
-        group_mask, positions = _group_mask(encoder, group_ids, state, dtype), state.pos
-    else:  # exactly the original masks and positions until the first merge
-        time_mask = encoder._expand_and_invert_time_attention_mask(attention_mask, dtype)
-        group_mask = encoder._construct_and_invert_group_time_mask(group_ids, attention_mask, dtype)
-        positions = position_ids
-    for i, block in enumerate(encoder.block):
-        time_attn: TimeSelfAttention = block.layer[0]
-        out, keys = call_capturing_keys(record, time_attn, h, position_ids=positions, attention_mask=time_mask)
-        h = out[0]
-        before = state.length
-        heads = time_attn.self_attention.n_heads
-        h = merge_layer(h, state, cfg, i, metric=partial(head_mean, keys, heads), groups=group_ids)
-        if state.length < before:  # the masks and RoPE positions follow the merged tokens
-            time_mask = _time_mask(state, dtype, cfg.proportional_attention)
-            group_mask, positions = _group_mask(encoder, group_ids, state, dtype), state.pos
-        counts.append(state.length)  # tokens leaving block i
-        h = block.layer[1](h, attention_mask=group_mask)[0]
-        h = block.layer[2](h)
+    loop = _Chronos2Blocks(record, state, encoder, group_ids, attention_mask, position_ids)
+    h = loop.run(encoder.block, encoder.dropout(inputs_embeds), input_metric=inputs_embeds)
     h = encoder.dropout(encoder.final_layer_norm(h))  # per token: cheaper before unmerging, same result
-    report(record, "token_counts", counts)
     report(record, "token_source", state.source)
     return Chronos2EncoderOutput(
-        last_hidden_state=unmerge(h, state), all_time_self_attn_weights=(), all_group_self_attn_weights=()
+        last_hidden_state=loop.unmerged(h), all_time_self_attn_weights=(), all_group_self_attn_weights=()
     )
 
 
@@ -206,9 +221,7 @@ class _MergingChronos2Encoder:
         output_attentions: bool = False,
     ) -> Chronos2EncoderOutput:
         record = record_of(self)
-        if record.config.is_noop(len(self.block), inputs_embeds.shape[1]):
-            if not record.config.is_noop(len(self.block)):  # short: at most min_tokens tokens, nothing merges
-                report(record, "token_counts", [inputs_embeds.shape[1]] * (len(self.block) + 1))
+        if short_input(record, len(self.block), inputs_embeds.shape[1]):
             return super().forward(
                 inputs_embeds,
                 group_ids=group_ids,

@@ -30,8 +30,9 @@ import torch
 from torch import nn
 
 from ..config import MergeConfig
-from ..merge import MergeState, causal_unmerge, merge_layer, recent_mask, unmerge
+from ..merge import MergeState, merge_layer
 from .base import Family, PatchRecord, begin, current, end, mark, merge_inputs, register, report
+from .loop import protected_tokens, short_input, unmerged
 
 __all__ = ["register_patch", "inject_blocks"]
 
@@ -116,10 +117,8 @@ def inject_blocks(
         if cfg.is_noop(n_layers):
             return None
         if i == 0:  # a new forward; a sequence no longer than the token floor runs the original blocks, bitwise
-            n = to_btc(args[0]).shape[1]
-            if cfg.is_noop(n_layers, n):
-                end(record, call_key)
-                report(record, "token_counts", [n] * (n_layers + 1))
+            end(record, call_key)
+            if short_input(record, n_layers, to_btc(args[0]).shape[1]):
                 return None
         call: _BlocksCall | None = current(record, call_key)
         if i > 0 and call is None:  # short, or blocks called outside a forward of the stack
@@ -148,7 +147,7 @@ def inject_blocks(
         x = to_btc(args[0])
         if i == 0:  # a new forward: fresh state, optional merging of the input tokens
             n_b, n, _ = x.shape
-            protected = recent_mask(n_b, n, cfg.protect_recent, tail=record.hints.recent_tail, device=x.device)
+            protected = protected_tokens(cfg, n_b, n, x.device, tail=record.hints.recent_tail)
             # sizes and positions in float32 whatever x's dtype (bfloat16 rounds positions above 256)
             state = MergeState.init(n_b, n, protected=protected, causal=cfg.causal, device=x.device)
             call = begin(record, call_key, _BlocksCall(state, [n]))
@@ -187,7 +186,7 @@ def inject_blocks(
             h = merge_layer(h, state, cfg, i)
         call.counts.append(state.length)
         if i == n_layers - 1:  # back to every position for the rest of the model
-            h = causal_unmerge(h, state) if state.causal else unmerge(h, state)
+            h = unmerged(h, state)
             end(record, call_key)
             report(record, "token_counts", call.counts)
         return _replace_first(out, h if seq_dim == 1 else h.transpose(0, 1))

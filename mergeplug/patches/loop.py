@@ -21,7 +21,7 @@ from ..config import MergeConfig
 from ..merge import MergeState, causal_unmerge, merge_layer, recent_mask, unmerge
 from .base import PatchRecord, merge_inputs, report
 
-__all__ = ["MergedBlocks", "short_input", "protected_tokens"]
+__all__ = ["MergedBlocks", "short_input", "protected_tokens", "unmerged"]
 
 
 def short_input(record: PatchRecord, num_layers: int, length: int | None) -> bool:
@@ -81,6 +81,7 @@ class MergedBlocks:
 
     Attributes:
         merged: tokens have merged in this forward (the masks and positions are no longer the original ones).
+        dtype: the dtype of the tokens (set by :meth:`run`, for the masks and biases).
     """
 
     def __init__(
@@ -95,6 +96,7 @@ class MergedBlocks:
         self.record, self.config, self.state, self.groups = record, config, state, groups
         self.counts_as = counts_as
         self.merged = False
+        self.dtype = torch.float32
 
     # ------------------------------------------------------------------------------------- filled by a family
 
@@ -113,7 +115,9 @@ class MergedBlocks:
 
     # ----------------------------------------------------------------------------------------------- the loop
 
-    def run(self, blocks: Sequence[nn.Module], h: torch.Tensor, input_metric: torch.Tensor | None = None) -> torch.Tensor:
+    def run(
+        self, blocks: Sequence[nn.Module], h: torch.Tensor, input_metric: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Merge the input tokens (``input_ratio``, chosen on ``input_metric``, default ``h``), then run every block
         with its scheduled merge; reports the token counts (entering block 0, then leaving every block).
 
@@ -125,6 +129,7 @@ class MergedBlocks:
             (B, T', C) tokens leaving the last block (merged; see :meth:`unmerged`).
         """
         state, config = self.state, self.config
+        self.dtype = h.dtype
         h, self.merged = merge_inputs(h, state, config, metric=input_metric, groups=self.groups)
         counts = [state.length]  # tokens entering block 0
         self.tokens_changed()
@@ -143,4 +148,10 @@ class MergedBlocks:
     def unmerged(self, h: torch.Tensor) -> torch.Tensor:
         """(B, T', C) -> (B, N, C): every input position gets its merged token (the latest one at or before it in a
         causal stack)."""
-        return causal_unmerge(h, self.state) if self.state.causal else unmerge(h, self.state)
+        return unmerged(h, self.state)
+
+
+def unmerged(h: torch.Tensor, state: MergeState) -> torch.Tensor:
+    """(B, T', C) -> (B, N, C): every input position gets its merged token (in a causal ``state`` the latest one at or
+    before it, :func:`~mergeplug.merge.causal_unmerge`; else :func:`~mergeplug.merge.unmerge`)."""
+    return causal_unmerge(h, state) if state.causal else unmerge(h, state)

@@ -19,8 +19,9 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.patchtst.modeling_patchtst import PatchTSTEncoder, PatchTSTEncoderLayer, PatchTSTModel
 
 from ..config import MergeConfig
-from ..merge import MergeState, head_mean, merge_layer, recent_mask, unmerge
-from .base import Family, PatchRecord, call_capturing_keys, hook_keys, record_of, register, report, swap_class
+from ..merge import MergeState, head_mean
+from .base import Family, PatchRecord, call_capturing_keys, hook_keys, record_of, register, swap_class
+from .loop import MergedBlocks, protected_tokens, short_input
 
 __all__ = ["merged_patchtst_forward"]
 
@@ -32,6 +33,8 @@ PATCHTST_DEFAULTS = {"protect_recent": 8, "min_tokens": 8, "period": "auto", "mi
 def _check(config: MergeConfig) -> None:
     if config.causal:
         raise ValueError("PatchTST encoders are bidirectional: use causal=False (the default)")
+    if config.input_ratio:
+        raise ValueError("input_ratio is not supported for PatchTST (merge inside the layers with r / ratio)")
 
 
 def _sublayer_attention(layer: PatchTSTEncoderLayer, h: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -49,6 +52,24 @@ def _sublayer_ff(layer: PatchTSTEncoderLayer, h: torch.Tensor) -> torch.Tensor:
     return layer.norm_sublayer3(h + layer.dropout_path3(layer.ff(h)))
 
 
+class _PatchTSTBlocks(MergedBlocks):
+    """PatchTST encoder layers: attention (``log(size)`` key bias with proportional attention), merge, feed-forward."""
+
+    bias: torch.Tensor | None = None
+
+    def tokens_changed(self) -> None:
+        if self.merged:
+            prop = self.config.proportional_attention
+            self.bias = self.state.log_size_bias(self.dtype, prop) if prop else None
+
+    def attention(self, i: int, layer: nn.Module, h: torch.Tensor):
+        h, keys = call_capturing_keys(self.record, _sublayer_attention, layer, h, self.bias)
+        return h, partial(head_mean, keys, layer.self_attn.num_heads)
+
+    def rest(self, i: int, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        return _sublayer_ff(layer, h)
+
+
 def merged_patchtst_forward(encoder: PatchTSTEncoder, record: PatchRecord, patch_input: torch.Tensor) -> torch.Tensor:
     """Encoder forward with merging.
 
@@ -63,21 +84,10 @@ def merged_patchtst_forward(encoder: PatchTSTEncoder, record: PatchRecord, patch
     n_b, n_c, n, d = h.shape
     h = h.reshape(n_b * n_c, n, d)
     # the most recent patches (before the forecast origin) and the CLS token (position 0) never merge
-    protected = recent_mask(n_b * n_c, n, cfg.protect_recent, device=h.device)
-    if encoder.config.use_cls_token:
-        protected[:, 0] = True
+    protected = protected_tokens(cfg, n_b * n_c, n, h.device, first=int(encoder.config.use_cls_token))
     state = MergeState.init(n_b * n_c, n, protected=protected, device=h.device)
-    counts, bias = [n], None
-    for i, layer in enumerate(encoder.layers):
-        h, keys = call_capturing_keys(record, _sublayer_attention, layer, h, bias)
-        before = state.length
-        h = merge_layer(h, state, cfg, i, metric=partial(head_mean, keys, layer.self_attn.num_heads))
-        if state.length < before:
-            bias = state.log_size_bias(h.dtype, cfg.proportional_attention) if cfg.proportional_attention else None
-        counts.append(state.length)
-        h = _sublayer_ff(layer, h)
-    report(record, "token_counts", counts)
-    return unmerge(h, state).reshape(n_b, n_c, n, d)
+    loop = _PatchTSTBlocks(record, cfg, state)
+    return loop.unmerged(loop.run(encoder.layers, h)).reshape(n_b, n_c, n, d)
 
 
 class _MergingPatchTSTEncoder:
@@ -86,9 +96,7 @@ class _MergingPatchTSTEncoder:
     def forward(self, patch_input: torch.Tensor, output_hidden_states=None, output_attentions=None, **kwargs: Any):
         record = record_of(self)
         n_patches = patch_input.shape[2] + int(self.config.use_cls_token)
-        if not record.config.is_noop(len(self.layers)) and record.config.is_noop(len(self.layers), n_patches):
-            report(record, "token_counts", [n_patches] * (len(self.layers) + 1))  # short: nothing merges
-        if record.config.is_noop(len(self.layers), n_patches) or output_hidden_states or output_attentions:
+        if short_input(record, len(self.layers), n_patches) or output_hidden_states or output_attentions:
             return super().forward(
                 patch_input, output_hidden_states=output_hidden_states, output_attentions=output_attentions, **kwargs
             )
@@ -104,8 +112,6 @@ def _inject(obj: nn.Module, record: PatchRecord) -> None:
     encoder = _encoder(obj)
     if encoder.config.channel_attention:
         raise ValueError("PatchTST with channel_attention=True mixes channels per patch; merging does not support it")
-    if record.config.input_ratio:
-        raise ValueError("input_ratio is not supported for PatchTST (merge inside the layers with r / ratio)")
     hook_keys(record, (layer.self_attn.k_proj for layer in encoder.layers))  # the merge metric
     record.hints.num_layers = len(encoder.layers)
     record.hints.bypassed += [(f"encoder.layers[{i}]", layer) for i, layer in enumerate(encoder.layers)]
