@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import asdict, dataclass, field, replace
+import textwrap
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal, get_args
 
-__all__ = ["MergeConfig", "ratio_for_reduction", "schedule_for_reduction"]
+__all__ = ["MergeConfig", "DECODER_KEYS", "ratio_for_reduction", "schedule_for_reduction"]
 
 
 def _is_number(v: Any) -> bool:
@@ -84,65 +86,157 @@ def schedule_for_reduction(reduction: float, num_layers: int, schedule: Schedule
     return {"input_ratio": input_ratio, "ratio": ratio_for_reduction(max(rest, 0.0), num_layers, "front")}
 
 
+def _k(text: str) -> int | None:
+    return None if text.lower() in ("global", "none") else int(text)
+
+
+def _ints(text: str) -> int | list[int]:
+    values = [int(v) for v in text.split(":")]
+    return values if len(values) > 1 else values[0]
+
+
+def _floats(text: str) -> float | list[float]:
+    values = [float(v) for v in text.split(":")]
+    return values if len(values) > 1 else values[0]
+
+
+def _bool(text: str) -> bool:
+    if text.lower() not in ("1", "true", "yes", "0", "false", "no"):
+        raise ValueError("use true or false")
+    return text.lower() in ("1", "true", "yes")
+
+
+def _period(text: str) -> float | str:
+    return text if text == "auto" else 0.0 if text in ("none", "off") else float(text)
+
+
+def _setting(default: Any, syntax: str, parse: Callable[[str], Any] | None, help: str) -> Any:
+    """A :class:`MergeConfig` field that is a user setting: its default, how it is written in a setting string
+    (``syntax``, ``parse``; None: not in strings) and its help text (the docstring and the CLI help come from it)."""
+    return field(default=default, metadata={"setting": True, "syntax": syntax, "parse": parse, "help": help})
+
+
 @dataclass
 class MergeConfig:
-    """Token-merging settings shared by every patched model family.
+    """Token-merging settings shared by every patched model family: the one place that defines each setting (type,
+        range, default, help); ``mergeplug.apply``'s arguments, ``--merge`` strings (:meth:`from_string`, ``str()``),
+        saved configs and model cards are derived from its fields. Adding a setting: a field here (with
+        :func:`_setting`), its check in ``__post_init__`` and its use in the engine.
 
-    Args:
-        k: locality: an A token may merge only with B tokens at most ``k`` positions away in the sequence
-            entering the merge step (``k=1``: immediate neighbours; with the alternate A/B split an even ``k``
-            adds nothing over ``k-1``). ``None`` = global (ToMe). Must be >= 1.
-        r: tokens merged per layer, an int for every layer or a list with one entry per layer (missing
-            entries mean 0). Capped per layer at what can merge (about half the tokens, fewer with padding,
-            protected tokens or a narrow band); the cap is applied so every row of a batch keeps one length.
-        ratio: alternative to ``r``: fraction of the *current* tokens merged in each layer, in [0, 1), or a
-            list with one fraction per layer; values above 0.5 hit the cap above.
-        threshold: strict causal mode only (``causal=True``): merge an A token into its successor when its
-            cosine similarity to its predecessor is >= threshold, in [-1, 1].
-        causal: merged tokens sit at their latest member and never attend to later positions.
-        proportional_attention: add log(size) of each key to the attention logits (ToMe).
-        input_ratio: fraction of the *input* tokens merged before the first block, with the input embeddings as
-            the similarity metric, in [0, 1); 0 = off. One merge step removes at most about half; above 0.5 further
-            steps run on the merged input tokens. This also shrinks the first block's attention, which the
-            per-layer schedule (applied after each block's attention) cannot.
-        safe: forecast-safe merging (default ``True``). For forecasting families (Chronos-T5, Chronos-Bolt,
-            Chronos-2, PatchTST, TimeSeriesTransformer / Informer) ``protect_recent`` and ``min_tokens`` left at
-            ``None`` take the family's defaults (see ``mergeplug.patches.families()``); ``safe=False`` is the plain
-            merging of the local-merging paper (both 0 unless given). Other families have no such defaults.
-        protect_recent: number of tokens just before the forecast origin (the last context tokens, before [REG] /
-            EOS / read-out tokens) that never merge; ``None`` = the family default (see ``safe``).
-        min_tokens: floor on the sequence: no merge step (input merging included) leaves fewer than this many token
-            slots; short series are left (almost) untouched. ``None`` = the family default (see ``safe``).
-        period: seasonal period in *time steps* of the input series (e.g. 24 for hourly data with a daily cycle).
-            An A token may then also merge with the B tokens nearest to one period before and after it (its
-            seasonal twins, found by position), besides its ``k`` neighbours: still O(T·k·C). Converted to tokens
-            with the family's time steps per token (``steps_per_token``, set by ``mergeplug.apply``). ``"auto"``:
-            each series' period is found from its own tokens (:func:`mergeplug.merge.detect_period`; the
-            forecast-safe default of forecasting families); ``0``: off; ``None``: the family default (see ``safe``).
-        min_similarity: a pair merges only if its cosine similarity is at least this (in [-1, 1]); where fewer pairs
-            are alike, fewer tokens merge than ``r`` / ``ratio`` ask. A batch keeps one length, so the series (for
-            PatchTST: the channel) with the fewest alike pairs sets the count for the whole batch. ``None``: the
-            family default (see ``safe``); ``-1``: off.
-        steps_per_token: input time steps per token (1 for Chronos-T5 and TimeSeriesTransformer, the patch stride
-            for patch models); set by ``mergeplug.apply`` from the model, not by users.
+        Args:
+    {args}
+            steps_per_token: input time steps per token (1 for Chronos-T5 and TimeSeriesTransformer, the patch stride
+                for patch models); set by ``mergeplug.apply`` from the model, not by users.
+            extra: auxiliary patches' settings (fast sampling's ``exact``); not a merge setting.
     """
 
-    k: int | None = 1
-    r: int | list[int] | None = None
-    ratio: float | list[float] | None = None
-    threshold: float | None = None
-    causal: bool = False
-    proportional_attention: bool = True
-    input_ratio: float = 0.0
-    safe: bool = True
-    protect_recent: int | None = None
-    min_tokens: int | None = None
-    period: float | str | None = None
-    min_similarity: float | None = None
+    k: int | None = _setting(
+        1,
+        "int >= 1 or global",
+        _k,
+        "locality: an A token may merge only with B tokens at most ``k`` positions away in the sequence entering the "
+        "merge step (``k=1``: immediate neighbours; with the alternate A/B split an even ``k`` adds nothing over "
+        "``k-1``). ``None`` = global (ToMe). Must be >= 1.",
+    )
+    r: int | list[int] | None = _setting(
+        None,
+        "int, or ints per layer joined by ':'",
+        _ints,
+        "tokens merged per layer, an int for every layer or a list with one entry per layer (missing entries mean "
+        "0). Capped per layer at what can merge (about half the tokens, fewer with padding, protected tokens or a "
+        "narrow band); the cap is applied so every row of a batch keeps one length.",
+    )
+    ratio: float | list[float] | None = _setting(
+        None,
+        "float in [0, 1), or floats per layer joined by ':'",
+        _floats,
+        "alternative to ``r``: fraction of the *current* tokens merged in each layer, in [0, 1), or a list with one "
+        "fraction per layer; values above 0.5 hit the cap above.",
+    )
+    threshold: float | None = _setting(
+        None,
+        "float in [-1, 1]",
+        float,
+        "strict causal mode only (``causal=True``): merge an A token into its successor when its cosine similarity "
+        "to its predecessor is >= threshold, in [-1, 1].",
+    )
+    causal: bool = _setting(
+        False,
+        "true or false",
+        _bool,
+        "causal merging (decoders / causal models): merged tokens sit at their latest member and never attend to "
+        "later positions.",
+    )
+    proportional_attention: bool = _setting(
+        True, "true or false", _bool, "add log(size) of each key to the attention logits (ToMe)."
+    )
+    input_ratio: float = _setting(
+        0.0,
+        "float in [0, 1)",
+        float,
+        "fraction of the *input* tokens merged before the first block, with the input embeddings as the similarity "
+        "metric, in [0, 1); 0 = off. One merge step removes at most about half; above 0.5 further steps run on the "
+        "merged input tokens. This also shrinks the first block's attention, which the per-layer schedule (applied "
+        "after each block's attention) cannot.",
+    )
+    safe: bool = _setting(
+        True,
+        "true or false",
+        _bool,
+        "forecast-safe merging (default ``True``). For forecasting families (Chronos-T5, Chronos-Bolt, Chronos-2, "
+        "PatchTST, TimeSeriesTransformer / Informer) ``protect_recent`` and ``min_tokens`` left at ``None`` take the "
+        "family's defaults (see ``mergeplug.patches.families()``); ``safe=False`` is the plain merging of the "
+        "local-merging paper (both 0 unless given). Other families have no such defaults.",
+    )
+    protect_recent: int | None = _setting(
+        None,
+        "int >= 0",
+        int,
+        "number of tokens just before the forecast origin (the last context tokens, before [REG] / EOS / read-out "
+        "tokens) that never merge; ``None`` = the family default (see ``safe``).",
+    )
+    min_tokens: int | None = _setting(
+        None,
+        "int >= 0",
+        int,
+        "floor on the sequence: no merge step (input merging included) leaves fewer than this many token slots; "
+        "short series are left (almost) untouched. ``None`` = the family default (see ``safe``).",
+    )
+    period: float | str | None = _setting(
+        None,
+        "time steps >= 1, auto or off",
+        _period,
+        "seasonal period in *time steps* of the input series (e.g. 24 for hourly data with a daily cycle). An A token "
+        "may then also merge with the B tokens nearest to one period before and after it (its seasonal twins, found "
+        "by position), besides its ``k`` neighbours: still O(T·k·C). Converted to tokens with the family's time "
+        'steps per token (``steps_per_token``, set by ``mergeplug.apply``). ``"auto"``: each series\' period is '
+        "found from its own tokens (:func:`mergeplug.merge.detect_period`; the forecast-safe default of forecasting "
+        "families); ``0``: off; ``None``: the family default (see ``safe``).",
+    )
+    min_similarity: float | None = _setting(
+        None,
+        "float in [-1, 1]",
+        float,
+        "a pair merges only if its cosine similarity is at least this (in [-1, 1]); where fewer pairs are alike, "
+        "fewer tokens merge than ``r`` / ``ratio`` ask. A batch keeps one length, so the series (for PatchTST: the "
+        "channel) with the fewest alike pairs sets the count for the whole batch. ``None``: the family default (see "
+        "``safe``); ``-1``: off.",
+    )
+    decoder: MergeConfig | None = _setting(
+        None,
+        "",
+        None,
+        "causal merging of the decoder of an encoder-decoder model when it processes several target positions at "
+        "once (teacher forcing / training): a causal MergeConfig, or a dict of :func:`mergeplug.merge_decoder`'s "
+        "settings (``k``, ``r`` / ``ratio`` / ``threshold``, ``proportional_attention``); T5 / Chronos-T5 and "
+        "Hugging Face time-series Transformers; ``generate()`` is unaffected. None: off.",
+    )
     steps_per_token: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.decoder is not None and not isinstance(self.decoder, MergeConfig):
+            self.decoder = MergeConfig.for_decoder(self.decoder)
         if self.k is not None:
             if isinstance(self.k, bool) or not isinstance(self.k, int):
                 raise ValueError(f"k must be an int >= 1 or None (global merging), got {self.k!r}")
@@ -264,8 +358,104 @@ class MergeConfig:
         return all(_per_layer(self.ratio if self.ratio is not None else self.r, i) == 0 for i in range(num_layers))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable settings."""
+        """JSON-serialisable settings (``decoder`` as a nested dict)."""
         return asdict(self)
+
+    # ------------------------------------------------------------------------------------ derived from the fields
+
+    @classmethod
+    def setting_names(cls) -> tuple[str, ...]:
+        """The user settings, in order (the fields made with :func:`_setting`; ``decoder`` last)."""
+        return tuple(f.name for f in fields(cls) if f.metadata.get("setting"))
+
+    @classmethod
+    def parse_value(cls, key: str, text: str) -> Any:
+        """The value of setting ``key`` written as ``text`` in a setting string; ``KeyError`` for a key that is not
+        a setting (or has no string form), ``ValueError`` for a bad value."""
+        found = {f.name: f for f in fields(cls) if f.metadata.get("parse")}
+        if key not in found:
+            raise KeyError(key)
+        return found[key].metadata["parse"](text)
+
+    @classmethod
+    def settings_help(cls, indent: int = 8) -> str:
+        """Every setting with its help text, one wrapped paragraph each (docstrings of MergeConfig and ``apply``)."""
+        lines = []
+        for f in fields(cls):
+            if f.metadata.get("setting"):
+                lines += textwrap.wrap(f"{f.name}: {f.metadata['help']}", 120 - indent, initial_indent=" " * indent,
+                                       subsequent_indent=" " * (indent + 4))  # fmt: skip
+        return "\n".join(lines)
+
+    @classmethod
+    def string_keys(cls) -> dict[str, str]:
+        """Key -> how its value is written, for every setting a setting string may hold (CLI help)."""
+        return {f.name: f.metadata["syntax"] for f in fields(cls) if f.metadata.get("parse")}
+
+    @classmethod
+    def from_string(cls, text: str) -> MergeConfig:
+        """Settings from ``"k=1,ratio=0.2,protect_recent=24"`` (the inverse of ``str()``); the message of a bad
+        string names the key and the keys there are."""
+        kwargs: dict[str, Any] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            if "=" not in part:
+                raise ValueError(f"merge setting {text!r}: expected key=value, got {part!r}")
+            key, value = (x.strip() for x in part.split("=", 1))
+            if key in kwargs:
+                raise ValueError(f"merge setting {text!r}: {key!r} is given twice; give each key once")
+            try:
+                kwargs[key] = cls.parse_value(key, value)
+            except KeyError:
+                known = ", ".join(cls.string_keys())
+                raise ValueError(f"unknown merge key {key!r} in {text!r}; known keys: {known}") from None
+            except ValueError as exc:
+                raise ValueError(f"merge setting {text!r}: bad value for {key!r}: {exc}") from None
+        return cls(**kwargs)
+
+    def __str__(self) -> str:
+        """``k`` and every setting that differs from its default, as :meth:`from_string` reads them."""
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not f.metadata.get("parse") or (f.name != "k" and value == f.default):
+                continue
+            if f.name == "r" and value == 0:  # what no amount at all means (``__post_init__``)
+                continue
+            if value is None:
+                text = "global" if f.name == "k" else None
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, list):
+                text = ":".join(str(v) for v in value)
+            else:
+                text = str(value)
+            if text is not None:
+                parts.append(f"{f.name}={text}")
+        return ",".join(parts)
+
+    @classmethod
+    def for_decoder(cls, settings: MergeConfig | dict[str, Any]) -> MergeConfig:
+        """Validated causal settings for a decoder (``causal=True`` implied, no input merging) from a dict of
+        :func:`mergeplug.merge_decoder`'s settings (``DECODER_KEYS``), or a MergeConfig, checked the same way."""
+        if isinstance(settings, MergeConfig):
+            if settings.input_ratio:
+                raise ValueError(
+                    "input_ratio is not supported for decoders: merge target tokens with r, ratio or threshold"
+                )
+            settings = {k: getattr(settings, k) for k in DECODER_KEYS}
+        if not isinstance(settings, dict) or not set(settings) <= set(DECODER_KEYS):
+            raise ValueError(
+                f"decoder must be a dict of mergeplug.merge_decoder settings ({', '.join(DECODER_KEYS)}), got "
+                f"{settings!r}"
+            )
+        return cls(causal=True, **settings)
+
+
+#: the settings of a decoder (``MergeConfig.decoder``, ``mergeplug.merge_decoder``)
+DECODER_KEYS: tuple[str, ...] = ("k", "r", "ratio", "threshold", "proportional_attention")
+
+
+MergeConfig.__doc__ = (MergeConfig.__doc__ or "").replace("{args}", MergeConfig.settings_help())
 
 
 def _per_layer(value: float | list | None, layer: int) -> float:

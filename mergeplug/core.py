@@ -5,117 +5,81 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, TypeVar
 
-from .config import MergeConfig, schedule_for_reduction
+from .config import DECODER_KEYS, MergeConfig, schedule_for_reduction
 from .patches import find_family
 from .patches.base import PatchRecord, find_record, last_forward, restore
-from .patches.t5 import DECODER_KEY, decoder_config
+from .patches.t5 import decoder_config
 
 __all__ = [
     "apply", "merge_decoder", "remove", "settings", "token_counts", "recording_token_counts", "apply_kwargs",
     "unmerged", "APPLY_KEYS", "encoder_layers", "long_context_default",
 ]  # fmt: skip
 
-#: the ``apply`` arguments a :class:`MergeConfig` records (``decoder`` apart)
-APPLY_KEYS = (
-    "k", "r", "ratio", "threshold", "causal", "proportional_attention", "input_ratio", "safe", "protect_recent",
-    "min_tokens", "period", "min_similarity",
-)  # fmt: skip
-_DECODER_KEYS = ("k", "r", "ratio", "threshold", "proportional_attention")
+#: the ``apply`` arguments a :class:`MergeConfig` records (``decoder`` apart), from its fields
+APPLY_KEYS: tuple[str, ...] = tuple(name for name in MergeConfig.setting_names() if name != "decoder")
+_AMOUNTS = ("r", "ratio", "threshold")
 
 T = TypeVar("T")
 
 
-def apply(
-    obj: T,
-    *,
-    k: int | None = 1,
-    r: int | list[int] | None = None,
-    ratio: float | None = None,
-    threshold: float | None = None,
-    causal: bool = False,
-    proportional_attention: bool = True,
-    input_ratio: float = 0.0,
-    decoder: dict[str, Any] | None = None,
-    safe: bool = True,
-    protect_recent: int | None = None,
-    min_tokens: int | None = None,
-    period: float | str | None = None,
-    min_similarity: float | None = None,
-) -> T:
+def apply(obj: T, config: MergeConfig | None = None, **overrides: Any) -> T:
     """Inject local token merging into ``obj`` and return the same object.
 
-    Args:
-        obj: a ``ChronosPipeline`` (Chronos-T5), ``ChronosBoltPipeline``, their inner model, or a Hugging Face
-            T5 model (see ``mergeplug.patches.families()``).
-        k: merge only with tokens at most ``k`` positions away (``None``: global ToMe); >= 1.
-        r: tokens merged per layer (int, or one int per layer); or give ``ratio``, the fraction of current
-            tokens merged per layer in [0, 1). Requests beyond what can merge are capped (at most about
-            half the tokens per layer).
-        threshold: strict causal mode (with ``causal=True``), see :mod:`mergeplug.merge`.
-        causal: causal merging (decoders / causal models).
-        proportional_attention: add log(token size) to attention logits.
-        input_ratio: fraction of the input tokens merged before the first block (on the input embeddings).
-        decoder: also merge, causally, the decoder of an encoder-decoder model when it processes several target
-            positions at once (teacher forcing / training): the keyword arguments of
-            :func:`mergeplug.merge_decoder` (``k``, ``r`` / ``ratio`` / ``threshold``, ``proportional_attention``).
-            T5 / Chronos-T5 and Hugging Face time-series Transformers; ``generate()`` is unaffected.
-        safe: forecast-safe merging (default). Forecasting families (Chronos-T5, Chronos-Bolt, Chronos-2, PatchTST,
-            TimeSeriesTransformer / Informer) then keep the ``protect_recent`` tokens next to the forecast origin
-            unmerged and never merge below ``min_tokens`` tokens, with their family defaults where these are None;
-            ``safe=False`` is plain merging (the local-merging paper's). :func:`settings` shows the values in use.
-        protect_recent: tokens just before the forecast origin that never merge (None: family default).
-        min_tokens: no merge step leaves fewer token slots than this (None: family default).
-        period: seasonal period in time steps of the input (e.g. 24 for hourly data): A tokens may also merge with
-            their seasonal twins one period away; ``"auto"``: found per series; 0: off; None: the family default.
-        min_similarity: merge only pairs at least this similar (cosine; -1: off; None: the family default).
+    ``obj``: a ``ChronosPipeline`` (Chronos-T5), ``ChronosBoltPipeline``, ``Chronos2Pipeline``, their inner model, a
+    Hugging Face model or any other registered family (``mergeplug.patches.families()``). The settings are
+    ``config`` (a :class:`MergeConfig`, e.g. ``MergeConfig.from_string("k=1,ratio=0.2")`` or another model's
+    ``mergeplug.settings``) with the keyword arguments on top (an amount given here, ``r`` / ``ratio`` /
+    ``threshold``, replaces the config's), or the keyword arguments alone:
+
+{settings}
 
     Applying to an already patched model replaces its settings; ``r=0`` (or ``ratio=0``) runs the original
     code, so outputs are bitwise those of the unpatched model. An amount is required: ``k`` alone says where tokens
     may merge, not how many, and no single amount is safe for every model and context, so ``apply(model, k=1)``
     without ``r`` / ``ratio`` / ``threshold`` / ``input_ratio`` (or ``decoder``) is refused rather than merging
-    nothing silently.
+    nothing silently. Example: ``mergeplug.apply(pipe, k=1, **schedule_for_reduction(0.5, num_layers))``.
 
     Raises:
-        TypeError: unsupported object (the message lists the supported families).
+        TypeError: unsupported object (the message lists the supported families), or an unknown setting.
         ValueError: invalid settings (the message gives the allowed range), or no amount given.
     """
-    config = MergeConfig(
-        k=k,
-        r=r,
-        ratio=ratio,
-        threshold=threshold,
-        causal=causal,
-        proportional_attention=proportional_attention,
-        input_ratio=input_ratio,
-        safe=safe,
-        protect_recent=protect_recent,
-        min_tokens=min_tokens,
-        period=period,
-        min_similarity=min_similarity,
-    )
+    unknown = sorted(set(overrides) - set(MergeConfig.setting_names()))
+    if unknown:
+        raise TypeError(
+            f"mergeplug.apply got unknown setting(s) {', '.join(unknown)}; the settings are "
+            f"{', '.join(MergeConfig.setting_names())}"
+        )
+    if config is not None and not isinstance(config, MergeConfig):
+        raise TypeError(
+            f"mergeplug.apply: config must be a mergeplug.MergeConfig (or None), got {type(config).__name__}; pass "
+            "settings as keyword arguments, or MergeConfig.from_string('k=1,ratio=0.2')"
+        )
+    given = {} if config is None else {name: getattr(config, name) for name in MergeConfig.setting_names()}
+    if any(overrides.get(name) is not None for name in _AMOUNTS):  # an amount here replaces the config's
+        given = {key: value for key, value in given.items() if key not in _AMOUNTS}
+    given.update(overrides)
+    config = MergeConfig(**given)
     family = find_family(obj)
     family.check(config)
-    if r is None and ratio is None and threshold is None and not input_ratio and decoder is None:
+    if (
+        all(given.get(name) is None for name in _AMOUNTS)
+        and not given.get("input_ratio")
+        and given.get("decoder") is None
+    ):
         raise ValueError(
             "mergeplug.apply needs an amount to merge: r=<tokens per layer>, ratio=<fraction of the tokens per "
             "layer>, or **mergeplug.schedule_for_reduction(0.5, num_layers) (the fraction removed by the last "
             "layer); mergeplug.tune(pipeline, series, prediction_length=...) finds one on your data. r=0 keeps the "
             "model patched and bitwise unchanged."
         )
-    if protect_recent and not family.forecasting:
+    if config.protect_recent and not family.forecasting:
         raise ValueError(
             f"protect_recent applies to forecasting families (chronos-t5, chronos-bolt, chronos-2, patchtst, "
             f"hf-time-series), whose tokens end at a forecast origin; {family.name} has none: drop protect_recent"
         )
-    if decoder is not None:  # checked before the model is touched (a refused call leaves it as it was)
-        if not isinstance(decoder, dict) or not set(decoder) <= set(_DECODER_KEYS):
-            raise ValueError(
-                f"decoder must be a dict of mergeplug.merge_decoder settings ({', '.join(_DECODER_KEYS)}), "
-                f"got {decoder!r}"
-            )
-        decoder_config(**decoder)
     config = family.resolve(config, obj)
     record = find_record(family.modules(obj))
     created = record is None
@@ -130,8 +94,8 @@ def apply(
             family.inject(obj, record)
             _check_layers(config, record)
         _refuse_user_hooks(record)
-        if decoder is not None:
-            merge_decoder(obj, **decoder)
+        if config.decoder is not None:
+            _check_decoder(family, record, config.decoder)
     except Exception:  # undo: a model patched here is restored, an earlier patch gets its settings back
         if created:
             restore(record)
@@ -202,23 +166,28 @@ def merge_decoder(
         apply(obj, r=0)
         record = find_record(family.modules(obj))
     try:
-        if record is not None and record.hints.decoder_unsupported:
-            raise NotImplementedError(record.hints.decoder_unsupported)
-        if record is None or not record.hints.decoder_merging:
-            raise TypeError(
-                f"{family.name}: this object has no decoder that mergeplug can merge. Decoder merging supports "
-                "T5ForConditionalGeneration / T5Model, Chronos-T5 and Hugging Face TimeSeriesTransformer / Informer "
-                "(distil=False); pass the encoder-decoder model itself."
-            )
-        check = record.hints.decoder_check
-        if check is not None:
-            check(config)
+        _check_decoder(family, record, config)
     except Exception:
         if patched_here and record is not None:  # the r=0 patch made for this call goes again
             restore(record)
         raise
-    record.config.extra[DECODER_KEY] = config
+    record.config = replace(record.config, decoder=config)
     return obj
+
+
+def _check_decoder(family: Any, record: PatchRecord | None, config: MergeConfig) -> None:
+    """Raise unless the patched model of ``record`` can merge its decoder with ``config``."""
+    if record is not None and record.hints.decoder_unsupported:
+        raise NotImplementedError(record.hints.decoder_unsupported)
+    if record is None or not record.hints.decoder_merging:
+        raise TypeError(
+            f"{family.name}: this object has no decoder that mergeplug can merge. Decoder merging supports "
+            "T5ForConditionalGeneration / T5Model, Chronos-T5 and Hugging Face TimeSeriesTransformer / Informer "
+            "(distil=False); pass the encoder-decoder model itself."
+        )
+    check = record.hints.decoder_check
+    if check is not None:
+        check(config)
 
 
 def remove(obj: T, *, merging_only: bool = False) -> T:
@@ -241,12 +210,9 @@ def settings(obj: Any) -> MergeConfig | None:
 def apply_kwargs(config: MergeConfig) -> dict[str, Any]:
     """The :func:`apply` keyword arguments that reproduce ``config`` (JSON-serialisable; decoder merging as a nested
     ``decoder`` dict)."""
-    out = {k: v for k, v in config.to_dict().items() if k in APPLY_KEYS}
-    decoder = config.extra.get("decoder")
-    if isinstance(decoder, MergeConfig):
-        out["decoder"] = {k: v for k, v in decoder.to_dict().items() if k in _DECODER_KEYS}
-    elif isinstance(decoder, dict):
-        out["decoder"] = dict(decoder)
+    out = {k: getattr(config, k) for k in APPLY_KEYS}
+    if config.decoder is not None:
+        out["decoder"] = {k: getattr(config.decoder, k) for k in DECODER_KEYS}
     return out
 
 
@@ -350,3 +316,6 @@ def recording_token_counts(obj: Any) -> Iterator[list[list[int]]]:
     finally:
         for h in handles:
             h.remove()
+
+
+apply.__doc__ = (apply.__doc__ or "").replace("{settings}", MergeConfig.settings_help(indent=8))

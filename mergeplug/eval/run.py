@@ -46,10 +46,9 @@ __all__ = [
     "QUANTILES", "MergeSetting", "parse_merge", "load_model", "chronos_quantiles", "evaluate", "run", "noop_reason",
 ]  # fmt: skip
 
-MERGE_KEYS = (
-    "k", "r", "ratio", "input_ratio", "reduction", "schedule", "proportional_attention", "sampling", "safe",
-    "protect_recent", "min_tokens", "period", "min_similarity",
-)  # fmt: skip
+#: keys of a ``--merge`` string: every setting with a string form (``MergeConfig.string_keys``) and the harness' own
+HARNESS_KEYS = ("reduction", "schedule", "sampling")
+MERGE_KEYS = (*MergeConfig.string_keys(), *HARNESS_KEYS)
 #: ``sampling=`` values: stock ``generate``, ``fast_sampling(exact=True)``, ``fast_sampling(exact=False)``
 SAMPLING = ("stock", "fast", "fast-topk")
 
@@ -73,13 +72,12 @@ class MergeSetting:
 def parse_merge(text: str, num_layers: int | None = None) -> MergeSetting:
     """Parse ``"k=1,ratio=0.2"`` style settings.
 
-    Keys: ``k`` (int or ``global``), ``r`` (int, or per-layer ints joined by ``:``), ``ratio`` (float or
-    per-layer floats joined by ``:``), ``input_ratio``, ``proportional_attention`` (true/false), and
-    ``reduction`` + optional ``schedule`` (constant / front / front-input / input) which need ``num_layers``, and
-    ``sampling`` (Chronos-T5 only: ``stock``, ``fast`` = ``fast_sampling(exact=True)``, same samples as stock, or
-    ``fast-topk`` = ``fast_sampling(exact=False)``); ``"sampling=fast"`` alone is the fast path without merging.
-    Forecast-safe merging: ``safe`` (true/false: false = plain merging), ``protect_recent`` and ``min_tokens``
-    (ints; default: the family's), ``period`` (time steps, or ``season``: the dataset's seasonal period).
+    Keys: every setting :meth:`MergeConfig.from_string` reads (``MergeConfig.string_keys()``: ``k`` an int or
+    ``global``, ``r`` / ``ratio`` one value or per-layer values joined by ``:``, ``true`` / ``false`` flags, ...;
+    ``period`` also ``season``: the dataset's seasonal period), and the harness' own: ``reduction`` + optional
+    ``schedule`` (constant / front / front-input / input), which need ``num_layers``, and ``sampling`` (Chronos-T5
+    only: ``stock``, ``fast`` = ``fast_sampling(exact=True)``, same samples as stock, or ``fast-topk`` =
+    ``fast_sampling(exact=False)``); ``"sampling=fast"`` alone is the fast path without merging.
     """
     kwargs: dict[str, Any] = {}
     reduction, schedule, sampling, stock = None, "constant", None, False
@@ -92,28 +90,8 @@ def parse_merge(text: str, num_layers: int | None = None) -> MergeSetting:
             raise ValueError(f"merge setting {text!r}: {key!r} is given twice; give each key once")
         seen.add(key)
         try:
-            if key == "k":
-                kwargs["k"] = None if value.lower() in ("global", "none") else int(value)
-            elif key == "r":
-                vals = [int(v) for v in value.split(":")]
-                kwargs["r"] = vals if len(vals) > 1 else vals[0]
-            elif key == "ratio":
-                fvals = [float(v) for v in value.split(":")]
-                kwargs["ratio"] = fvals if len(fvals) > 1 else fvals[0]
-            elif key == "input_ratio":
-                kwargs["input_ratio"] = float(value)
-            elif key in ("proportional_attention", "safe"):
-                if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
-                    raise ValueError("use true or false")
-                kwargs[key] = value.lower() in ("1", "true", "yes")
-            elif key in ("protect_recent", "min_tokens"):
-                kwargs[key] = int(value)
-            elif key == "min_similarity":
-                kwargs[key] = float(value)
-            elif key == "period":
-                kwargs["period"] = (
-                    value if value in ("season", "auto") else 0.0 if value in ("none", "off") else float(value)
-                )
+            if key == "period" and value == "season":  # the dataset's seasonal period, known when it runs
+                kwargs[key] = value
             elif key == "reduction":
                 reduction = float(value)
             elif key == "schedule":
@@ -124,7 +102,7 @@ def parse_merge(text: str, num_layers: int | None = None) -> MergeSetting:
                 stock = value == "stock"
                 sampling = None if stock else value
             else:
-                raise KeyError(key)
+                kwargs[key] = MergeConfig.parse_value(key, value)
         except KeyError:
             raise ValueError(f"unknown merge key {key!r} in {text!r}; known keys: {', '.join(MERGE_KEYS)}") from None
         except ValueError as exc:

@@ -129,7 +129,7 @@ class _DecoderCall:
 def _inject_hf_ts_decoder(obj: nn.Module, record: PatchRecord) -> None:
     """Hook the decoder of a HF time-series model for the opt-in causal merging between its layers.
 
-    A decoder forward merges when decoder merging is on (``config.extra["decoder"]``), more than one target
+    A decoder forward merges when decoder merging is on (``config.decoder``), more than one target
     position comes in and no cache is in use (the layers receive ``cache=None``). The first layer that runs
     starts the merge state (the per-call :class:`_DecoderCall`), every layer but the last merges after it, later
     layers get the rebuilt causal mask, and the decoder's output (B, N, C) is restored by ``causal_unmerge`` when

@@ -2,7 +2,7 @@
 
 **Decoder merging (opt-in, teacher forcing).** :func:`mergeplug.merge_decoder` adds *causal* merging to the decoder of a
 patched encoder-decoder (``T5ForConditionalGeneration`` / ``T5Model``, Chronos-T5, and the Hugging Face
-time-series models of :mod:`mergeplug.patches.hf_time_series`); its settings live in ``config.extra["decoder"]`` (a
+time-series models of :mod:`mergeplug.patches.hf_time_series`); its settings live in ``config.decoder`` (a
 :class:`~mergeplug.config.MergeConfig` with ``causal=True``), and ``mergeplug.apply`` on a patched model resets
 them (new settings replace the old ones). Example::
 
@@ -50,20 +50,13 @@ __all__ = [
     "inject_decoder",
 ]  # fmt: skip
 
-DECODER_KEY = "decoder"  # key of the decoder settings in MergeConfig.extra
+DECODER_KEY = "decoder"  # the MergeConfig field of the decoder settings (``MergeConfig.decoder``)
 
 
 def decoder_settings(config: MergeConfig) -> MergeConfig | None:
-    """The decoder merge settings of ``config`` (``config.extra["decoder"]``), or None when decoder merging is off.
-
-    The entry may be a :class:`MergeConfig` or a dict of its arguments (turned into a causal MergeConfig here).
-    """
-    value = config.extra.get(DECODER_KEY)
-    if value is None or isinstance(value, MergeConfig):
-        return value
-    value = decoder_config(**value)
-    config.extra[DECODER_KEY] = value
-    return value
+    """The decoder merge settings of ``config`` (``config.decoder``, a causal MergeConfig), or None when decoder
+    merging is off."""
+    return config.decoder
 
 
 def decoder_config(**kwargs: Any) -> MergeConfig:
@@ -72,7 +65,7 @@ def decoder_config(**kwargs: Any) -> MergeConfig:
         raise ValueError("input_ratio is not supported for decoders: merge target tokens with r, ratio or threshold")
     if kwargs.pop("causal", True) is not True:
         raise ValueError("decoder merging is always causal (target position p must not see later positions)")
-    return MergeConfig(causal=True, **kwargs)
+    return MergeConfig.for_decoder(kwargs)
 
 
 def decoder_token_counts(obj: Any) -> list[int] | None:
