@@ -28,23 +28,23 @@ T = TypeVar("T")
 def apply(obj: T, config: MergeConfig | None = None, **overrides: Any) -> T:
     """Inject local token merging into ``obj`` and return the same object.
 
-        ``obj``: a ``ChronosPipeline`` (Chronos-T5), ``ChronosBoltPipeline``, ``Chronos2Pipeline``, their inner model, a
-        Hugging Face model or any other registered family (``mergeplug.patches.families()``). The settings are
-        ``config`` (a :class:`MergeConfig`, e.g. ``MergeConfig.from_string("k=1,ratio=0.2")`` or another model's
-        ``mergeplug.settings``) with the keyword arguments on top (an amount given here, ``r`` / ``ratio`` /
-        ``threshold``, replaces the config's), or the keyword arguments alone:
+    ``obj``: a ``ChronosPipeline`` (Chronos-T5), ``ChronosBoltPipeline``, ``Chronos2Pipeline``, their inner model, a
+    Hugging Face model or any other registered family (``mergeplug.patches.families()``). The settings are
+    ``config`` (a :class:`MergeConfig`, e.g. ``MergeConfig.from_string("k=1,ratio=0.2")`` or another model's
+    ``mergeplug.settings``) with the keyword arguments on top (an amount given here, ``r`` / ``ratio`` /
+    ``threshold``, replaces the config's), or the keyword arguments alone:
 
-    {settings}
+        {settings}
 
-        Applying to an already patched model replaces its settings; ``r=0`` (or ``ratio=0``) runs the original
-        code, so outputs are bitwise those of the unpatched model. An amount is required: ``k`` alone says where tokens
-        may merge, not how many, and no single amount is safe for every model and context, so ``apply(model, k=1)``
-        without ``r`` / ``ratio`` / ``threshold`` / ``input_ratio`` (or ``decoder``) is refused rather than merging
-        nothing silently. Example: ``mergeplug.apply(pipe, k=1, **schedule_for_reduction(0.5, num_layers))``.
+    Applying to an already patched model replaces its settings; ``r=0`` (or ``ratio=0``) runs the original
+    code, so outputs are bitwise those of the unpatched model. An amount is required: ``k`` alone says where tokens
+    may merge, not how many, and no single amount is safe for every model and context, so ``apply(model, k=1)``
+    without ``r`` / ``ratio`` / ``threshold`` / ``input_ratio`` (or ``decoder``) is refused rather than merging
+    nothing silently. Example: ``mergeplug.apply(pipe, k=1, **schedule_for_reduction(0.5, num_layers))``.
 
-        Raises:
-            TypeError: unsupported object (the message lists the supported families), or an unknown setting.
-            ValueError: invalid settings (the message gives the allowed range), or no amount given.
+    Raises:
+        TypeError: unsupported object (the message lists the supported families), or an unknown setting.
+        ValueError: invalid settings (the message gives the allowed range), or no amount given.
     """
     unknown = sorted(set(overrides) - set(MergeConfig.setting_names()))
     if unknown:
@@ -318,4 +318,4 @@ def recording_token_counts(obj: Any) -> Iterator[list[list[int]]]:
             h.remove()
 
 
-apply.__doc__ = (apply.__doc__ or "").replace("{settings}", MergeConfig.settings_help(indent=8))
+apply.__doc__ = (apply.__doc__ or "").replace(" " * 8 + "{settings}", MergeConfig.settings_help(indent=8))
