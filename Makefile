@@ -12,14 +12,15 @@ TORCH_SPEC ?= torch==2.13.0
 
 install: $(STAMP)
 
-# The shipped reference models and datasets are their own distribution (assets/, mergeplug-assets; not on PyPI), so
-# the library wheel stays small; installed here from the checkout, editable: the harness, `make demo` and the tests
-# read them offline, and `mergeplug-train export` writes into assets/mergeplug_assets/checkpoints.
-$(STAMP): pyproject.toml assets/pyproject.toml
+# The shipped reference models and datasets (assets/, mergeplug-assets) and the lab (lab/, mergeplug-lab: training,
+# benchmarks, the compact Transformer) are their own distributions (not on PyPI), so the library wheel stays small;
+# installed here from the checkout, editable, in one pip call (the lab needs the library installed beside it): the
+# harness, `make demo` and the tests read the assets offline, and `mergeplug-train export` writes into
+# assets/mergeplug_assets/checkpoints.
+$(STAMP): pyproject.toml assets/pyproject.toml lab/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[eval,train,sbt,test]"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ./assets
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[eval,test]" -e ./assets -e ./lab
 	touch $(STAMP)
 
 # Main job: merged vs unmerged Chronos-T5 (tiny dims, random weights), speed and output difference; stock vs fast
@@ -28,7 +29,7 @@ $(STAMP): pyproject.toml assets/pyproject.toml
 demo: $(STAMP)
 	$(BIN)/mergeplug-bench --size tiny --batch 4 --horizon 24 --reductions 0.9 --k 1,global --schedule constant,front-input \
 		--time-budget 10
-	$(BIN)/python -m mergeplug.bench_sampling --size tiny --batches 4 --horizon 24 --time-budget 15 \
+	$(BIN)/python -m mergeplug_lab.bench_sampling --size tiny --batches 4 --horizon 24 --time-budget 15 \
 		--merge k=1,reduction=0.9,schedule=front-input,safe=false
 	$(MAKE) --no-print-directory eval-quick
 
@@ -38,8 +39,8 @@ core-install:
 	TORCH_SPEC="$(TORCH_SPEC)" bash .ci/core_install.sh
 
 test: $(STAMP)
-	$(BIN)/ruff check mergeplug tests
-	$(BIN)/ruff format --check mergeplug tests
+	$(BIN)/ruff check mergeplug lab tests
+	$(BIN)/ruff format --check mergeplug lab tests
 	$(BIN)/python -m pytest -q
 
 # The README's benchmark table (Chronos-T5 small dims, plain merging; takes ~30 minutes on 2 cores).
@@ -49,17 +50,17 @@ bench: $(STAMP)
 
 # Chronos-T5 sampling: stock generate() vs the fast path vs fast path + merging (small dims, batch 8 and 32).
 bench-sampling: $(STAMP)
-	$(BIN)/python -m mergeplug.bench_sampling --batches 8,32 --reps 3 --out results/bench_sampling.json
+	$(BIN)/python -m mergeplug_lab.bench_sampling --batches 8,32 --reps 3 --out results/bench_sampling.json
 
 # Merging overhead: speed-up vs MACs ratio (efficiency) of the Chronos-T5 / Bolt encoders, tiny and small dims, batch
 # 1, 8, 32, one and two threads; and one merge step's time at T = 512 ... 16,384 (resumable; about 15 minutes).
 bench-overhead: $(STAMP)
-	$(BIN)/python -m mergeplug.bench_overhead --out results/overhead
+	$(BIN)/python -m mergeplug_lab.bench_overhead --out results/overhead
 
 # Every model family merged vs unmerged at a long context (benchmarks/bench_families*.json; about 40 minutes).
 bench-families: $(STAMP)
-	$(BIN)/python -m mergeplug.bench_families --context 2048 --out results/bench_families.json
-	$(BIN)/python -m mergeplug.bench_families --cases causal-lm --context 512 --out results/bench_families_512.json
+	$(BIN)/python -m mergeplug_lab.bench_families --context 2048 --out results/bench_families.json
+	$(BIN)/python -m mergeplug_lab.bench_families --cases causal-lm --context 512 --out results/bench_families_512.json
 
 # The compact Transformer, dense vs sparse-binary, on the shipped classification / anomaly / forecasting tasks,
 # 3 seeds each, 20 for UCR #135 (resumable; about 1.7 hours on 2 cores); tables and plot in runs/sbt/.

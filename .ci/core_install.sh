@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The lean install: `pip install .` (no extras) into a fresh venv, then merging on a Hugging Face T5 works, none
 # of the harness' dependencies (gluonts, datasets, matplotlib, scipy) was installed, the package carries no shipped
-# model or dataset (those are mergeplug-assets, assets/) and the pre-check's calibration loads.
+# model or dataset (those are mergeplug-assets, assets/) and no lab module (training, benchmarks, the compact
+# Transformer: mergeplug-lab, lab/), and the pre-check's calibration loads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${CORE_VENV:-$(mktemp -d)/core-venv}"
@@ -22,6 +23,9 @@ absent = [m for m in ("gluonts", "datasets", "matplotlib", "scipy") if importlib
 assert not absent, f"the core install pulled in {absent}"
 heavy = [p.name for p in Path(mergeplug.__file__).parent.rglob("*") if p.suffix in (".npz", ".safetensors")]
 assert not heavy and importlib.util.find_spec("mergeplug_assets") is None, f"the library carries assets: {heavy}"
+package = Path(mergeplug.__file__).parent
+lab = [p.name for p in package.iterdir() if p.name in ("train", "sbt") or p.name.startswith("bench")]
+assert not lab and importlib.util.find_spec("mergeplug_lab") is None, f"the library carries lab modules: {lab}"
 from mergeplug.precheck import load_calibration
 
 assert load_calibration()["statistic"]  # the one data file the library ships

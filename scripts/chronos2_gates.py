@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from mergeplug.results import load_rows
-from mergeplug.train.export import geomean
+from mergeplug_lab.train.export import geomean
 
 M_TOURISM = ("m1_", "m3_", "tourism_")
 

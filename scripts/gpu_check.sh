@@ -29,8 +29,8 @@ MERGEPLUG_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider tests/test_cud
 if [ "${FULL:-0}" = "1" ]; then
     "$PY" -m pytest -q -p no:cacheprovider 2>&1 | tee "$OUT/tests_all.txt"
 fi
-"$PY" -m mergeplug.bench_families --device cuda --dtype bfloat16 --context 2048 --reps 5 \
+"$PY" -m mergeplug_lab.bench_families --device cuda --dtype bfloat16 --context 2048 --reps 5 \
     --out "$OUT/bench_families_bf16.json" | tee "$OUT/bench_families_bf16.txt"
-"$PY" -m mergeplug.bench_families --device cuda --dtype bfloat16 --cases causal-lm --context 512 --reps 5 \
+"$PY" -m mergeplug_lab.bench_families --device cuda --dtype bfloat16 --cases causal-lm --context 512 --reps 5 \
     --out "$OUT/bench_families_bf16_512.json" | tee "$OUT/bench_families_bf16_512.txt"
 echo "gpu check done: $OUT"

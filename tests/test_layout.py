@@ -1,5 +1,6 @@
-"""The package's module graph: no import cycles (imports inside functions counted), the merge engine a leaf,
-patches below ``core``, and the library never importing the harness (eval, train, sbt, benchmarks)."""
+"""The layers (CONTRIBUTING.md, "Layers"): the merge engine a leaf, patches below ``core``, the library below its
+harness (``mergeplug.eval``), and the lab (``mergeplug_lab``: training, benchmarks, the compact Transformer) a
+separate distribution on top that the library never imports; no import cycles (imports inside functions counted)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import mergeplug
 
 PACKAGE = Path(mergeplug.__file__).parent
-HARNESS = ("mergeplug.eval", "mergeplug.train", "mergeplug.sbt", "mergeplug.bench")
+HARNESS = ("mergeplug.eval",)
 
 
 def _modules() -> dict[str, Path]:
@@ -97,3 +98,19 @@ def test_layers():
     for name, targets in GRAPH.items():
         if name.startswith("mergeplug.patches"):
             assert "mergeplug.core" not in targets and "mergeplug" not in targets, name
+
+
+def test_the_library_holds_no_lab_module_and_never_imports_the_lab():
+    """The wheel (the ``mergeplug`` package) holds no training, benchmark or compact-Transformer module, and nothing
+    in it imports ``mergeplug_lab`` (which sits on top of the library, in lab/)."""
+    names = set(GRAPH)
+    assert not {n for n in names if n.split(".")[1:2] in (["train"], ["sbt"]) or ".bench" in n}
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            targets += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [t for t in targets if t.startswith("mergeplug_lab")], name
+    import mergeplug_lab
+
+    lab = Path(mergeplug_lab.__file__).parent
+    assert lab.parent.name == "lab" and {"train", "sbt"} <= {p.name for p in lab.iterdir()}

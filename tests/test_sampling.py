@@ -168,7 +168,7 @@ def test_top_k_sampler_in_reduced_precision_keeps_greedy_tokens_and_user_hooks(d
 
 
 def test_sampling_benchmark_runs_every_setting():
-    from mergeplug.bench_sampling import format_table, run
+    from mergeplug_lab.bench_sampling import format_table, run
 
     merges = {"k=1, 30%": {"k": 1, "ratio": 0.3, "safe": False}}  # a 64-step context: plain merging
     rows = run(size="test", batches=(2,), context=64, horizon=8, samples=3, reps=1, merges=merges)
@@ -190,7 +190,7 @@ def test_sampling_benchmark_runs_every_setting():
 def test_sampling_benchmark_reduced_precision_rows():
     """--dtype bfloat16: top-k-sampler rows on a bfloat16 copy of the model (same MACs as float32), timed against
     float32 stock; --only keeps stock and the settings asked for."""
-    from mergeplug.bench_sampling import run
+    from mergeplug_lab.bench_sampling import run
 
     merges = {"k=1, 30%": {"k": 1, "ratio": 0.3, "safe": False}}
     rows = run(size="test", batches=(2,), context=64, horizon=8, samples=3, reps=1, merges=merges,
@@ -210,7 +210,7 @@ def test_sampling_benchmark_reduced_precision_rows():
 
 
 def test_sampling_benchmark_refuses_an_only_that_matches_nothing(capsys):
-    from mergeplug.bench_sampling import main
+    from mergeplug_lab.bench_sampling import main
 
     with pytest.raises(SystemExit) as exc:
         main(["--size", "tiny", "--only", "nope"])
@@ -220,7 +220,7 @@ def test_sampling_benchmark_refuses_an_only_that_matches_nothing(capsys):
 def test_sampling_benchmark_cli_takes_merge_settings(tmp_path, capsys):
     import json
 
-    from mergeplug.bench_sampling import main
+    from mergeplug_lab.bench_sampling import main
 
     out = tmp_path / "rows.json"
     argv = ["--size", "test", "--batches", "2", "--context", "64", "--horizon", "8", "--samples", "3", "--reps", "1"]

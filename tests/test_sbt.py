@@ -11,11 +11,11 @@ import torch
 
 import mergeplug
 from mergeplug.binary import binarize, trainable_binary
-from mergeplug.sbt.cli import main
-from mergeplug.sbt.efficiency import honest_flops, parameter_summary, reference_flops, storage_summary
-from mergeplug.sbt.model import CompactTransformer, SBTConfig
-from mergeplug.sbt.tasks import build_task
-from mergeplug.sbt.train import TrainSettings, f1_scores, point_adjust, train_run
+from mergeplug_lab.sbt.cli import main
+from mergeplug_lab.sbt.efficiency import honest_flops, parameter_summary, reference_flops, storage_summary
+from mergeplug_lab.sbt.model import CompactTransformer, SBTConfig
+from mergeplug_lab.sbt.tasks import build_task
+from mergeplug_lab.sbt.train import TrainSettings, f1_scores, point_adjust, train_run
 
 
 def _model(**kw) -> CompactTransformer:
@@ -158,8 +158,8 @@ def test_sparse_binary_ft_starts_from_the_trained_dense_model(tmp_path, capsys):
 
 
 def test_sparse_binary_kd_learns_from_the_trained_dense_step_t_model(tmp_path, capsys, monkeypatch):
-    import mergeplug.sbt.cli as cli
-    from mergeplug.sbt.train import predict
+    import mergeplug_lab.sbt.cli as cli
+    from mergeplug_lab.sbt.train import predict
 
     seen = {}
 
@@ -207,7 +207,7 @@ def test_sparse_binary_kd_learns_from_the_trained_dense_step_t_model(tmp_path, c
 
 
 def test_threshold_free_anomaly_metrics():
-    from mergeplug.sbt.train import average_precision, top1_hit
+    from mergeplug_lab.sbt.train import average_precision, top1_hit
 
     labels = np.array([0, 0, 1, 1, 0, 0])
     assert average_precision(np.array([0.1, 0.2, 0.9, 0.8, 0.3, 0.0]), labels) == 1.0
@@ -262,7 +262,7 @@ def test_d_model_override_is_used_and_recorded(tmp_path, capsys):
 
 
 def test_best_of_chooses_restarts_on_validation_only():
-    from mergeplug.sbt.cli import best_of
+    from mergeplug_lab.sbt.cli import best_of
 
     runs = [{"seed": s, "val_metric": v, "test": {"f1": f}} for s, v, f in
             [(0, -3.0, 0.9), (1, -1.0, 0.1), (2, -2.0, 0.2), (3, -5.0, 0.8), (4, -1.0, 0.5)]]  # fmt: skip

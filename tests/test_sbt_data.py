@@ -1,4 +1,4 @@
-"""Tests of mergeplug.sbt.data: shipped data (real properties), splits, helpers and the local-file loaders."""
+"""Tests of mergeplug_lab.sbt.data: shipped data (real properties), splits, helpers and the local-file loaders."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mergeplug.sbt.data import (
+from mergeplug_lab.sbt.data import (
     Standardizer,
     load_anomaly,
     load_anomaly_files,

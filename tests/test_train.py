@@ -11,11 +11,11 @@ import torch
 
 import mergeplug
 from mergeplug.eval.data import load_dataset
-from mergeplug.train.data import WindowSampler, _usable, training_series
-from mergeplug.train.kernelsynth import kernelsynth
-from mergeplug.train.loop import TrainSettings, load_checkpoint_model, train
-from mergeplug.train.recipes import BoltRecipe, Chronos2Recipe, ChronosT5Recipe
-from mergeplug.train.supervised import PatchTSTRecipe, TSTRecipe, supervised_quantiles, time_features
+from mergeplug_lab.train.data import WindowSampler, _usable, training_series
+from mergeplug_lab.train.kernelsynth import kernelsynth
+from mergeplug_lab.train.loop import TrainSettings, load_checkpoint_model, train
+from mergeplug_lab.train.recipes import BoltRecipe, Chronos2Recipe, ChronosT5Recipe
+from mergeplug_lab.train.supervised import PatchTSTRecipe, TSTRecipe, supervised_quantiles, time_features
 
 TINY = dict(d_model=16, d_ff=32, heads=2, d_kv=8, encoder_layers=2, decoder_layers=1)
 
@@ -120,8 +120,8 @@ class _Planted:
 def test_a_crafted_trainer_state_is_refused_not_run(tmp_path):
     """Issue 34, point 9: trainer.pt is loaded with weights_only=True; one holding other objects is refused on
     export and on resume, and its code never runs."""
-    from mergeplug.train.cli import main as train_main
-    from mergeplug.train.export import export
+    from mergeplug_lab.train.cli import main as train_main
+    from mergeplug_lab.train.export import export
 
     settings = TrainSettings(steps=4, batch_size=8, warmup=1, checkpoint_every=2, log_every=1, threads=1)
     train(_bolt(), settings, tmp_path / "run", progress=False, stop_at=2)
@@ -178,7 +178,7 @@ def test_chronos2_batches_hold_groups_of_related_series():
         rows = np.flatnonzero(b.group == g)
         assert np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))) and (b.cut[rows] == -1).all()
     # a real multivariate group shares one cut: its variables' windows end at the same time step
-    from mergeplug.train.data import multivariate_training_parts
+    from mergeplug_lab.train.data import multivariate_training_parts
 
     parts = multivariate_training_parts(["beijing_pm25"])
     assert parts[0].shape == (30660, 7)  # the first 70% of 43,800 hours: the compact Transformer's train split
@@ -209,7 +209,7 @@ def test_chronos2_recipe_resumes_exactly_exports_and_merges_per_group(tmp_path):
     _, b, _ = load_checkpoint_model(tmp_path / "resumed")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
-    from mergeplug.train.export import export
+    from mergeplug_lab.train.export import export
 
     out = export(tmp_path / "straight", tmp_path / "model")
     pipe = BaseChronosPipeline.from_pretrained(str(out))
@@ -234,7 +234,7 @@ def test_chronos2_recipe_resumes_exactly_exports_and_merges_per_group(tmp_path):
     q32, _ = pipe.predict_quantiles([torch.linspace(0, 5, 100)[None]], prediction_length=20)
     torch.testing.assert_close(q16[0], q32[0], rtol=0.05, atol=0.05)
     assert "stored rounded to bfloat16" in (half / "README.md").read_text()
-    from mergeplug.train.export import write_card
+    from mergeplug_lab.train.export import write_card
 
     write_card(half, notes="Stage 1: 10 steps from scratch.")  # a history kept in training.json for re-renders
     write_card(half)
@@ -267,7 +267,7 @@ def test_bolt_training_lowers_the_loss_and_exports(tmp_path):
           progress=False)  # fmt: skip
     log = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["loss"] < 0.8 * log[0]["loss"]
-    from mergeplug.train.export import export
+    from mergeplug_lab.train.export import export
 
     out = export(tmp_path / "r", tmp_path / "model")
     pipe = BaseChronosPipeline.from_pretrained(str(out))
@@ -282,7 +282,7 @@ def test_bolt_training_lowers_the_loss_and_exports(tmp_path):
     # re-render with harness results: the card shows the counted MACs per window and the MACs ratio
     from huggingface_hub import ModelCard
 
-    from mergeplug.train.export import write_card
+    from mergeplug_lab.train.export import write_card
 
     res = tmp_path / "res"
     res.mkdir()
@@ -403,7 +403,7 @@ def test_shipped_global_models_beat_seasonal_naive(tmp_path, name, wql_bound):
     reference models), re-measured: geometric means of the MASE and WQL ratios to seasonal naive below 1 over
     those datasets' test windows (in-domain), and the WQL ratio below the model's recorded bound."""
     from mergeplug.eval import run
-    from mergeplug.train.export import geomean
+    from mergeplug_lab.train.export import geomean
 
     rows = run(f"mergeplug:{name}", EIGHT_SERIES, out=tmp_path, reps=1, timing_windows=4, progress=False)
     by = {(r["dataset"], r["setting"]): r for r in rows}
@@ -417,7 +417,7 @@ def test_shipped_chronos2_reference_scores_and_merges_as_recorded(tmp_path):
     ratio recorded in docs/reference-models.md (0.757; the gate of 0.75 is not met) and the long-context result of
     docs/merging.md (global 0.9 front-input with the long-context protections: -0.2% WQL at 98 of 131 tokens gone)."""
     from mergeplug.eval import run
-    from mergeplug.train.export import geomean
+    from mergeplug_lab.train.export import geomean
 
     long = EIGHT_SERIES[:5]
     setting = "k=global,reduction=0.9,schedule=front-input,protect_recent=24,proportional_attention=false"
@@ -439,7 +439,7 @@ def test_context_curriculum_grows_to_full_length():
 
 
 def test_accuracy_table_splits_in_domain_and_zero_shot():
-    from mergeplug.train.export import accuracy_table
+    from mergeplug_lab.train.export import accuracy_table
 
     rows = [
         {"dataset": "a", "setting": "seasonal-naive", "MASE": 2.0, "WQL": 0.2},
@@ -458,7 +458,7 @@ def test_accuracy_table_splits_in_domain_and_zero_shot():
 
 
 def test_cli_reports_bad_input_clearly(tmp_path, capsys):
-    from mergeplug.train.cli import main
+    from mergeplug_lab.train.cli import main
 
     assert main(["patchtst", "--dataset", "nope", "--out", str(tmp_path / "a"), "--steps", "1"]) == 2
     assert "unknown dataset 'nope'" in capsys.readouterr().err
@@ -506,7 +506,7 @@ def test_binary_fine_tuning_resumes_exports_and_loads_in_the_harness(tmp_path):
 
     from mergeplug.binary import binarization, binary_layers
     from mergeplug.eval.models import load_model
-    from mergeplug.train.export import export
+    from mergeplug_lab.train.export import export
 
     base = dict(batch_size=8, warmup=2, log_every=1, threads=1, checkpoint_every=3, lr=1e-2)
     train(_bolt(), TrainSettings(steps=4, **base), tmp_path / "float", progress=False)
@@ -565,7 +565,7 @@ def test_binary_fine_tuning_resumes_exports_and_loads_in_the_harness(tmp_path):
     ],
 )
 def test_cli_refuses_invalid_numbers_before_any_work(tmp_path, capsys, monkeypatch, args, message):
-    from mergeplug.train import cli
+    from mergeplug_lab.train import cli
 
     def refuse(*a, **kw):
         raise AssertionError("training ran")
@@ -584,7 +584,7 @@ def test_training_without_progress_prints_nothing(tmp_path, capfd):
 
 
 def test_merge_aware_training_with_several_settings_resumes_exactly_and_exports_unmerged(tmp_path):
-    from mergeplug.train.loop import merge_choices
+    from mergeplug_lab.train.loop import merge_choices
 
     merge = "none;k=1,reduction=0.5,safe=false;k=global,reduction=0.75,schedule=input,safe=false"
     settings = dict(batch_size=6, warmup=1, checkpoint_every=2, log_every=1, threads=1, merge=merge)

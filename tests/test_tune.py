@@ -173,9 +173,9 @@ def test_harness_parses_the_forecast_safe_keys():
 
 
 def test_merge_aware_fine_tuning_runs_saves_and_loads(tmp_path):
-    from mergeplug.train.export import export
-    from mergeplug.train.loop import TrainSettings, load_checkpoint_model, train
-    from mergeplug.train.recipes import BoltRecipe
+    from mergeplug_lab.train.export import export
+    from mergeplug_lab.train.loop import TrainSettings, load_checkpoint_model, train
+    from mergeplug_lab.train.recipes import BoltRecipe
 
     recipe = BoltRecipe(d_model=16, d_ff=32, heads=2, d_kv=8, encoder_layers=2, decoder_layers=1, context_length=64,
                         horizon=16, datasets=["m3_yearly"], synthetic=8)  # fmt: skip

@@ -214,7 +214,7 @@ class SupervisedForecaster(Forecaster):
         return SupervisedForecaster(_load_supervised(path), name=self.name)
 
     def quantiles(self, inputs, h, *, batch_size=32, seed=None, shard=(0, 1), progress=False, desc=""):
-        from ..train.supervised import supervised_quantiles
+        from .supervised import supervised_quantiles
 
         if self.model is None:
             raise RuntimeError("call for_dataset(ds) first: this family has one model per dataset")

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import apply, remove
-from ._cli import checked, number, quiet_third_party
-from .config import SCHEDULES, schedule_for_reduction
-from .cost import profile
-from .models import SIZES, chronos_bolt, chronos_t5
-from .timing import paired_speedups, speed_cell
+from mergeplug import apply, remove
+from mergeplug._cli import checked, number, quiet_third_party
+from mergeplug.config import SCHEDULES, schedule_for_reduction
+from mergeplug.cost import profile
+from mergeplug.models import SIZES, chronos_bolt, chronos_t5
+from mergeplug.timing import paired_speedups, speed_cell
 
 __all__ = ["Setting", "run", "main"]
 

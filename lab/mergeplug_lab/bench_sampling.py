@@ -1,6 +1,6 @@
 """Chronos-T5 sampling benchmark: stock ``generate`` vs the fast path vs the fast path + token merging.
 
-``python -m mergeplug.bench_sampling`` builds Chronos-T5 with the published dimensions (random weights: speed
+``python -m mergeplug_lab.bench_sampling`` builds Chronos-T5 with the published dimensions (random weights: speed
 only), then times ``pipe.predict`` (context 512, horizon 64, 20 samples, float32) for each batch size with
 :func:`mergeplug.timing.paired_speedups` (warm-up, at least ``--reps`` paired interleaved rounds against stock, the
 speed-up with its 95% interval).
@@ -27,14 +27,14 @@ from typing import Any
 
 import torch
 
-from . import remove
-from ._cli import quiet_third_party
-from .bench import synthetic_context
-from .config import schedule_for_reduction
-from .cost import profile
-from .eval.run import MergeSetting, PeakMemory, apply_setting
-from .models import chronos_t5, t5_config
-from .timing import paired_speedups, speed_cell
+from mergeplug import remove
+from mergeplug._cli import quiet_third_party
+from mergeplug.config import schedule_for_reduction
+from mergeplug.cost import profile
+from mergeplug.eval.run import MergeSetting, PeakMemory, apply_setting
+from mergeplug.models import chronos_t5, t5_config
+from mergeplug.timing import paired_speedups, speed_cell
+from mergeplug_lab.bench import synthetic_context
 
 __all__ = ["run", "main", "select_settings", "gemm_rate", "model_shapes"]
 
@@ -203,7 +203,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     quiet_third_party()
-    p = argparse.ArgumentParser(prog="python -m mergeplug.bench_sampling", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mergeplug_lab.bench_sampling", description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="small")
     p.add_argument("--batches", default="8,32")
     p.add_argument("--context", type=int, default=512)
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     merges = None
     if a.merge:
-        from .eval.run import parse_merge
+        from mergeplug.eval.run import parse_merge
 
         layers = t5_config(a.size).num_layers
         try:

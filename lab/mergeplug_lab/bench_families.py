@@ -1,6 +1,6 @@
 """Merged vs unmerged forward time for every supported family, at a realistic size and a long context.
 
-``python -m mergeplug.bench_families`` builds each model from a config (random weights: speed only), then uses
+``python -m mergeplug_lab.bench_families`` builds each model from a config (random weights: speed only), then uses
 :func:`mergeplug.cost.compare` (:mod:`mergeplug.timing`: warm-up, paired interleaved rounds, speed-up with its 95%
 interval) for the unmerged model and two merge settings that remove 75% of the tokens by the last layer, local (k=1)
 and global, and reports the MACs ratio, the measured speed-up, the efficiency (speed-up / MACs ratio), the tokens at
@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import apply, decoder_token_counts, remove
-from ._cli import quiet_third_party
-from .config import schedule_for_reduction
-from .cost import compare
-from .timing import speed_cell
+from mergeplug import apply, decoder_token_counts, remove
+from mergeplug._cli import quiet_third_party
+from mergeplug.config import schedule_for_reduction
+from mergeplug.cost import compare
+from mergeplug.timing import speed_cell
 
 __all__ = ["CASES", "run", "main"]
 
@@ -66,7 +66,7 @@ def _patchtst(n: int) -> tuple[nn.Module, Callable[[], Any], int, dict]:
 def _t5_encoder(n: int) -> tuple[nn.Module, Callable[[], Any], int, dict]:
     from transformers import T5EncoderModel
 
-    from .models import t5_config
+    from mergeplug.models import t5_config
 
     model = T5EncoderModel(t5_config("small", vocab_size=4096)).eval()
     ids = torch.randint(2, 4096, (4, n))
@@ -82,7 +82,7 @@ def _t5_decoder(n: int) -> tuple[nn.Module, Callable[[], Any], int, dict]:
     """Chronos-T5 small under teacher forcing: n target positions, 512 encoder tokens, only the decoder merges."""
     from transformers import T5ForConditionalGeneration
 
-    from .models import t5_config
+    from mergeplug.models import t5_config
 
     model = T5ForConditionalGeneration(t5_config("small", vocab_size=4096)).eval()
     ids, labels = torch.randint(2, 4096, (4, 512)), torch.randint(2, 4096, (4, n))
@@ -92,7 +92,7 @@ def _t5_decoder(n: int) -> tuple[nn.Module, Callable[[], Any], int, dict]:
 def _chronos2(n: int) -> tuple[nn.Module, Callable[[], Any], int, dict]:
     """Chronos-2 with the published base dimensions (119.5M parameters), 8 series in groups of 2, 4 output
     patches; merging inside each of the 12 blocks (between time and group attention)."""
-    from .models import chronos2
+    from mergeplug.models import chronos2
 
     model = chronos2("base", context_length=n).model
     t = torch.arange(n, dtype=torch.float32)
@@ -205,7 +205,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     quiet_third_party()
-    p = argparse.ArgumentParser(prog="python -m mergeplug.bench_families", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mergeplug_lab.bench_families", description=__doc__.split("\n\n")[0])
     p.add_argument("--context", type=int, default=2048)
     p.add_argument("--reps", type=int, default=6, help="paired timing rounds at least (6 give a 95%% interval)")
     p.add_argument("--cases", nargs="*", default=None, help="substrings of the family names to run")

@@ -1,4 +1,4 @@
-"""The shipped tasks of the compact Transformer, prepared as tensors (:class:`~mergeplug.sbt.train.TaskSpec`).
+"""The shipped tasks of the compact Transformer, prepared as tensors (:class:`~mergeplug_lab.sbt.train.TaskSpec`).
 
 | task | kind | data | window | model |
 |---|---|---|---|---|
@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import data
-from .model import SBTConfig
-from .train import TaskSpec
+from mergeplug_lab.sbt import data
+from mergeplug_lab.sbt.model import SBTConfig
+from mergeplug_lab.sbt.train import TaskSpec
 
 __all__ = ["TASKS", "build_task"]
 
@@ -124,7 +124,7 @@ def build_task(name: str, *, max_series: int | None = None, **model_overrides: A
     Args:
         name: one of :data:`TASKS`.
         max_series: keep only the first N series / windows of every part (tests, smoke runs).
-        model_overrides: :class:`~mergeplug.sbt.model.SBTConfig` fields to change (e.g. ``attention="step-t"``,
+        model_overrides: :class:`~mergeplug_lab.sbt.model.SBTConfig` fields to change (e.g. ``attention="step-t"``,
             ``qkv_keep=0.5``, ``d_model=32``).
     """
     if name not in TASKS:

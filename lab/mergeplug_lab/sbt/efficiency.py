@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..binary import binary_layers
-from ..cost import profile
-from .model import CompactTransformer
+from mergeplug.binary import binary_layers
+from mergeplug.cost import profile
+from mergeplug_lab.sbt.model import CompactTransformer
 
 __all__ = ["parameter_summary", "storage_summary", "honest_flops", "reference_flops", "time_forward"]
 
@@ -66,7 +66,7 @@ def storage_summary(model: nn.Module) -> dict[str, Any]:
     binary = binary_layers(model)
     with tempfile.TemporaryDirectory() as tmp:
         if binary:
-            from ..binary import save_packed
+            from mergeplug.binary import save_packed
 
             path = Path(tmp, "packed.safetensors")
             save_packed(model, path, mask_encoding="auto")

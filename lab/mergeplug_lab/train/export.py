@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .._assets import AssetsMissingError, checkpoint_dir
+from mergeplug._assets import AssetsMissingError, checkpoint_dir
 
 __all__ = ["export", "write_card", "accuracy_table", "geomean", "CHRONOS_KINDS"]
 
@@ -117,12 +117,12 @@ def export(
     float_weights=False)``): the directory is as small as the packed file, and ``mergeplug.from_pretrained`` (and
     the evaluation harness) load it.
     """
-    from .loop import load_checkpoint_model
+    from mergeplug_lab.train.loop import load_checkpoint_model
 
     _recipe, model, state = load_checkpoint_model(run_dir)
     meta = json.loads((Path(run_dir) / "run.json").read_text())
-    from ..binary import binarization
-    from ..hub import save_pretrained, write_config
+    from mergeplug.binary import binarization
+    from mergeplug.hub import save_pretrained, write_config
 
     if storage_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"storage_dtype must be float32 or bfloat16, got {storage_dtype!r}")
@@ -130,7 +130,7 @@ def export(
         raise ValueError(f"--packed-only needs a binarized run (--binary-density), and {run_dir} is not one")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    from ..core import settings
+    from mergeplug.core import settings
 
     if binarization(model) is not None or settings(model) is not None:
         if storage_dtype != "float32":
@@ -155,10 +155,10 @@ def export(
 
 def _load_exported(directory: Path, kind: str):
     """The model saved in an exported directory (the inner model for Chronos kinds)."""
-    from ..hub import saved_packed_only
+    from mergeplug.hub import saved_packed_only
 
     if saved_packed_only(directory):
-        from ..hub import from_pretrained
+        from mergeplug.hub import from_pretrained
 
         loaded = from_pretrained(directory)
         return getattr(loaded, "inner_model", loaded)
@@ -166,7 +166,7 @@ def _load_exported(directory: Path, kind: str):
         from chronos import BaseChronosPipeline
 
         return BaseChronosPipeline.from_pretrained(str(directory)).inner_model
-    from ..eval.models import _load_supervised
+    from mergeplug.eval.models import _load_supervised
 
     return _load_supervised(directory)
 
@@ -203,7 +203,7 @@ def write_card(
     markdown kept in ``training.json`` and shown as the card's "Training history" section (e.g. the earlier stages
     of a model trained in several runs); None keeps the notes recorded before.
     """
-    from ..hub import CONFIG_NAME, model_card, write_config
+    from mergeplug.hub import CONFIG_NAME, model_card, write_config
 
     out = Path(directory)
     meta_path = out / "training.json"

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..store import load_torch_state
-from . import supervised as _supervised  # noqa: F401  (registers the supervised recipes)
-from .recipes import RECIPES, Recipe
+from mergeplug.store import load_torch_state
+from mergeplug_lab.train import supervised as _supervised  # noqa: F401  (registers the supervised recipes)
+from mergeplug_lab.train.recipes import RECIPES, Recipe
 
 __all__ = ["TrainSettings", "train", "load_checkpoint_model"]
 
@@ -70,7 +70,7 @@ def merge_choices(text: str, model: torch.nn.Module) -> list[dict[str, Any] | No
     under all of them and unmerged; it is exported without merging."""
     if not text.strip():
         return []
-    from ..eval.run import parse_merge
+    from mergeplug.eval.run import parse_merge
 
     num_layers = getattr(model.config, "num_layers", None) or getattr(model.config, "num_hidden_layers", None)
     out: list[dict[str, Any] | None] = []
@@ -96,14 +96,14 @@ def _prepare_model(model: torch.nn.Module, settings: TrainSettings, ckpt: Path |
         model = type(model).from_pretrained(settings.init_from)
     choices = merge_choices(settings.merge, model)
     if len(choices) == 1 and choices[0] is not None:  # merge-aware fine-tuning with one setting (as ToMe does)
-        from ..core import apply
+        from mergeplug.core import apply
 
         apply(model, **choices[0])
     if settings.binary_density <= 0:
         return model
     from safetensors.torch import load_file
 
-    from ..binary import binarize, trainable_binary
+    from mergeplug.binary import binarize, trainable_binary
 
     binarize(model, density=settings.binary_density, init="weights", seed=settings.seed,
              exclude=settings.binary_exclude or None)  # fmt: skip
@@ -168,7 +168,7 @@ def _save(out: Path, model: torch.nn.Module, opt, sched, state: dict[str, Any]) 
     tmp = out / "checkpoint.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    from ..binary import binarization, suspended
+    from mergeplug.binary import binarization, suspended
 
     if binarization(model) is not None:  # float weights as the model class saves them, the scores beside them
         from safetensors.torch import save_file
@@ -178,7 +178,7 @@ def _save(out: Path, model: torch.nn.Module, opt, sched, state: dict[str, Any]) 
         scores = {n: p.detach().contiguous() for n, p in model.named_parameters() if n.endswith(".scores")}
         save_file(scores, str(tmp / SCORES_NAME))
     else:
-        from ..core import unmerged
+        from mergeplug.core import unmerged
 
         with unmerged(model):  # a merge-aware run saves the model's own classes
             model.save_pretrained(tmp)
@@ -283,7 +283,7 @@ def train(
         for step in range(start_step, end):
             batch = sampler.batch(step, settings.batch_size)
             if len(choices) > 1:  # one of the run's merge settings (or none) for this step
-                from ..core import apply, remove
+                from mergeplug.core import apply, remove
 
                 pick = choices[int(np.random.default_rng([settings.seed, step, 1]).integers(len(choices)))]
                 remove(model)
@@ -331,7 +331,7 @@ def train(
                 break
     bar.close()
     if len(choices) > 1:
-        from ..core import remove
+        from mergeplug.core import remove
 
         remove(model)
     return state

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..store import load_torch_state
-from .model import CompactTransformer, SBTConfig
+from mergeplug.store import load_torch_state
+from mergeplug_lab.sbt.model import CompactTransformer, SBTConfig
 
 __all__ = ["TaskSpec", "TrainSettings", "train_run", "f1_scores", "point_adjust", "average_precision", "top1_hit"]
 

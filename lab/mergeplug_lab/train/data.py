@@ -17,9 +17,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._assets import data_file
-from ..eval.data import load_dataset
-from .kernelsynth import kernelsynth
+from mergeplug._assets import data_file
+from mergeplug.eval.data import load_dataset
+from mergeplug_lab.train.kernelsynth import kernelsynth
 
 __all__ = [
     "Batch",

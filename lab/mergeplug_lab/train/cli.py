@@ -18,9 +18,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .._cli import number, quiet_third_party
-from .loop import TrainSettings, train
-from .recipes import RECIPES
+from mergeplug._cli import number, quiet_third_party
+from mergeplug_lab.train.loop import TrainSettings, train
+from mergeplug_lab.train.recipes import RECIPES
 
 __all__ = ["main", "build_parser"]
 
@@ -170,7 +170,7 @@ def _main(args: argparse.Namespace) -> int:
         for line in log.read_text().splitlines()[-5:]:
             print(line)
         return 0
-    from .export import export, write_card
+    from mergeplug_lab.train.export import export, write_card
 
     if args.command == "card":
         notes = Path(args.notes).read_text() if args.notes else None

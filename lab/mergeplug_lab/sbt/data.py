@@ -1,4 +1,4 @@
-"""Offline data and loaders for the compact time-series Transformer (:mod:`mergeplug.sbt`).
+"""Offline data and loaders for the compact time-series Transformer (:mod:`mergeplug_lab.sbt`).
 
 Three tasks, all on real data shipped in the ``mergeplug-assets`` package (``mergeplug_assets/data``; see its
 ``SOURCES.md`` for sources, licences and the exact transformations; the conversion script is
@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .._assets import data_file
+from mergeplug._assets import data_file
 
 __all__ = [
     "CLASSIFICATION_DATASETS",

@@ -3,7 +3,7 @@
     mergeplug-sbt train --task japanese_vowels --variant dense sparse-binary --seeds 0 1 2 --out runs/sbt
     mergeplug-sbt report --out runs/sbt --md results.md --plot results.png
 
-Variants (one structure, see :mod:`mergeplug.sbt.model`):
+Variants (one structure, see :mod:`mergeplug_lab.sbt.model`):
 
 * ``dense``: float weights, full attention.
 * ``dense-step-t``: float weights, step-t attention (anomaly / forecast only; isolates what step-t does).
@@ -20,7 +20,7 @@ Variants (one structure, see :mod:`mergeplug.sbt.model`):
 Every run writes its directory (resumable; finished runs are skipped) and a ``result.json`` with the test
 metric of the validation-selected model and its efficiency figures: parameters (total / non-zero), storage
 (bytes written: dense fp32 safetensors vs the packed file), FLOPs per window (honest and reference
-conventions, :mod:`mergeplug.sbt.efficiency`) and inference time against the dense model, interleaved.
+conventions, :mod:`mergeplug_lab.sbt.efficiency`) and inference time against the dense model, interleaved.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._cli import quiet_third_party
-from .efficiency import honest_flops, parameter_summary, reference_flops, storage_summary, time_forward
-from .model import CompactTransformer
-from .tasks import TASKS, build_task
-from .train import SCHEDULES, TaskSpec, TrainSettings, predict, train_run
+from mergeplug._cli import quiet_third_party
+from mergeplug_lab.sbt.efficiency import honest_flops, parameter_summary, reference_flops, storage_summary, time_forward
+from mergeplug_lab.sbt.model import CompactTransformer
+from mergeplug_lab.sbt.tasks import TASKS, build_task
+from mergeplug_lab.sbt.train import SCHEDULES, TaskSpec, TrainSettings, predict, train_run
 
 __all__ = ["main", "run_variant", "VARIANTS", "summarize"]
 
@@ -130,7 +130,7 @@ def run_variant(
         spec = distilled(spec, _load_teacher(teacher, task, qkv_keep, max_series, d_model), kd_beta)
     prepare = None
     if variant in BINARY_VARIANTS:
-        from ..binary import binarize, trainable_binary
+        from mergeplug.binary import binarize, trainable_binary
 
         if source is not None and not source.exists():
             raise ValueError(

@@ -1,6 +1,6 @@
 """Merging overhead: measured speed-up against the MACs ratio, and the merge step's cost against sequence length.
 
-``python -m mergeplug.bench_overhead`` (``make bench-overhead``) builds Chronos-T5 and Chronos-Bolt from configs
+``python -m mergeplug_lab.bench_overhead`` (``make bench-overhead``) builds Chronos-T5 and Chronos-Bolt from configs
 with the published dimensions (random weights: speed only) and, for every size, batch and thread count asked for,
 times the encoder (``pipe.embed``) unmerged and merged with :func:`mergeplug.cost.compare` (the shared timer,
 :mod:`mergeplug.timing`: warm-up, paired interleaved rounds, 95% intervals, in one process). Every row shows the
@@ -26,13 +26,13 @@ from typing import Any
 
 import torch
 
-from ._cli import checked, number, quiet_third_party
-from .bench import synthetic_context
-from .config import MergeConfig, schedule_for_reduction
-from .cost import compare
-from .merge import MergeState, merge_layer
-from .models import SIZES, chronos_bolt, chronos_t5
-from .timing import speed_cell
+from mergeplug._cli import checked, number, quiet_third_party
+from mergeplug.config import MergeConfig, schedule_for_reduction
+from mergeplug.cost import compare
+from mergeplug.merge import MergeState, merge_layer
+from mergeplug.models import SIZES, chronos_bolt, chronos_t5
+from mergeplug.timing import speed_cell
+from mergeplug_lab.bench import synthetic_context
 
 __all__ = ["TARGET", "run_models", "run_merge_step", "format_models", "format_merge_step", "main"]
 
@@ -182,9 +182,9 @@ _LIST_INT = checked(lambda s: tuple(int(x) for x in s.split(",")), lambda v: all
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: ``python -m mergeplug.bench_overhead``."""
+    """CLI entry point: ``python -m mergeplug_lab.bench_overhead``."""
     quiet_third_party()
-    p = argparse.ArgumentParser(prog="python -m mergeplug.bench_overhead", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mergeplug_lab.bench_overhead", description=__doc__.split("\n\n")[0])
     p.add_argument("--families", default="t5,bolt", type=lambda s: tuple(s.split(",")))
     p.add_argument("--sizes", default="tiny,small", type=lambda s: tuple(s.split(",")))
     p.add_argument("--batches", default=(1, 8, 32), type=_LIST_INT)

@@ -1,7 +1,7 @@
 """What is trained: model builders and losses for the reference models.
 
 A recipe builds the model from its settings, computes the training loss of batch ``step`` (drawn by a
-:class:`~mergeplug.train.data.WindowSampler`, so batches depend only on the seed and the step) and saves
+:class:`~mergeplug_lab.train.data.WindowSampler`, so batches depend only on the seed and the step) and saves
 the model so that ``BaseChronosPipeline.from_pretrained(path)`` (Chronos) or ``from_pretrained`` of its
 class (supervised models) loads it.
 """
@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from ..eval.data import QUANTILES as _EVAL_QUANTILES
-from ..models import chronos2_config, chronos_bolt_config, chronos_t5_config, t5_config
-from .data import (
+from mergeplug.eval.data import QUANTILES as _EVAL_QUANTILES
+from mergeplug.models import chronos2_config, chronos_bolt_config, chronos_t5_config, t5_config
+from mergeplug_lab.train.data import (
     DEFAULT_TRAIN_DATASETS,
     MULTIVARIATE_TRAIN,
     Batch,
@@ -200,7 +200,7 @@ class Chronos2Recipe(Recipe):
 
     Batches mix single series (real training parts, TSMixup, KernelSynth) with groups of related series filling
     about ``group_fraction`` of the rows (variables of the shipped multivariate series at one time, and synthetic
-    groups of delayed, scaled copies; see :class:`~mergeplug.train.data.WindowSampler`), so group attention has
+    groups of delayed, scaled copies; see :class:`~mergeplug_lab.train.data.WindowSampler`), so group attention has
     something to learn. ``decoder_layers`` is unused (Chronos-2 has no decoder).
 
     Default size (d_model 192, 6 blocks, 4.2M parameters, about 8 MB in bfloat16): six blocks give merge schedules
