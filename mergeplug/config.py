@@ -392,17 +392,26 @@ class MergeConfig:
         """Key -> how its value is written, for every setting a setting string may hold (CLI help)."""
         return {f.name: f.metadata["syntax"] for f in fields(cls) if f.metadata.get("parse")}
 
+    @staticmethod
+    def string_pairs(text: str) -> list[tuple[str, str]]:
+        """The ``(key, value)`` texts of a setting string ``"k=1,ratio=0.2"``, each key once (a ValueError naming the
+        string otherwise)."""
+        pairs: list[tuple[str, str]] = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            if "=" not in part:
+                raise ValueError(f"merge setting {text!r}: expected key=value, got {part!r}")
+            key, value = (x.strip() for x in part.split("=", 1))
+            if key in (k for k, _ in pairs):
+                raise ValueError(f"merge setting {text!r}: {key!r} is given twice; give each key once")
+            pairs.append((key, value))
+        return pairs
+
     @classmethod
     def from_string(cls, text: str) -> MergeConfig:
         """Settings from ``"k=1,ratio=0.2,protect_recent=24"`` (the inverse of ``str()``); the message of a bad
         string names the key and the keys there are."""
         kwargs: dict[str, Any] = {}
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            if "=" not in part:
-                raise ValueError(f"merge setting {text!r}: expected key=value, got {part!r}")
-            key, value = (x.strip() for x in part.split("=", 1))
-            if key in kwargs:
-                raise ValueError(f"merge setting {text!r}: {key!r} is given twice; give each key once")
+        for key, value in cls.string_pairs(text):
             try:
                 kwargs[key] = cls.parse_value(key, value)
             except KeyError:

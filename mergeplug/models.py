@@ -16,6 +16,8 @@ from chronos.chronos import ChronosConfig, ChronosModel
 from chronos.chronos_bolt import ChronosBoltModelForForecasting
 from transformers import T5Config, T5ForConditionalGeneration
 
+from .forecast import QUANTILES
+
 __all__ = [
     "SIZES",
     "t5_config",
@@ -101,7 +103,7 @@ def chronos_bolt_config(context_length: int = 2048, prediction_length: int = 64,
         "prediction_length": prediction_length,
         "input_patch_size": patch_size,
         "input_patch_stride": patch_size,
-        "quantiles": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        "quantiles": list(QUANTILES),
         "use_reg_token": True,
     }
 

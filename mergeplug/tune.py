@@ -42,12 +42,11 @@ from .core import (
     settings,
     token_counts,
 )
+from .forecast import QUANTILES, chronos_quantile_forecast
 from .store import RowFile, check_setup
 from .timing import paired_speedups, speed_cell
 
 __all__ = ["tune", "TuneResult", "default_candidates", "weighted_quantile_loss", "backtest_windows"]
-
-QUANTILES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def weighted_quantile_loss(quantiles: np.ndarray, target: np.ndarray, levels: Sequence[float] = QUANTILES) -> float:
@@ -137,11 +136,7 @@ def _chronos_forecast(pipe: Any) -> Callable[[list[np.ndarray], int], np.ndarray
         )
 
     def forecast(contexts: list[Any], h: int) -> np.ndarray:
-        batch = [torch.tensor(c["target"] if isinstance(c, dict) else c) for c in contexts]
-        q, _ = pipe.predict_quantiles(batch, prediction_length=h, quantile_levels=list(QUANTILES))
-        if isinstance(q, list):  # Chronos-2: one (variates, H, Q) tensor per series
-            q = torch.stack([x[0] for x in q])
-        return q.float().numpy().transpose(0, 2, 1)
+        return chronos_quantile_forecast(pipe, [c["target"] if isinstance(c, dict) else c for c in contexts], h)
 
     return forecast
 

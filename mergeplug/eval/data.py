@@ -29,6 +29,7 @@ from pandas.tseries.frequencies import to_offset
 from pandas.tseries.offsets import BaseOffset
 
 from .._assets import data_file
+from ..forecast import QUANTILES  # the levels every model forecasts and WQL averages over (named here too)
 
 __all__ = [
     "QUANTILES",
@@ -40,10 +41,6 @@ __all__ = [
     "load_local",
     "OfflineError",
 ]
-
-
-#: the quantile levels every model forecasts and WQL averages over (Chronos' protocol)
-QUANTILES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 class OfflineError(RuntimeError):

@@ -22,6 +22,7 @@ import inspect
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import _assets
-from .data import QUANTILES, EvalDataset
+from ..core import encoder_layers
+from ..forecast import QUANTILES, chronos_quantile_forecast
+from .data import EvalDataset
 
 __all__ = [
     "QUANTILES",
@@ -128,13 +131,18 @@ def chronos_quantiles(
     """
 
     def predict(a: int, b: int) -> np.ndarray:
-        batch = [torch.tensor(c, dtype=torch.float32) for c in contexts[a:b]]
-        q, _ = pipe.predict_quantiles(batch, prediction_length=h, quantile_levels=list(QUANTILES))
-        if isinstance(q, list):  # Chronos-2: one (variates, H, Q) tensor per series
-            q = torch.stack([x[0] for x in q])
-        return q.float().numpy().transpose(0, 2, 1)
+        return chronos_quantile_forecast(pipe, [np.asarray(c, dtype=np.float32) for c in contexts[a:b]], h)
 
     return _sharded(predict, len(contexts), batch_size, seed, shard, progress, desc)
+
+
+def _layers(obj: Any) -> int | None:
+    """Encoder layers of a pipeline or model (:func:`mergeplug.core.encoder_layers`), None when its config does not
+    tell."""
+    try:
+        return encoder_layers(obj)
+    except ValueError:
+        return None
 
 
 class ChronosForecaster(Forecaster):
@@ -144,7 +152,7 @@ class ChronosForecaster(Forecaster):
         self.pipe = pipe
         self.target = pipe
         self.name = name
-        self.num_layers = int(getattr(pipe.inner_model.config, "num_layers", 0) or 0) or None
+        self.num_layers = _layers(pipe)
 
     def quantiles(self, inputs, h, *, batch_size=32, seed=None, shard=(0, 1), progress=False, desc=""):
         contexts = [np.asarray(inp["target"], dtype=np.float32) for inp in inputs]
@@ -186,7 +194,7 @@ class SupervisedForecaster(Forecaster):
         self.root, self.family, self.name = root, family, name
         config = self.model.config if self.model is not None else self._family_config()
         if config is not None:
-            self.num_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "encoder_layers", None)
+            self.num_layers = _layers(SimpleNamespace(config=config))
 
     def _family_config(self):
         """Config of one of the family's models (they share the architecture), or None."""

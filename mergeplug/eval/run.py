@@ -81,14 +81,7 @@ def parse_merge(text: str, num_layers: int | None = None) -> MergeSetting:
     """
     kwargs: dict[str, Any] = {}
     reduction, schedule, sampling, stock = None, "constant", None, False
-    seen: set[str] = set()
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        if "=" not in part:
-            raise ValueError(f"merge setting {text!r}: expected key=value, got {part!r}")
-        key, value = (x.strip() for x in part.split("=", 1))
-        if key in seen:
-            raise ValueError(f"merge setting {text!r}: {key!r} is given twice; give each key once")
-        seen.add(key)
+    for key, value in MergeConfig.string_pairs(text):
         try:
             if key == "period" and value == "season":  # the dataset's seasonal period, known when it runs
                 kwargs[key] = value

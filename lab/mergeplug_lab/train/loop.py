@@ -70,9 +70,13 @@ def merge_choices(text: str, model: torch.nn.Module) -> list[dict[str, Any] | No
     under all of them and unmerged; it is exported without merging."""
     if not text.strip():
         return []
+    from mergeplug.core import encoder_layers
     from mergeplug.eval.run import parse_merge
 
-    num_layers = getattr(model.config, "num_layers", None) or getattr(model.config, "num_hidden_layers", None)
+    try:
+        num_layers: int | None = encoder_layers(model)
+    except ValueError:  # parse_merge then refuses reduction=..., naming the missing layer count
+        num_layers = None
     out: list[dict[str, Any] | None] = []
     for part in (p.strip() for p in text.split(";")):
         if part.lower() == "none":

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from mergeplug.eval.data import QUANTILES as _EVAL_QUANTILES
+from mergeplug.forecast import QUANTILES as _LEVELS
 from mergeplug.models import chronos2_config, chronos_bolt_config, chronos_t5_config, t5_config
 from mergeplug_lab.train.data import (
     DEFAULT_TRAIN_DATASETS,
@@ -28,7 +28,7 @@ from mergeplug_lab.train.data import (
 
 __all__ = ["Recipe", "BoltRecipe", "ChronosT5Recipe", "Chronos2Recipe", "RECIPES", "QUANTILES"]
 
-QUANTILES = list(_EVAL_QUANTILES)
+QUANTILES = list(_LEVELS)  # the Chronos configs hold a JSON list
 
 
 @dataclass
