@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DirectoryInUse", "RowFile", "read_rows", "check_setup"]
+__all__ = ["DirectoryInUse", "RowFile", "TuneFiles", "read_rows", "check_setup"]
 
 logger = logging.getLogger("mergeplug")
 
@@ -131,6 +131,53 @@ class RowFile:
 
     def __del__(self) -> None:
         self.close()
+
+
+class TuneFiles:
+    """``tune.jsonl`` rows (appended as they finish) and ``tune.json`` (the setup, then the result) in ``out``;
+    one process at a time (see :class:`mergeplug.store.RowFile`)."""
+
+    def __init__(self, out: str | Path | None, meta: dict[str, Any]) -> None:
+        self.dir = None if out is None else Path(out)
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.file: RowFile | None = None
+        if self.dir is None:
+            return
+        self.file = RowFile(self.dir, "tune.jsonl", what="a mergeplug tune run")
+        try:
+            meta_path = self.dir / "tune.json"
+            if meta_path.exists():
+                old = json.loads(meta_path.read_text()).get("setup", {})
+                check_setup(old, meta, sorted(set(old) | set(meta)), self.dir)
+            meta_path.write_text(json.dumps({"setup": meta}, indent=1))
+        except BaseException:
+            self.close()
+            raise
+        self.rows = {row["label"]: row for row in self.file.rows if "label" in row}
+
+    def get(self, label: str) -> dict[str, Any] | None:
+        return self.rows.get(label)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows[row["label"]] = row
+        if self.file is not None:
+            self.file.add(row)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+    def finish(self, result: Any) -> None:
+        """Write ``result`` (a :class:`mergeplug.tune.TuneResult`) into ``tune.json`` and ``tune.md``."""
+        if self.dir is None:
+            return
+        meta_path = self.dir / "tune.json"
+        meta = json.loads(meta_path.read_text())
+        meta["result"] = {"best": result.best, "best_label": result.best_label, "rows": result.rows,
+                          "tolerance": result.tolerance, "windows": result.windows, "margin": result.margin,
+                          "reason": result.reason}  # fmt: skip
+        meta_path.write_text(json.dumps(meta, indent=1))
+        (self.dir / "tune.md").write_text(result.to_markdown() + "\n")
 
 
 def _lock(directory: Path, what: str) -> int | None:

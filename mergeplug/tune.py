@@ -20,7 +20,6 @@ and options resumes (a different setup is refused, naming what differs); timings
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,61 +41,13 @@ from .core import (
     settings,
     token_counts,
 )
-from .forecast import QUANTILES, chronos_quantile_forecast
-from .store import RowFile, check_setup
+from .forecast import QUANTILES, backtest_windows, chronos_quantile_forecast, weighted_quantile_loss
+from .store import TuneFiles
 from .timing import paired_speedups, speed_cell
 
-__all__ = ["tune", "TuneResult", "default_candidates", "weighted_quantile_loss", "backtest_windows"]
-
-
-def weighted_quantile_loss(quantiles: np.ndarray, target: np.ndarray, levels: Sequence[float] = QUANTILES) -> float:
-    """Mean weighted quantile loss: ``mean_q 2 * sum |pinball_q| / sum |y|`` over every window and step.
-
-    Args:
-        quantiles: (N, Q, H) forecasts; target: (N, H) true values (NaN = missing, left out).
-    """
-    q = np.asarray(quantiles, dtype=np.float64)
-    y = np.asarray(target, dtype=np.float64)[:, None, :]
-    ok = np.isfinite(y)
-    lv = np.asarray(levels, dtype=np.float64)[None, :, None]
-    loss = np.where(ok, np.abs((y - q) * ((y <= q) - lv)), 0.0)  # pinball loss, per quantile
-    denom = np.where(ok[:, 0], np.abs(y[:, 0]), 0.0).sum()
-    if denom == 0:
-        raise ValueError("the backtest windows' values are all zero or missing: WQL is undefined for them")
-    return float((2.0 * loss.sum(axis=(0, 2)) / denom).mean())
-
-
-def backtest_windows(
-    series: Sequence[Any], prediction_length: int, windows: int, context: int | None = None
-) -> tuple[list[Any], np.ndarray]:
-    """Contexts and targets of the last ``windows`` windows of every series (oldest first).
-
-    ``series``: 1-D arrays, or GluonTS-style entries (dicts with ``"target"``, e.g. ``"start"``): those give
-    entries back with the target cut (``context`` must then be None, so ``start`` stays right).
-
-    Returns:
-        contexts: list of 1-D arrays or entries (each context at most ``context`` long); targets: (N * windows, H).
-    """
-    h = prediction_length
-    contexts, targets = [], []
-    for i, s in enumerate(series):
-        entry = s if isinstance(s, dict) else None
-        if entry is not None and context is not None:
-            raise ValueError("entries (dicts) keep their start: pass context=None with them")
-        x = np.asarray(s["target"] if entry is not None else s, dtype=np.float32)
-        if x.ndim != 1:
-            raise ValueError(f"series {i} has shape {x.shape}; give 1-D series (one per row / list entry)")
-        if len(x) < h * windows + h:
-            raise ValueError(
-                f"series {i} has {len(x)} values, too short for {windows} backtest window(s) of {h} steps plus "
-                f"{h} steps of context; pass fewer windows or a shorter prediction_length"
-            )
-        for w in range(windows, 0, -1):
-            end = len(x) - w * h
-            start = 0 if context is None else max(0, end - context)
-            contexts.append(x[start:end] if entry is None else {**entry, "target": x[:end]})
-            targets.append(x[end : end + h])
-    return contexts, np.stack(targets)
+__all__ = [
+    "tune", "TuneResult", "default_candidates", "weighted_quantile_loss", "backtest_windows", "QUANTILES",
+]  # fmt: skip
 
 
 def default_candidates(num_layers: int, *, model: Any = None, context: int | None = None) -> dict[str, dict[str, Any]]:
@@ -321,7 +272,7 @@ def tune(
             parts.append(fc(ctxs[a : a + batch_size], prediction_length))
         return np.concatenate(parts, axis=0)
 
-    store = _Store(out, {
+    store = TuneFiles(out, {
         "model": _model_id(target), "data": _fingerprint(contexts, targets), "prediction_length": prediction_length,
         "windows": windows, "context": context, "seed": seed, "batch_size": batch_size,
         "candidates": {k: candidates[k] for k in sorted(candidates)},
@@ -466,49 +417,3 @@ def _decide(rows, labels, candidates, noop, speeds, tolerance, margin, windows) 
         margin=margin,
         reason=reason,
     )
-
-
-class _Store:
-    """``tune.jsonl`` rows (appended as they finish) and ``tune.json`` (the setup, then the result) in ``out``;
-    one process at a time (see :class:`mergeplug.store.RowFile`)."""
-
-    def __init__(self, out: str | Path | None, meta: dict[str, Any]) -> None:
-        self.dir = None if out is None else Path(out)
-        self.rows: dict[str, dict[str, Any]] = {}
-        self.file: RowFile | None = None
-        if self.dir is None:
-            return
-        self.file = RowFile(self.dir, "tune.jsonl", what="a mergeplug tune run")
-        try:
-            meta_path = self.dir / "tune.json"
-            if meta_path.exists():
-                old = json.loads(meta_path.read_text()).get("setup", {})
-                check_setup(old, meta, sorted(set(old) | set(meta)), self.dir)
-            meta_path.write_text(json.dumps({"setup": meta}, indent=1))
-        except BaseException:
-            self.close()
-            raise
-        self.rows = {row["label"]: row for row in self.file.rows if "label" in row}
-
-    def get(self, label: str) -> dict[str, Any] | None:
-        return self.rows.get(label)
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.rows[row["label"]] = row
-        if self.file is not None:
-            self.file.add(row)
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-
-    def finish(self, result: TuneResult) -> None:
-        if self.dir is None:
-            return
-        meta_path = self.dir / "tune.json"
-        meta = json.loads(meta_path.read_text())
-        meta["result"] = {"best": result.best, "best_label": result.best_label, "rows": result.rows,
-                          "tolerance": result.tolerance, "windows": result.windows, "margin": result.margin,
-                          "reason": result.reason}  # fmt: skip
-        meta_path.write_text(json.dumps(meta, indent=1))
-        (self.dir / "tune.md").write_text(result.to_markdown() + "\n")

@@ -114,3 +114,9 @@ def test_the_library_holds_no_lab_module_and_never_imports_the_lab():
 
     lab = Path(mergeplug_lab.__file__).parent
     assert lab.parent.name == "lab" and {"train", "sbt"} <= {p.name for p in lab.iterdir()}
+
+
+def test_no_library_module_is_long():
+    """Each module of the library holds one thing: none over ~400 lines (420 with its docstrings)."""
+    long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > 420}
+    assert not long, long

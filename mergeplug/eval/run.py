@@ -10,7 +10,6 @@ appended to ``results.jsonl`` as soon as it exists; a rerun with the same output
 
 from __future__ import annotations
 
-import json
 import logging
 import resource
 from collections.abc import Callable, Sequence
@@ -31,116 +30,22 @@ from gluonts.model.seasonal_naive import SeasonalNaivePredictor
 from tqdm.auto import tqdm
 
 from .._cli import check_device
-from ..config import MergeConfig, schedule_for_reduction
 from ..core import recording_token_counts
 from ..cost import model_fingerprint, profile
 from ..patches import families
-from ..store import RowFile, check_setup
 from ..timing import paired_speedups
 from .data import EvalDataset, check_dataset_name, load_dataset
+from .memory import PeakMemory
 from .models import QUANTILES, Forecaster, chronos_quantiles, load_model
+from .run_store import ResultStore
+from .settings import HARNESS_KEYS, MERGE_KEYS, SAMPLING, MergeSetting, apply_setting, parse_merge
 
 logger = logging.getLogger("mergeplug")
 
 __all__ = [
-    "QUANTILES", "MergeSetting", "parse_merge", "load_model", "chronos_quantiles", "evaluate", "run", "noop_reason",
+    "QUANTILES", "MergeSetting", "parse_merge", "apply_setting", "load_model", "chronos_quantiles", "evaluate", "run",
+    "noop_reason", "PeakMemory", "MERGE_KEYS", "HARNESS_KEYS", "SAMPLING",
 ]  # fmt: skip
-
-#: keys of a ``--merge`` string: every setting with a string form (``MergeConfig.string_keys``) and the harness' own
-HARNESS_KEYS = ("reduction", "schedule", "sampling")
-MERGE_KEYS = (*MergeConfig.string_keys(), *HARNESS_KEYS)
-#: ``sampling=`` values: stock ``generate``, ``fast_sampling(exact=True)``, ``fast_sampling(exact=False)``
-SAMPLING = ("stock", "fast", "fast-topk")
-
-
-@dataclass(frozen=True)
-class MergeSetting:
-    """One setting of a run: its label, the keyword arguments for ``mergeplug.apply`` (empty: no merging) and
-    the Chronos-T5 sampling path (``None``: stock ``generate``; ``"fast"`` / ``"fast-topk"``: ``fast_sampling`` with
-    ``exact=True`` / ``False``)."""
-
-    label: str
-    kwargs: dict[str, Any]
-    sampling: str | None = None
-
-    @property
-    def is_reference(self) -> bool:
-        """The unmerged model as shipped (no merging, stock sampling)."""
-        return not self.kwargs and self.sampling is None
-
-
-def parse_merge(text: str, num_layers: int | None = None) -> MergeSetting:
-    """Parse ``"k=1,ratio=0.2"`` style settings.
-
-    Keys: every setting :meth:`MergeConfig.from_string` reads (``MergeConfig.string_keys()``: ``k`` an int or
-    ``global``, ``r`` / ``ratio`` one value or per-layer values joined by ``:``, ``true`` / ``false`` flags, ...;
-    ``period`` also ``season``: the dataset's seasonal period), and the harness' own: ``reduction`` + optional
-    ``schedule`` (constant / front / front-input / input), which need ``num_layers``, and ``sampling`` (Chronos-T5
-    only: ``stock``, ``fast`` = ``fast_sampling(exact=True)``, same samples as stock, or ``fast-topk`` =
-    ``fast_sampling(exact=False)``); ``"sampling=fast"`` alone is the fast path without merging.
-    """
-    kwargs: dict[str, Any] = {}
-    reduction, schedule, sampling, stock = None, "constant", None, False
-    for key, value in MergeConfig.string_pairs(text):
-        try:
-            if key == "period" and value == "season":  # the dataset's seasonal period, known when it runs
-                kwargs[key] = value
-            elif key == "reduction":
-                reduction = float(value)
-            elif key == "schedule":
-                schedule = value
-            elif key == "sampling":
-                if value not in SAMPLING:
-                    raise ValueError(f"use one of {', '.join(SAMPLING)}")
-                stock = value == "stock"
-                sampling = None if stock else value
-            else:
-                kwargs[key] = MergeConfig.parse_value(key, value)
-        except KeyError:
-            raise ValueError(f"unknown merge key {key!r} in {text!r}; known keys: {', '.join(MERGE_KEYS)}") from None
-        except ValueError as exc:
-            raise ValueError(f"merge setting {text!r}: bad value for {key!r}: {exc}") from None
-    if reduction is not None:
-        if num_layers is None:
-            raise ValueError("reduction=... needs the model's number of encoder layers")
-        kwargs.update(schedule_for_reduction(reduction, num_layers, schedule))  # type: ignore[arg-type]
-    if stock:
-        raise ValueError(f"merge setting {text!r}: sampling=stock is the default, drop it (one label per setting)")
-    if kwargs:
-        config = MergeConfig(**{**kwargs, **({"period": 1.0} if kwargs.get("period") == "season" else {})})  # validate
-        for name in ("r", "ratio"):
-            value = kwargs.get(name)
-            if isinstance(value, list) and num_layers is not None and len(value) > num_layers:
-                raise ValueError(
-                    f"merge setting {text!r}: {name} has {len(value)} per-layer values but the model has {num_layers} "
-                    "layers; give at most one value per layer"
-                )
-        per_layer = [v for v in (kwargs.get("r"), kwargs.get("ratio")) if isinstance(v, list)]
-        if config.is_noop(num_layers or max([len(v) for v in per_layer] + [1])):
-            raise ValueError(
-                f"merge setting {text!r} merges nothing: give a count (r=..., ratio=... or reduction=...) above 0"
-            )
-    elif sampling is None:
-        raise ValueError(f"merge setting {text!r} changes nothing: give a merge (k=..., ratio=...) or sampling=fast")
-    return MergeSetting(label=text.replace(" ", ""), kwargs=kwargs, sampling=sampling)
-
-
-def apply_setting(target: Any, s: MergeSetting, season: int | None = None) -> None:
-    """Put ``target`` (a model or pipeline) in setting ``s``: as shipped, then merged, then the sampling path.
-
-    ``season``: the dataset's seasonal period, used for ``period=season``."""
-    import mergeplug
-
-    mergeplug.remove(target)  # also switches fast sampling off
-    if s.kwargs:
-        kwargs = dict(s.kwargs)
-        if kwargs.get("period") == "season":
-            if season is None:
-                raise ValueError(f"{s.label}: period=season needs the dataset's seasonal period")
-            kwargs["period"] = None if season <= 1 else season  # no seasonality: no twins
-        mergeplug.apply(target, **kwargs)
-    if s.sampling:
-        mergeplug.fast_sampling(target, exact=s.sampling == "fast")
 
 
 def _samples_tokens(forecaster: Forecaster | None) -> bool:
@@ -198,122 +103,6 @@ def evaluate(ds: EvalDataset, forecast: Callable[[list[np.ndarray]], np.ndarray]
 
 # ------------------------------------------------------------------------------------------------- results
 #: run options that change a row's numbers: a directory holding rows computed with other values is not resumed
-SETUP_KEYS = (
-    "model", "quantiles", "seed", "prediction_length", "windows", "freq", "max_series", "batch_size", "reps",
-    "timing_windows", "cost_windows", "device", "dtype", "context",
-)  # fmt: skip
-
-
-class ResultStore:
-    """``results.jsonl`` + ``run.json`` in a directory, one writing process at a time (a second one is refused);
-    rows are appended as they arrive, each in one write (see :class:`mergeplug.store.RowFile`).
-
-    ``run.json`` records the options in :data:`SETUP_KEYS`; resuming with other values is refused, naming them.
-    ``write=False``: the other processes of a multi-process run (rows kept in memory only, no lock).
-    """
-
-    def __init__(self, directory: str | Path, meta: dict[str, Any], write: bool = True):
-        self.dir = Path(directory)
-        self.meta_path = self.dir / "run.json"
-        self.file = RowFile(self.dir, "results.jsonl", what="a mergeplug-eval run", write=write)
-        self.meta: dict[str, Any] | None = meta if write else None  # written with the first row
-        try:
-            if self.meta_path.exists():
-                old = json.loads(self.meta_path.read_text())
-                unknown = [k for k in SETUP_KEYS if k not in old]
-                if unknown:  # written before these were recorded: what is recorded is checked
-                    logger.warning(
-                        "%s does not record %s; resuming without checking them", self.meta_path, ", ".join(unknown)
-                    )
-                check_setup(old, meta, [k for k in SETUP_KEYS if k in old], self.dir)
-                merges = list(dict.fromkeys(old.get("merges", []) + list(meta.get("merges", []))))
-                self.meta = {**meta, "merges": merges} if write else None
-        except BaseException:
-            self.close()
-            raise
-
-    @property
-    def rows(self) -> list[dict[str, Any]]:
-        return self.file.rows
-
-    def get(self, dataset: str, setting: str) -> dict[str, Any] | None:
-        return next((r for r in self.rows if r.get("dataset") == dataset and r.get("setting") == setting), None)
-
-    def done(self, dataset: str, setting: str) -> bool:
-        return self.get(dataset, setting) is not None
-
-    def add(self, row: dict[str, Any]) -> None:
-        if self.meta is not None:  # the setup goes with the first row (a run refused before any row leaves none)
-            tmp = self.meta_path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(self.meta, indent=1))
-            tmp.replace(self.meta_path)
-            self.meta = None
-        self.file.add(row)
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def _rss_mb() -> float:
-    """Current resident set size (Linux /proc; elsewhere the process peak from getrusage)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * (resource.getpagesize() / 2**20)
-    except OSError:  # pragma: no cover - non-Linux
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _release_free_memory() -> None:
-    """Hand memory freed earlier back to the OS (glibc ``malloc_trim``; elsewhere nothing).
-
-    Without it the allocator keeps the blocks an earlier, larger call freed, a later call reuses them without
-    raising the resident size, and its "peak above entry" reads as ~0.
-    """
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        pass
-
-
-class PeakMemory:
-    """Peak resident memory above the level at entry, sampled every ``interval`` seconds in a thread.
-
-    ``with PeakMemory() as m: ...`` then ``m.extra_mb`` (peak minus entry level, MB) and ``m.peak_mb``. Entry
-    first returns freed heap memory to the OS, so that memory an earlier call freed does not hide this one's.
-    """
-
-    def __init__(self, interval: float = 0.005) -> None:
-        self.interval = interval
-        self.peak_mb = self.start_mb = 0.0
-
-    def __enter__(self) -> PeakMemory:
-        import threading
-
-        _release_free_memory()
-        self.start_mb = self.peak_mb = _rss_mb()
-        self._stop = threading.Event()
-
-        def sample() -> None:
-            while not self._stop.is_set():
-                self.peak_mb = max(self.peak_mb, _rss_mb())
-                self._stop.wait(self.interval)
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_mb = max(self.peak_mb, _rss_mb())
-
-    @property
-    def extra_mb(self) -> float:
-        return self.peak_mb - self.start_mb
-
-
 def run(
     model: str | Forecaster,
     datasets: Sequence[str | EvalDataset],
