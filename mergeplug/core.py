@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from .config import DECODER_KEYS, MergeConfig, schedule_for_reduction
 from .patches import find_family
-from .patches.base import PatchRecord, find_record, last_forward, restore
+from .patches.base import PatchRecord, find_record, last_forward, refuse_user_hooks, restore
 from .patches.t5 import decoder_config
 
 __all__ = [
@@ -93,7 +93,7 @@ def apply(obj: T, config: MergeConfig | None = None, **overrides: Any) -> T:
         if created:
             family.inject(obj, record)
             _check_layers(config, record)
-        _refuse_user_hooks(record)
+        refuse_user_hooks(record)
         if config.decoder is not None:
             _check_decoder(family, record, config.decoder)
     except Exception:  # undo: a model patched here is restored, an earlier patch gets its settings back
@@ -103,18 +103,6 @@ def apply(obj: T, config: MergeConfig | None = None, **overrides: Any) -> T:
             record.config = previous
         raise
     return obj
-
-
-def _refuse_user_hooks(record: PatchRecord) -> None:
-    """Hooks on modules a merged forward does not call would stop firing: refuse, naming them."""
-    hooked = [path for path, m in record.hints.bypassed if m._forward_hooks or m._forward_pre_hooks]
-    if hooked:
-        raise ValueError(
-            f"forward hooks are registered on {', '.join(hooked[:3])}{', ...' if len(hooked) > 3 else ''}; a merged "
-            f"{record.family} forward runs those modules' parts without calling them, so the hooks would not fire. "
-            "Remove the hooks before mergeplug.apply (or hook a sub-module the model still calls, e.g. the "
-            "attention's key projection or the feed-forward layer), or run the model unmerged"
-        )
 
 
 def _check_layers(config: MergeConfig, record: PatchRecord) -> None:

@@ -32,7 +32,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Speedup", "paired_speedups", "median_interval", "verdict", "speed_cell", "LEVEL", "MIN_ROUNDS"]
+__all__ = [
+    "Speedup", "paired_speedups", "median_interval", "verdict", "speed_cell", "noop_reason", "LEVEL", "MIN_ROUNDS",
+]  # fmt: skip
 
 #: coverage of every interval :func:`paired_speedups` reports
 LEVEL = 0.95
@@ -258,3 +260,33 @@ def _summarise(per_round: dict[str, list[float]], counts: dict[str, int]) -> dic
             calls=counts.get(label, 1),
         )
     return out
+
+
+def noop_reason(
+    forwards: Sequence[Sequence[int]] | None = None,
+    macs_ratio: float | None = None,
+    min_tokens: int | None = None,
+    *,
+    merged: bool | None = None,
+    longest: int | None = None,
+) -> str | None:
+    """Why a merge setting merged nothing, or None when it merged something (or that cannot be told): such a
+    setting is not timed and no speed-up is printed for it (the harness, ``tune``, the frontier).
+
+    ``forwards``: the token counts of every encoder forward (:func:`mergeplug.core.recording_token_counts`), or,
+    when they are not kept, what they showed: ``merged`` (some forward removed a token) and ``longest`` (the most
+    tokens entering block 0); ``macs_ratio``: unmerged MACs / these on a few windows (catches merging before block
+    0, which token counts entering block 0 do not show); ``min_tokens``: the setting's floor.
+    """
+    if forwards is not None:
+        merged = any(c[-1] < c[0] for c in forwards)
+        longest = max((c[0] for c in forwards), default=None)
+    if merged or (macs_ratio is not None and macs_ratio > 1.0005):
+        return None
+    if longest is not None:
+        if min_tokens and longest <= min_tokens:
+            return f"series of at most {longest} tokens <= min_tokens={min_tokens}"
+        return f"no merge step removed a token (at most {longest} tokens)"
+    if macs_ratio is not None:
+        return "MACs ratio 1.00: no token merged"
+    return None

@@ -43,7 +43,7 @@ from .core import (
 )
 from .forecast import QUANTILES, backtest_windows, chronos_quantile_forecast, weighted_quantile_loss
 from .store import TuneFiles
-from .timing import paired_speedups, speed_cell
+from .timing import noop_reason, paired_speedups, speed_cell
 
 __all__ = [
     "tune", "TuneResult", "default_candidates", "weighted_quantile_loss", "backtest_windows", "QUANTILES",
@@ -360,14 +360,13 @@ def _count_macs(rows, labels, candidates, configure, target, run_one) -> None:
 
 
 def _noop(row: dict[str, Any], kwargs: dict[str, Any], target: Any, configure) -> str | None:
-    """Why a candidate merged nothing on this data, or None."""
-    if row["merged"] or (row.get("macs_ratio") or 1.0) > 1.0005:
+    """Why a candidate merged nothing on this data (:func:`mergeplug.timing.noop_reason`), or None."""
+    if row["merged"]:
         return None
     configure(kwargs)
     floor = getattr(settings(target), "min_tokens", None)
-    if row.get("longest") is not None and floor and row["longest"] <= floor:
-        return f"series of at most {row['longest']} tokens <= min_tokens={floor}"
-    return "no merge step removed a token on these series"
+    return noop_reason(merged=False, longest=row.get("longest"), macs_ratio=row.get("macs_ratio") or 1.0,
+                       min_tokens=floor)  # fmt: skip
 
 
 def _decide(rows, labels, candidates, noop, speeds, tolerance, margin, windows) -> TuneResult:

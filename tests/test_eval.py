@@ -417,3 +417,12 @@ def test_context_option_cuts_what_the_model_sees_not_what_is_scored(tmp_path):
         run(LastValue(), [ds], out=tmp_path / "ctx20", reps=1, progress=False, context=30, cost_windows=0)
     with pytest.raises(ValueError, match="context must be an int >= 1"):
         run(LastValue(), [ds], out=tmp_path / "bad", context=0)
+
+
+def test_a_model_path_that_does_not_exist_is_named_as_a_missing_directory(tmp_path):
+    """A local path given as ``--model`` that does not exist said "Repo id must be in the form ..." (the Hub's
+    message); it says the directory is missing."""
+    from mergeplug.eval.models import load_model
+
+    with pytest.raises(FileNotFoundError, match="no_such_model: no such directory"):
+        load_model(str(tmp_path / "no_such_model"))

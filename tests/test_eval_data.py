@@ -172,3 +172,34 @@ def test_numeric_timestamps_are_read_as_unix_epochs_in_their_unit_or_refused(tmp
 def _write(path, df: pd.DataFrame):
     df.to_csv(path, index=False)
     return path
+
+
+def test_an_all_missing_file_says_so(tmp_path):
+    """A file whose values are all NaN said "no series is long enough ... the longest has 600"; it says what is
+    wrong."""
+    pd.DataFrame({"timestamp": pd.date_range("2020", periods=600, freq="h"), "y": np.nan}).to_csv(
+        tmp_path / "nan.csv", index=False
+    )
+    with pytest.raises(ValueError, match=r"every series is missing \(all values NaN or empty\)"):
+        load_dataset(f"file:{tmp_path / 'nan.csv'}", prediction_length=24)
+
+
+def test_a_time_zone_aware_file_across_daylight_saving_time_loads_on_the_utc_clock(tmp_path, recwarn):
+    """Local timestamps with UTC offsets that change at DST (+01:00 -> +02:00) gave pandas' "Tz-aware
+    datetime.datetime cannot be converted" (and a FutureWarning); they are read on the UTC clock, regular hourly."""
+    idx = pd.date_range("2021-03-27", periods=72, freq="h", tz="Europe/Berlin")  # the clocks go forward on the 28th
+    pd.DataFrame({"timestamp": idx.astype(str), "y": np.arange(72.0)}).to_csv(tmp_path / "dst.csv", index=False)
+    entries, freq = load_local(tmp_path / "dst.csv")
+    assert freq == "h" and len(entries) == 1
+    np.testing.assert_array_equal(entries[0]["target"], np.arange(72.0))  # no gap, no duplicate at the change
+    assert str(entries[0]["start"]) == "2021-03-26 23:00"  # midnight in Berlin (+01:00) is 23:00 UTC
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
+
+
+def test_an_empty_file_and_a_header_only_file_say_so(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ValueError, match="empty.csv: the file is empty"):
+        load_local(tmp_path / "empty.csv")
+    (tmp_path / "header.csv").write_text("timestamp,y\n")
+    with pytest.raises(ValueError, match=r"header.csv: no data rows, only the header \['timestamp', 'y'\]"):
+        load_local(tmp_path / "header.csv")

@@ -298,7 +298,16 @@ def test_apply_refuses_user_hooks_that_a_merged_forward_would_skip():
             mergeplug.apply(obj, k=1, ratio=0.2)
         assert mergeplug.settings(obj) is None, path
         handle.remove()
-        mergeplug.apply(obj, k=1, ratio=0.2)
+        mergeplug.apply(obj, k=1, ratio=0.2, safe=False)
+        handle = module.register_forward_hook(lambda m, args, out: None)  # after apply: refused at the forward
+        with pytest.raises(RuntimeError, match=rf"registered after mergeplug.apply on {re.escape(path)}.*not fire"):
+            run = getattr(obj, "predict", None)
+            if run is None:
+                obj(past_values=torch.randn(1, 64, 1))
+            else:
+                ctx = torch.randn(1, 512).cumsum(1)
+                run(ctx[:, None] if type(obj).__name__ == "Chronos2Pipeline" else ctx, prediction_length=8)
+        handle.remove()
         mergeplug.remove(obj)
     enc = _encoder()
     seen = []

@@ -430,6 +430,19 @@ def test_damaged_config_or_weights_give_clear_errors(tmp_path):
     assert str(weights) in str(info.value) and "mergeplug.save_pretrained" in str(info.value)
 
 
+def test_a_config_naming_something_other_than_a_model_class_is_refused(tmp_path):
+    """``model_class`` must name a transformers model class: ``"pipeline"`` (the pipeline function) or a config class
+    gave raw AttributeErrors; now one message naming the file."""
+    out = mergeplug.save_pretrained(_patchtst(), tmp_path / "m")
+    cfg = out / CONFIG_NAME
+    meta = json.loads(cfg.read_text())
+    for name in ("pipeline", "AutoConfig", "PatchTSTConfig"):
+        cfg.write_text(json.dumps({**meta, "model_class": name}))
+        with pytest.raises(ValueError, match="is not a transformers model class") as info:
+            mergeplug.from_pretrained(out)
+        assert str(cfg) in str(info.value) and "re-save the model with mergeplug.save_pretrained" in str(info.value)
+
+
 def test_save_prints_nothing(tmp_path, capfd):
     """No "Writing model shards" bar (or anything else) on save; transformers' bar setting is left as it was."""
     import transformers.utils.logging as hf_logging

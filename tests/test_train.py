@@ -161,6 +161,18 @@ def test_training_resumes_exactly(tmp_path):
         train(_bolt(min_context=16), TrainSettings(steps=7, **settings), tmp_path / "resumed", progress=False)
 
 
+def test_a_truncated_trainer_state_is_refused_naming_the_file(tmp_path):
+    """Resuming from a ``trainer.pt`` cut short (a full disk, a kill mid-copy) is a one-line error naming the file
+    and what to do, not a raw zip-reader traceback."""
+    settings = dict(batch_size=8, warmup=2, checkpoint_every=3, log_every=1, threads=1)
+    train(_bolt(), TrainSettings(steps=6, **settings), tmp_path / "run", progress=False, stop_at=3)
+    state = tmp_path / "run" / "checkpoint" / "trainer.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    with pytest.raises(ValueError, match="cut short") as info:
+        train(_bolt(), TrainSettings(steps=6, **settings), tmp_path / "run", progress=False)
+    assert str(state) in str(info.value) and "Delete the run's checkpoint folder" in str(info.value)
+
+
 def _chronos2(**kw) -> Chronos2Recipe:
     return Chronos2Recipe(**{**TINY, "encoder_layers": 2}, context_length=128, horizon=16, datasets=["m3_monthly"],
                           synthetic=8, curriculum_steps=0, **kw)  # fmt: skip

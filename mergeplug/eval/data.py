@@ -322,6 +322,11 @@ def load_dataset(
     if max_series is not None:
         kept = kept[:max_series]
     if not kept:
+        if entries and not any(np.isfinite(e["target"]).any() for e in entries):
+            raise ValueError(
+                f"dataset {name!r}: every series is missing (all values NaN or empty): check the value column(s) of "
+                "the file"
+            )
         longest = max((len(e["target"]) for e in entries), default=0)
         raise ValueError(
             f"dataset {name!r}: no series is long enough for {w} window(s) of {h} steps plus {h} of history "

@@ -88,8 +88,9 @@ def dims_speed(
 
     from ..core import recording_token_counts
     from ..models import chronos2
+    from ..timing import noop_reason
     from .models import chronos_quantiles
-    from .run import noop_reason, parse_merge
+    from .run import parse_merge
 
     if path is not None and Path(path).exists():
         rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

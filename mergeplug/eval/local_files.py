@@ -105,12 +105,21 @@ _EPOCH_UNITS = (("s", 1e8, 1e10), ("ms", 1e11, 1e13), ("us", 1e14, 1e16), ("ns",
 def _to_datetime(values: pd.Series, where: str) -> pd.Series:
     """Timestamps from text or from numbers: integer Unix epochs in seconds, milliseconds, microseconds or
     nanoseconds (told apart by their size) are read in their unit; other numbers are refused, since pandas would
-    read them as nanoseconds after 1970 and every frequency after that would be wrong."""
+    read them as nanoseconds after 1970 and every frequency after that would be wrong. Timestamps with a time zone or
+    UTC offsets (which change at daylight saving time) are put on the UTC clock, where hourly data stays regular."""
     if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
         try:
-            return pd.to_datetime(values)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"{where} does not parse as timestamps ({exc})") from None
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", FutureWarning)  # pandas' "mixed time zones" notice: handled below
+                stamps = pd.to_datetime(values)
+        except (ValueError, TypeError, FutureWarning):
+            try:  # UTC offsets that change (daylight saving time): read as UTC, a regular clock
+                stamps = pd.to_datetime(values, utc=True)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{where} does not parse as timestamps ({exc})") from None
+        if getattr(stamps.dt, "tz", None) is not None:  # time-zone aware: on the UTC clock, without the zone
+            stamps = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
+        return stamps
     finite = values.dropna().abs()
     for unit, low, high in _EPOCH_UNITS:
         if len(finite) and (finite >= low).all() and (finite < high).all():
@@ -177,6 +186,8 @@ def load_local(
             raise ValueError(
                 f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV (or Parquet)"
             ) from None
+        except pd.errors.EmptyDataError:
+            raise ValueError(f"{path}: the file is empty: write a header (timestamp, values) and the data") from None
         seen = [n for i, n in enumerate(names) if n in names[:i]]
         if seen:
             raise ValueError(
@@ -187,6 +198,8 @@ def load_local(
         raise ValueError(f"unsupported file type {path.suffix!r}: use .csv, .csv.gz or .parquet")
     if timestamp_column not in df.columns:
         raise ValueError(f"{path}: no {timestamp_column!r} column (columns: {list(df.columns)})")
+    if df.empty:
+        raise ValueError(f"{path}: no data rows, only the header {list(df.columns)}")
     df[timestamp_column] = _to_datetime(df[timestamp_column], f"{path}: column {timestamp_column!r}")
     if item_id_column in df.columns and target_column not in df.columns:
         raise ValueError(

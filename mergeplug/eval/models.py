@@ -233,6 +233,11 @@ class SupervisedForecaster(Forecaster):
         return _sharded(predict, len(inputs), batch_size, seed, shard, progress, desc)
 
 
+def _looks_local(spec: str) -> bool:
+    """A model spec that can only be a local path (not a Hub id ``name`` / ``owner/name``)."""
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
+
+
 def checkpoint_dir(name: str = "") -> Path:
     """Directory of a shipped reference checkpoint (``mergeplug_assets/checkpoints/<name>``, in the separate
     ``mergeplug-assets`` package; no name: their parent)."""
@@ -326,6 +331,9 @@ def load_model(spec: str | Forecaster, *, device: str = "cpu", dtype: str = "flo
                 }
             )
             raise ValueError(f"unknown shipped model {spec!r}; shipped: {', '.join(f'mergeplug:{h}' for h in have)}")
+    if not Path(path).exists() and _looks_local(str(path)):
+        raise FileNotFoundError(f"--model {spec}: no such directory (a local model folder, a Hub id 'owner/name', "
+                                "mergeplug:<shipped name> or random:<family>-<size>)")  # fmt: skip
     config = Path(path) / "config.json"
     supervised = config.exists() and json.loads(config.read_text()).get("model_type") in SUPERVISED_TYPES
     from ..hub import saved_packed_only

@@ -33,7 +33,7 @@ from .._cli import check_device
 from ..core import recording_token_counts
 from ..cost import model_fingerprint, profile
 from ..patches import families
-from ..timing import paired_speedups
+from ..timing import noop_reason, paired_speedups
 from .data import EvalDataset, check_dataset_name, load_dataset
 from .memory import PeakMemory
 from .models import QUANTILES, Forecaster, chronos_quantiles, load_model
@@ -394,22 +394,3 @@ def _measure(
             **({"macs_ratio": ratios[s.label]} if s.label in ratios else {}),
         })  # fmt: skip
     return rows
-
-
-def noop_reason(forwards: list[list[int]], macs_ratio: float | None, min_tokens: int | None) -> str | None:
-    """Why a merge setting merged nothing, or None when it merged something (or that cannot be told).
-
-    ``forwards``: the token counts of every encoder forward (:func:`mergeplug.core.recording_token_counts`);
-    ``macs_ratio``: unmerged MACs / these on a few windows (catches merging before block 0, which token counts
-    entering block 0 do not show); ``min_tokens``: the setting's floor.
-    """
-    if any(c[-1] < c[0] for c in forwards) or (macs_ratio is not None and macs_ratio > 1.0005):
-        return None
-    if forwards:
-        longest = max(c[0] for c in forwards)
-        if min_tokens and longest <= min_tokens:
-            return f"series of at most {longest} tokens <= min_tokens={min_tokens}"
-        return f"no merge step removed a token (at most {longest} tokens)"
-    if macs_ratio is not None:
-        return "MACs ratio 1.00: no token merged"
-    return None

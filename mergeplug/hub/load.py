@@ -62,12 +62,7 @@ def from_pretrained(directory_or_hub_id: str | Path, **kwargs: Any) -> Any:
 
             obj = BaseChronosPipeline.from_pretrained(source, **kwargs)
         else:
-            import transformers
-
-            cls = getattr(transformers, meta["model_class"], None)
-            if cls is None:
-                raise ValueError(f"transformers has no class {meta['model_class']!r}: upgrade transformers")
-            obj = cls.from_pretrained(source, **kwargs).eval()
+            obj = _transformers_class(meta, path / CONFIG_NAME).from_pretrained(source, **kwargs).eval()
     except OSError as exc:
         raise OSError(
             f"could not load the model of {directory_or_hub_id} from {source!r} ({exc}). A hub id needs internet "
@@ -76,6 +71,23 @@ def from_pretrained(directory_or_hub_id: str | Path, **kwargs: Any) -> Any:
     if merge is not None:
         apply(obj, **{k: getattr(merge, k) for k in APPLY_KEYS}, decoder=decoder)
     return load_binary_layers(obj, meta, directory_or_hub_id, path)
+
+
+def _transformers_class(meta: dict[str, Any], cfg_path: Path) -> type:
+    """The ``transformers`` model class a config names (``model_class``): a ``PreTrainedModel`` subclass, or a
+    ValueError saying what is wrong with the name."""
+    import transformers
+
+    name = meta["model_class"]
+    cls = getattr(transformers, name, None) if name.isidentifier() else None
+    if cls is None:
+        raise ValueError(f"transformers has no class {name!r}: upgrade transformers")
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise ValueError(
+            f"{cfg_path} names model_class {name!r}, which is not a transformers model class (a PreTrainedModel "
+            "such as PatchTSTForPrediction): the config is damaged; re-save the model with mergeplug.save_pretrained"
+        )
+    return cls
 
 
 def _merge_settings(meta: dict[str, Any], cfg_path: Path) -> tuple[MergeConfig | None, dict | None]:
@@ -121,9 +133,7 @@ def _from_config_and_packed(meta: dict[str, Any], directory_or_hub_id: str | Pat
 
         pipeline_class = meta.get("pipeline_class") or "ChronosPipeline"
         if meta["loader"] == "transformers" or pipeline_class == "ChronosPipeline":  # a transformers class
-            cls = getattr(transformers, meta["model_class"], None)
-            if cls is None:
-                raise ValueError(f"transformers has no class {meta['model_class']!r}: upgrade transformers")
+            cls = _transformers_class(meta, path / CONFIG_NAME)
             model = cls.from_pretrained(None, config=config, state_dict=state, **kwargs).eval()
             if meta["loader"] == "transformers":
                 return model

@@ -12,9 +12,7 @@ merge metric), :func:`merge_inputs` (merging the input tokens before the first b
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -23,7 +21,8 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..config import MergeConfig
-from ..merge import MergeState, match, merge_step, merge_tokens
+from ..merge import MergeState, head_mean, match, merge_step, merge_tokens
+from .calls import Calls, begin, current, end, in_call, last_forward, report
 
 #: instance attribute (in ``module.__dict__``) under which a patched module holds its :class:`PatchRecord`
 RECORD_ATTR = "_mergeplug_record"
@@ -32,7 +31,8 @@ AUX_ATTR = "_mergeplug_aux_record"  # auxiliary patches live beside the merging 
 __all__ = [
     "Family", "PatchRecord", "PatchHints", "Calls", "RECORD_ATTR", "register", "families", "find_family",
     "find_record", "record_of", "swap_class", "set_attribute", "restore", "begin", "current", "end", "in_call",
-    "report", "last_forward", "hook_keys", "unhooked", "call_capturing_keys", "merge_inputs",
+    "report", "last_forward", "refuse_user_hooks", "hook_keys", "key_metric", "unhooked", "call_capturing_keys",
+    "merge_inputs",
 ]  # fmt: skip
 
 T = TypeVar("T")
@@ -62,28 +62,6 @@ class PatchHints:
     decoder_check: Callable[[MergeConfig], None] | None = None
     decoder_unsupported: str | None = None
     bypassed: list[tuple[str, nn.Module]] = field(default_factory=list)
-
-
-class Calls(threading.local):
-    """What a patched model holds per thread: the calls in progress and the facts of the thread's last forward.
-
-    Every forward creates its own state and keeps it here, under its family's key, only while it runs
-    (:func:`begin` / :func:`current` / :func:`end`, or :func:`in_call`), so two threads calling one merged model never
-    see each other's state. Facts a forward leaves for its caller (token counts, the source map) go through
-    :func:`report` and are read back with :func:`last_forward`.
-
-    Attributes:
-        active: family key -> the typed state of the call in progress on this thread.
-        last: fact name -> its value from this thread's last forward.
-        capture: the key-projection hooks of :func:`hook_keys` are recording (inside :func:`call_capturing_keys`).
-        keys: the keys they recorded, (B, T, H * dk), until :func:`call_capturing_keys` takes them.
-    """
-
-    def __init__(self) -> None:
-        self.active: dict[str, Any] = {}
-        self.last: dict[str, Any] = {}
-        self.capture = False
-        self.keys: torch.Tensor | None = None
 
 
 @dataclass
@@ -256,56 +234,22 @@ def restore(record: PatchRecord) -> None:
     record.hooks.clear()
     record.swapped.clear()
     record.added.clear()
-    record.calls = Calls()
-    record.latest.clear()
+    record.latest.clear()  # (the per-thread state stays: a call in progress, e.g. remove() run by a hook, finishes)
 
 
-# ------------------------------------------------------------------------------------------------- per-call state
-
-S = TypeVar("S")
-
-
-def begin(record: PatchRecord, key: str, state: S) -> S:
-    """Start a call on this thread: its family state ``state`` is :func:`current` under ``key`` until :func:`end`."""
-    record.calls.active[key] = state
-    return state
-
-
-def current(record: PatchRecord, key: str) -> Any:
-    """The state of this thread's call in progress under ``key``, or None."""
-    return record.calls.active.get(key)
-
-
-def end(record: PatchRecord, key: str) -> None:
-    """End this thread's call under ``key`` (its state is dropped)."""
-    record.calls.active.pop(key, None)
-
-
-@contextmanager
-def in_call(record: PatchRecord, key: str, state: S) -> Iterator[S]:
-    """``state`` is this thread's call under ``key`` inside the block (an outer call's state comes back after)."""
-    outer = record.calls.active.get(key)
-    record.calls.active[key] = state
-    try:
-        yield state
-    finally:
-        if outer is None:
-            record.calls.active.pop(key, None)
-        else:
-            record.calls.active[key] = outer
-
-
-def report(record: PatchRecord, name: str, value: Any) -> None:
-    """Leave a fact of this forward for its caller (e.g. ``"token_counts"``), read back by :func:`last_forward`."""
-    record.calls.last[name] = value
-    record.latest[name] = value
-
-
-def last_forward(record: PatchRecord, name: str) -> Any:
-    """The fact ``name`` of this thread's last forward; from a thread that ran none, the latest of any thread;
-    None if no forward reported it since the model was patched."""
-    last = record.calls.last
-    return last[name] if name in last else record.latest.get(name)
+def refuse_user_hooks(record: PatchRecord, *, in_forward: bool = False) -> None:
+    """Hooks on modules a merged forward does not call (``PatchHints.bypassed``) would stop firing: refuse, naming
+    them; at ``apply`` (a ValueError) and, for hooks registered after it, at every merged forward (a RuntimeError)."""
+    hooked = [path for path, m in record.hints.bypassed if m._forward_hooks or m._forward_pre_hooks]
+    if hooked:
+        where = f"{', '.join(hooked[:3])}{', ...' if len(hooked) > 3 else ''}"
+        error = RuntimeError if in_forward else ValueError
+        raise error(
+            f"forward hooks {'were registered after mergeplug.apply' if in_forward else 'are registered'} on "
+            f"{where}; a merged {record.family} forward runs those modules' parts without calling them, so the hooks "
+            "would not fire. Remove the hooks (or hook a sub-module the model still calls, e.g. the attention's key "
+            "projection or the feed-forward layer), or run the model unmerged (mergeplug.remove)"
+        )
 
 
 # ------------------------------------------------------------------------------------ plumbing shared by families
@@ -348,6 +292,23 @@ def call_capturing_keys(
         calls.capture = False
     keys, calls.keys = calls.keys, None
     return out, keys
+
+
+def key_metric(keys: torch.Tensor | None, heads: int) -> Callable[[], torch.Tensor]:
+    """The merge metric of captured (B, T, H * dk) ``keys``: a function giving them averaged over the ``heads``
+    (:func:`mergeplug.merge.head_mean`), computed only when a merge needs it. No keys (the hooks of
+    :func:`hook_keys` are gone: ``remove()`` ran inside this forward) is a RuntimeError saying so."""
+
+    def metric() -> torch.Tensor:
+        if keys is None:
+            raise RuntimeError(
+                "the merged forward in progress lost its patch: mergeplug.remove() (or a new apply) ran inside it, "
+                "e.g. from a hook, so its remaining blocks cannot merge. Call mergeplug.remove() after the forward "
+                "returns."
+            )
+        return head_mean(keys, heads)
+
+    return metric
 
 
 def merge_inputs(

@@ -44,14 +44,13 @@ over merged tokens would not match the input positions) raises ``NotImplementedE
 from __future__ import annotations
 
 import inspect
-from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import MergeConfig
-from ..merge import MergeState, head_mean, key_bias
+from ..merge import MergeState, key_bias
 from .base import (
     RECORD_ATTR,
     Family,
@@ -60,6 +59,7 @@ from .base import (
     current,
     hook_keys,
     in_call,
+    key_metric,
     last_forward,
     record_of,
     register,
@@ -154,7 +154,7 @@ class _Chronos2Blocks(MergedBlocks):
         time_attn: TimeSelfAttention = block.layer[0]
         mask = self.time_mask
         out, keys = call_capturing_keys(self.record, time_attn, h, position_ids=self.positions, attention_mask=mask)
-        return out[0], partial(head_mean, keys, time_attn.self_attention.n_heads)
+        return out[0], key_metric(keys, time_attn.self_attention.n_heads)
 
     def rest(self, i: int, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
         h = block.layer[1](h, attention_mask=self.group_mask)[0]

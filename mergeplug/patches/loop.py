@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config import MergeConfig
 from ..merge import MergeState, causal_unmerge, merge_layer, recent_mask, unmerge
-from .base import PatchRecord, merge_inputs, report
+from .base import PatchRecord, merge_inputs, refuse_user_hooks, report
 
 __all__ = ["MergedBlocks", "short_input", "protected_tokens", "unmerged"]
 
@@ -128,6 +128,7 @@ class MergedBlocks:
         Returns:
             (B, T', C) tokens leaving the last block (merged; see :meth:`unmerged`).
         """
+        refuse_user_hooks(self.record, in_forward=True)  # hooks added after apply would silently not fire
         state, config = self.state, self.config
         self.dtype = h.dtype
         h, self.merged = merge_inputs(h, state, config, metric=input_metric, groups=self.groups)

@@ -10,7 +10,6 @@ heads, scalers and distribution outputs run unchanged. The merge metric is the l
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import torch
@@ -19,8 +18,8 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.patchtst.modeling_patchtst import PatchTSTEncoder, PatchTSTEncoderLayer, PatchTSTModel
 
 from ..config import MergeConfig
-from ..merge import MergeState, head_mean
-from .base import Family, PatchRecord, call_capturing_keys, hook_keys, record_of, register, swap_class
+from ..merge import MergeState
+from .base import Family, PatchRecord, call_capturing_keys, hook_keys, key_metric, record_of, register, swap_class
 from .loop import MergedBlocks, protected_tokens, short_input
 
 __all__ = ["merged_patchtst_forward"]
@@ -64,7 +63,7 @@ class _PatchTSTBlocks(MergedBlocks):
 
     def attention(self, i: int, layer: nn.Module, h: torch.Tensor):
         h, keys = call_capturing_keys(self.record, _sublayer_attention, layer, h, self.bias)
-        return h, partial(head_mean, keys, layer.self_attn.num_heads)
+        return h, key_metric(keys, layer.self_attn.num_heads)
 
     def rest(self, i: int, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
         return _sublayer_ff(layer, h)

@@ -15,14 +15,13 @@ import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from functools import partial
 
 import torch
 from torch import nn
 from transformers.models.t5.modeling_t5 import T5Attention, T5Stack
 
-from ..merge import MergeState, causal_bias, head_mean
-from .base import PatchRecord, call_capturing_keys
+from ..merge import MergeState, causal_bias
+from .base import PatchRecord, call_capturing_keys, key_metric
 
 __all__ = ["relative_bias", "encoder_bias", "decoder_bias", "causal_attention_bias", "attention_sublayer", "clamp_fp16"]
 
@@ -172,4 +171,4 @@ def attention_sublayer(
     metric: the keys captured by the hook on ``.k``, averaged over heads, computed when asked for)."""
     sa = block.layer[0]
     (attn, _, _), keys = call_capturing_keys(record, sa.SelfAttention, sa.layer_norm(h), mask=None, position_bias=bias)
-    return clamp_fp16(h + sa.dropout(attn)), partial(head_mean, keys, sa.SelfAttention.n_heads)
+    return clamp_fp16(h + sa.dropout(attn)), key_metric(keys, sa.SelfAttention.n_heads)
