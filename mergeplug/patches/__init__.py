@@ -7,6 +7,7 @@ between-blocks machinery (``inject_blocks``, ``register_patch``) is :mod:`mergep
 
 # isort: off
 from . import (
+    timesfm,  # noqa: F401  (registers "timesfm": TimesFM 2.5; before causal-lm, whose layout it also has)
     causal_lm,  # noqa: F401  (registers "causal-lm": GPT-2 / Llama-style decoder-only models)
     t5,  # noqa: F401  (registers "t5")
     chronos,  # noqa: F401  (registers "chronos-t5", "chronos-bolt", "chronos-causal")

@@ -52,6 +52,7 @@ class PatchHints:
         decoder_unsupported: why this model's decoder cannot merge (``merge_decoder`` raises with it).
         bypassed: ``(path, module)`` of the modules a merged forward runs without calling them (it calls their
             parts), so hooks registered on them would not fire: ``mergeplug.apply`` refuses while they hold any.
+        extra: family-specific facts (e.g. the TimesFM model whose layers the merged loop runs).
     """
 
     num_layers: int | None = None
@@ -62,6 +63,7 @@ class PatchHints:
     decoder_check: Callable[[MergeConfig], None] | None = None
     decoder_unsupported: str | None = None
     bypassed: list[tuple[str, nn.Module]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
