@@ -43,6 +43,14 @@ SIZES: dict[str, tuple[int, int, int, int, int]] = {
 }
 
 
+def _chronos_pipeline(chronos_kwargs: dict, inner: torch.nn.Module) -> ChronosPipeline:
+    """A ``ChronosPipeline`` (its tokenizer and ``ChronosModel``) around the transformers model ``inner``, marked as
+    having random weights."""
+    chronos_config = ChronosConfig(**chronos_kwargs)
+    model = ChronosModel(config=chronos_config, model=inner)
+    return _random(ChronosPipeline(tokenizer=chronos_config.create_tokenizer(), model=model))
+
+
 def _random(pipe):
     """Mark a pipeline's model as built with random weights (see the module docstring); returns the pipeline."""
     pipe.inner_model.config.mergeplug_random_weights = True
@@ -122,12 +130,7 @@ def chronos_t5(
     config.chronos_config = chronos_kwargs
     torch.manual_seed(seed)
     inner = T5ForConditionalGeneration(config).eval()
-    chronos_config = ChronosConfig(**chronos_kwargs)
-    return _random(
-        ChronosPipeline(
-            tokenizer=chronos_config.create_tokenizer(), model=ChronosModel(config=chronos_config, model=inner)
-        )
-    )
+    return _chronos_pipeline(chronos_kwargs, inner)
 
 
 def chronos_causal(
@@ -163,12 +166,7 @@ def chronos_causal(
     config.chronos_config = chronos_kwargs
     torch.manual_seed(seed)
     inner = (GPT2LMHeadModel if backbone == "gpt2" else LlamaForCausalLM)(config).eval()
-    chronos_config = ChronosConfig(**chronos_kwargs)
-    return _random(
-        ChronosPipeline(
-            tokenizer=chronos_config.create_tokenizer(), model=ChronosModel(config=chronos_config, model=inner)
-        )
-    )
+    return _chronos_pipeline(chronos_kwargs, inner)
 
 
 def chronos_bolt(
