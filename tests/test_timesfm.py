@@ -47,6 +47,24 @@ def test_r0_and_remove_are_bitwise_and_merging_changes_the_forecast():
     assert all(torch.equal(a, b) for a, b in zip(_outputs(model, x), ref, strict=True))
 
 
+def test_every_layer_runs_once_on_the_merged_tokens():
+    """Each layer's MLP runs once per forward, on the tokens left after its own merge (the model's later layer calls
+    pass through after the merged loop: they must not run the layers a second time)."""
+    model, x = _model(), [torch.randn(1024).cumsum(0)]
+    seen: list[int] = []
+    for layer in model.model.layers:
+        layer.mlp.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[1]))
+    mergeplug.apply(model, k=1, ratio=0.3, causal=True, safe=False)
+    with torch.no_grad():
+        model.model(past_values=torch.stack(x))
+    assert seen == mergeplug.token_counts(model)[1:]  # one call per layer, each on its merged length
+    seen.clear()
+    mergeplug.apply(model, k=1, r=0, causal=True)
+    with torch.no_grad():
+        model.model(past_values=torch.stack(x))
+    assert seen == [32, 32, 32]
+
+
 def test_strict_mode_never_lets_a_patch_see_later_patches():
     """With ``threshold``, every output up to patch t stays when the inputs after patch t change (to float rounding:
     the merged length, and so the shape of the matrix products, may change), and the later ones move."""

@@ -40,10 +40,11 @@ from .base import (
     RECORD_ATTR,
     Family,
     PatchRecord,
+    begin,
     call_capturing_keys,
     current,
+    end,
     hook_keys,
-    in_call,
     key_metric,
     last_forward,
     record_of,
@@ -58,7 +59,7 @@ __all__ = ["TIMESFM_DEFAULTS", "token_source"]
 #: forecast-safe defaults (tokens are 32-step patches): the newest 4 patches (128 steps) stay, no step leaves fewer
 #: than 16 patches (not chosen on validation data yet: no trained TimesFM reaches this machine)
 TIMESFM_DEFAULTS = {"protect_recent": 4, "min_tokens": 16, "period": "auto"}
-_CALL = "timesfm"  # per-call key: the merged loop of this forward is running (the later layers pass through)
+_CALL = "timesfm"  # per-call key: the merged loop of this forward ran (the model's later layer calls pass through)
 
 
 def _check(config: MergeConfig) -> None:
@@ -122,9 +123,17 @@ class _MergingLayer:
                 **kwargs: Any) -> torch.Tensor:  # fmt: skip
         record = record_of(self)
         model: TimesFm2_5Model = record.hints.extra["timesfm_model"]
-        if current(record, _CALL):  # a later layer of a merged call: the loop already ran it
-            return hidden_states
-        if self is not model.layers[0] or short_input(record, len(model.layers), hidden_states.shape[1]):
+        if self is not model.layers[0]:
+            if current(record, _CALL) is None:  # an unmerged forward
+                return super().forward(
+                    hidden_states, position_embeddings=position_embeddings, attention_mask=attention_mask,
+                    position_ids=position_ids, **kwargs,
+                )  # fmt: skip
+            if self is model.layers[-1]:  # the merged call is over
+                end(record, _CALL)
+            return hidden_states  # the merged loop already ran this layer
+        end(record, _CALL)  # a merged call an exception cut short: this is a new forward
+        if short_input(record, len(model.layers), hidden_states.shape[1]):
             return super().forward(
                 hidden_states, position_embeddings=position_embeddings, attention_mask=attention_mask,
                 position_ids=position_ids, **kwargs,
@@ -138,9 +147,10 @@ class _MergingLayer:
         if position_ids is not None:
             state.pos = position_ids.to(state.pos.dtype).expand(n_b, n).clone()
         loop = _TimesFmBlocks(record, state, model, attention_mask, position_embeddings, position_ids)
-        with in_call(record, _CALL, True):
-            h = loop.run(model.layers, hidden_states)
+        h = loop.run(model.layers, hidden_states)
         report(record, "token_source", state.source)
+        if len(model.layers) > 1:
+            begin(record, _CALL, True)  # the model calls the later layers next: they pass their input through
         return loop.unmerged(h) if loop.merged else h
 
 
