@@ -230,6 +230,22 @@ def _causal_lm(kind: str) -> Callable[[], Case]:
     return build
 
 
+def _timesfm() -> Case:
+    from transformers import TimesFm2_5Config, TimesFm2_5ModelForPrediction
+
+    torch.manual_seed(0)
+    cfg = TimesFm2_5Config(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                           num_key_value_heads=4, head_dim=8, context_length=1024, horizon_length=64)  # fmt: skip
+    model = TimesFm2_5ModelForPrediction(cfg).eval()
+    series = [_walk(1, 1024, seed=14)[0], _walk(1, 600, seed=15)[0]]
+
+    def run() -> list[torch.Tensor]:
+        out = model(past_values=series)
+        return [out.mean_predictions, out.full_predictions]
+
+    return model, run, 3, {"causal": True}
+
+
 class _UserNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -265,6 +281,7 @@ CASES: dict[str, Callable[[], Case]] = {
     "mamba": _mamba,
     "causal-lm-gpt2": _causal_lm("gpt2"),
     "causal-lm-llama": _causal_lm("llama"),
+    "timesfm-2.5": _timesfm,
     "user-register_patch": _user,
 }
 

@@ -57,12 +57,23 @@ def _gpt2() -> tuple[Any, Callable[[torch.Tensor], Any], list[torch.Tensor]]:
     return lm, lambda x: lm(x, use_cache=True).logits, ids
 
 
+def _timesfm() -> tuple[Any, Callable[[torch.Tensor], Any], list[torch.Tensor]]:
+    from transformers import TimesFm2_5Config, TimesFm2_5ModelForPrediction
+
+    torch.manual_seed(0)
+    cfg = TimesFm2_5Config(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                           num_key_value_heads=4, head_dim=8, context_length=1024, horizon_length=64)  # fmt: skip
+    model = TimesFm2_5ModelForPrediction(cfg).eval()
+    return model, lambda x: model.model(past_values=x).last_hidden_state, [_walk(2, n, n) for n in (1024, 768, 896)]
+
+
 CASES = {
     "chronos-bolt": (_bolt, {"ratio": 0.3}),
     "chronos-t5 embed": (_t5_embed, {"ratio": 0.3}),
     "chronos-2": (_chronos2, {"ratio": 0.3}),
     "torch-transformer-encoder": (_torch_encoder, {"ratio": 0.3}),
     "gpt-2 prefill": (_gpt2, {"ratio": 0.3, "causal": True}),
+    "timesfm 2.5": (_timesfm, {"ratio": 0.3, "causal": True}),
 }
 
 
